@@ -1,0 +1,67 @@
+"""Sparse-attention backends behind one interface, and the choice among them.
+
+Adding a kernel: write one module with a :class:`SparseAttentionBackend` subclass and add it to ``_BACKENDS``.
+``"auto"`` walks ``_BACKENDS`` in order and takes the first backend with no reason against the inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import AttentionInputs, SparseAttentionBackend
+
+# name -> "module:Class", fastest first (the order "auto" tries them in; measured in docs/benchmarks.md).
+_BACKENDS: dict[str, str] = {
+    "fa4": "draftattention_diffusers.backends.fa4:FA4Backend",
+    "flex": "draftattention_diffusers.backends.flex:FlexBackend",
+    "bsa": "draftattention_diffusers.backends.bsa:BlockSparseAttnBackend",
+    "reference": "draftattention_diffusers.backends.reference:ReferenceBackend",
+}
+BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
+
+_instances: dict[str, SparseAttentionBackend] = {}
+_auto_cache: dict[AttentionInputs, SparseAttentionBackend] = {}
+
+
+def get_backend(name: str) -> SparseAttentionBackend:
+    """The backend object for ``name`` (no check that it can run)."""
+    if name not in _BACKENDS:
+        raise ValueError(f"backend={name!r}: expected 'auto' or one of {BACKEND_NAMES}")
+    if name not in _instances:
+        module, cls = _BACKENDS[name].split(":")
+        _instances[name] = getattr(importlib.import_module(module), cls)()
+    return _instances[name]
+
+
+def resolve_backend(name: str, inputs: AttentionInputs) -> SparseAttentionBackend:
+    """The backend to run for ``inputs``: ``name`` itself if it can run, or the first that can for ``"auto"``.
+
+    Raises ``ValueError`` listing every reason when the requested backend (or, for auto, every backend) cannot run.
+    """
+    if name != "auto":
+        backend = get_backend(name)
+        reasons = backend.not_supported_reasons(inputs)
+        if reasons:
+            raise ValueError(f"backend {name!r} cannot run on {inputs.describe()}: " + "; ".join(reasons))
+        return backend
+    if inputs not in _auto_cache:
+        report = {}
+        for candidate in BACKEND_NAMES:
+            reasons = get_backend(candidate).not_supported_reasons(inputs)
+            if not reasons:
+                _auto_cache[inputs] = get_backend(candidate)
+                break
+            report[candidate] = reasons
+        else:
+            lines = "; ".join(f"{n}: {', '.join(r)}" for n, r in report.items())
+            raise ValueError(f"no draft-attention backend can run on {inputs.describe()} ({lines})")
+    return _auto_cache[inputs]
+
+
+def backend_report(inputs: AttentionInputs) -> dict[str, list[str]]:
+    """For ``info``: every backend's reasons against ``inputs`` (empty list = can run)."""
+    return {name: get_backend(name).not_supported_reasons(inputs) for name in BACKEND_NAMES}
+
+
+__all__ = ["AttentionInputs", "SparseAttentionBackend", "BACKEND_NAMES", "get_backend", "resolve_backend",
+           "backend_report"]

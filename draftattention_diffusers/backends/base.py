@@ -1,0 +1,70 @@
+"""What every sparse-attention backend is: a name, its limits, and one forward over a tile mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..core.selection import TileMask
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """The facts a backend checks before it runs (one per call; hashable for caching the choice)."""
+
+    device_type: str
+    compute_capability: tuple[int, int] | None
+    dtype: torch.dtype
+    head_dim: int
+    value_dim: int
+    tile_size: int
+    has_key_padding: bool
+
+    @classmethod
+    def from_tensors(cls, q: torch.Tensor, v: torch.Tensor, tile_size: int, has_key_padding: bool = False
+                     ) -> "AttentionInputs":
+        cc = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
+        return cls(q.device.type, cc, q.dtype, q.shape[-1], v.shape[-1], tile_size, has_key_padding)
+
+    def describe(self) -> str:
+        cc = f" sm{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else ""
+        return (f"device={self.device_type}{cc}, dtype={str(self.dtype).replace('torch.', '')}, "
+                f"head_dim={self.head_dim}, tile_size={self.tile_size}")
+
+
+class SparseAttentionBackend:
+    """A block-sparse attention kernel behind one interface.
+
+    Subclasses set ``name``, ``install_hint`` and the tolerances their tests use against the reference backend,
+    and implement :meth:`package_missing`, :meth:`not_supported_reasons` and :meth:`forward`.
+    """
+
+    name: ClassVar[str] = ""
+    install_hint: ClassVar[str] = ""
+    # max |out - reference| / max |reference| allowed in tests, per dtype name
+    tolerance: ClassVar[dict[str, float]] = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+    def package_missing(self) -> str | None:
+        """None if the backend's package imports, else a reason with the install line."""
+        return None
+
+    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
+        """Every reason this backend cannot run on ``inputs`` (empty list: it can). Each names actual and allowed."""
+        missing = self.package_missing()
+        return [missing] if missing else []
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: TileMask,
+                key_lengths: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """Block-sparse attention on the permuted sequence.
+
+        Args:
+            q, k, v: ``[B, S, H, D]`` in tile order (see :mod:`draftattention_diffusers.core.layout`).
+            tiles: which ``tile_size x tile_size`` tiles to compute (``tiles.kept``: bool ``[B, H, T, T]``).
+            key_lengths: int ``[B]`` or None; keys at positions ``>= key_lengths[b]`` are never attended.
+            scale: softmax scale.
+
+        Returns ``[B, S, H, Dv]`` in ``q.dtype``. A query row with no kept key returns zeros.
+        """
+        raise NotImplementedError

@@ -1,0 +1,178 @@
+"""The one public configuration of draft attention, and preset loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SELECTIONS = ("topk", "paper", "row_topk")
+"""Tile-selection rules, see :func:`draftattention_diffusers.core.selection.select_tiles`."""
+
+POOLINGS = ("avg", "max")
+
+
+@dataclass
+class DraftAttentionConfig:
+    """How draft attention sparsifies the video self-attention of a diffusion transformer.
+
+    Attributes:
+        sparsity: fraction of video-video tiles (region pairs) that are skipped, in ``[0, 1)``. ``0.9`` computes
+            10% of the video-video attention tiles. Text rows and columns (HunyuanVideo) are always computed and
+            do not count.
+        region_size: ``(h, w)`` tokens of one draft region inside a frame. ``h * w`` tokens form one tile of the
+            block-sparse kernel; the GPU kernels need ``h * w == 128`` (the paper's ``(8, 16)``).
+        selection: how tiles are chosen from the draft map (per batch item and head):
+            ``"topk"`` (default): the ``ceil((1 - sparsity) * g^2)`` highest-scoring region pairs of the whole
+            ``g x g`` map, where every query region first keeps its best key region, so no query row is empty;
+            ``"paper"``: the published rule (threshold = the ``int(sparsity * g^2)``-th smallest score, keep
+            ``score >= threshold``; keeps one tile more than the budget, plus ties, and may leave rows empty);
+            ``"row_topk"``: the same number of key regions for every query region.
+        pooling: ``"avg"`` (paper) or ``"max"`` pooling of Q and K inside a region (max is worse; for studies).
+        dense_steps_fraction: fraction of the denoising steps, from the first, that run dense attention
+            (``ceil(fraction * num_steps)`` steps). ``1.0`` means always dense.
+        dense_layers: indices of transformer blocks that always run dense (per transformer).
+        backend: ``"auto"`` (fastest backend that can run on the inputs) or a backend name
+            (``"fa4"``, ``"flex"``, ``"bsa"``, ``"reference"``); see ``python -m draftattention_diffusers info``.
+
+    Example:
+        >>> cfg = DraftAttentionConfig(sparsity=0.75, dense_layers=(0,))
+        >>> cfg.tile_size
+        128
+
+    Raises:
+        ValueError: a field is out of range; the message names the field and the allowed values.
+    """
+
+    sparsity: float = 0.9
+    region_size: tuple[int, int] = (8, 16)
+    selection: str = "topk"
+    pooling: str = "avg"
+    dense_steps_fraction: float = 0.25
+    dense_layers: tuple[int, ...] = ()
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.region_size = tuple(self.region_size)  # YAML gives lists
+        self.dense_layers = tuple(self.dense_layers)
+        self.validate()
+
+    @property
+    def tile_size(self) -> int:
+        """Tokens per tile: one region of ``region_size``."""
+        return self.region_size[0] * self.region_size[1]
+
+    def validate(self) -> None:
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s):
+            raise ValueError(f"sparsity={s!r}: expected a number in [0, 1)")
+        rs = self.region_size
+        if len(rs) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in rs):
+            raise ValueError(f"region_size={rs!r}: expected two positive integers (h, w), e.g. (8, 16)")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection={self.selection!r}: expected one of {SELECTIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
+        f = self.dense_steps_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 <= f <= 1.0):
+            raise ValueError(f"dense_steps_fraction={f!r}: expected a number in [0, 1]")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.dense_layers):
+            raise ValueError(f"dense_layers={self.dense_layers!r}: expected non-negative block indices")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ValueError(f"backend={self.backend!r}: expected 'auto' or a backend name")
+        from .backends import BACKEND_NAMES  # late import: backends import this module
+
+        if self.backend != "auto" and self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend={self.backend!r}: expected 'auto' or one of {BACKEND_NAMES}")
+
+    def replace(self, **overrides: Any) -> "DraftAttentionConfig":
+        """A copy with some fields changed (validated); unknown field names raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown DraftAttentionConfig field(s) {unknown}; expected some of {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_config(config: DraftAttentionConfig | dict | None = None, **overrides: Any) -> DraftAttentionConfig:
+    """Normalise ``config`` (None, a dict or a config) and apply ``overrides``."""
+    if config is None:
+        config = DraftAttentionConfig()
+    elif isinstance(config, dict):
+        config = DraftAttentionConfig().replace(**config)
+    elif not isinstance(config, DraftAttentionConfig):
+        raise ValueError(f"config: expected a DraftAttentionConfig, a dict or None, got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config
+
+
+@dataclass
+class Preset:
+    """A YAML preset from ``configs/``: a generation setting plus the draft-attention fields.
+
+    Keys: ``model`` (hub id or local path), ``height``, ``width``, ``num_frames``, ``num_inference_steps``,
+    ``guidance_scale``, optional ``description``, ``flow_shift`` and ``draft_attention`` (the fields of
+    :class:`DraftAttentionConfig`).
+    """
+
+    model: str
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    draft_attention: DraftAttentionConfig = field(default_factory=DraftAttentionConfig)
+    description: str = ""
+    flow_shift: float | None = None
+
+
+def load_preset(path_or_name: str | Path) -> Preset:
+    """Load a preset by file path or by name (a file ``configs/<name>.yaml`` shipped with the project).
+
+    Raises ``ValueError`` naming the unknown key or the bad value, ``FileNotFoundError`` listing known presets.
+    """
+    import yaml
+
+    path = Path(path_or_name)
+    if not path.exists():
+        cand = preset_dir() / f"{path_or_name}.yaml"
+        if not cand.exists():
+            known = ", ".join(sorted(p.stem for p in preset_dir().glob("*.yaml"))) or "none found"
+            raise FileNotFoundError(f"preset {str(path_or_name)!r} not found; known presets: {known}")
+        path = cand
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of preset keys")
+    known = {f.name for f in dataclasses.fields(Preset)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    missing = sorted(f.name for f in dataclasses.fields(Preset)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                     and f.name not in data)
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    draft = data.pop("draft_attention", None) or {}
+    if not isinstance(draft, dict):
+        raise ValueError(f"{path}: draft_attention must be a mapping of DraftAttentionConfig fields")
+    try:
+        cfg = DraftAttentionConfig().replace(**draft)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: draft_attention: {e}") from None
+    for key, typ in (("height", int), ("width", int), ("num_frames", int), ("num_inference_steps", int)):
+        if not isinstance(data[key], typ) or data[key] <= 0:
+            raise ValueError(f"{path}: {key}={data[key]!r}: expected a positive integer")
+    return Preset(draft_attention=cfg, **data)
+
+
+def preset_dir() -> Path:
+    """``configs/`` of a source checkout, else the copy installed inside the package."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs", here / "configs"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "configs"

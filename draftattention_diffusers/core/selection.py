@@ -1,0 +1,137 @@
+"""Draft map and tile selection: pool Q and K per tile, score tile pairs, keep the best ones.
+
+All functions work on the *permuted* sequence (see :mod:`.layout`), layout ``[B, S, H, D]``, and are batched over
+batch items and heads (no Python loop over heads or tiles).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .layout import TokenLayout
+
+
+@dataclass
+class TileMask:
+    """Which ``tile_size x tile_size`` tiles of the permuted attention matrix are computed.
+
+    Attributes:
+        kept: bool ``[B, H, T, T]`` over all ``T = layout.num_tiles`` tiles (query tile, key tile). Rows and
+            columns of text tiles are True; key tiles made only of padded keys are False.
+        layout: the :class:`TokenLayout` it belongs to.
+        video_sparsity: float ``[B, H]``, fraction of video-video tiles skipped (achieved, not requested).
+    """
+
+    kept: torch.Tensor
+    layout: TokenLayout
+    video_sparsity: torch.Tensor
+
+    @property
+    def mean_sparsity(self) -> float:
+        return float(self.video_sparsity.float().mean())
+
+
+def pool_tiles(x: torch.Tensor, layout: TokenLayout, pooling: str = "avg") -> torch.Tensor:
+    """Pool the video tiles of a permuted sequence: ``[B, S, H, D] -> float32 [B, H, g, D]``.
+
+    ``avg`` is the mean of the tokens of each tile (a partial last tile averages the tokens it has);
+    ``max`` the elementwise maximum. ``g = layout.num_video_tiles``.
+    """
+    B, _, H, D = x.shape
+    g, t = layout.num_video_tiles, layout.tile_size
+    n = min(layout.num_video_tokens, g * t)
+    xv = x[:, :n].float()
+    if n < g * t:  # partial last video tile (no text after it)
+        fill = 0.0 if pooling == "avg" else float("-inf")
+        xv = torch.cat([xv, xv.new_full((B, g * t - n, H, D), fill)], dim=1)
+    xv = xv.view(B, g, t, H, D)
+    if pooling == "avg":
+        pooled = xv.sum(dim=2) / layout.tile_counts.view(1, g, 1, 1)
+    elif pooling == "max":
+        pooled = xv.amax(dim=2)
+    else:
+        raise ValueError(f"pooling={pooling!r}: expected 'avg' or 'max'")
+    return pooled.transpose(1, 2)  # [B, H, g, D]
+
+
+def draft_scores(q_pooled: torch.Tensor, k_pooled: torch.Tensor, scale: float) -> torch.Tensor:
+    """Draft attention map ``softmax(Q~ K~^T * scale)`` per batch item and head: float32 ``[B, H, g, g]``."""
+    return torch.softmax(q_pooled @ k_pooled.transpose(-1, -2) * scale, dim=-1)
+
+
+def keep_budget(sparsity: float, n: int) -> int:
+    """``ceil((1 - sparsity) * n)``, robust to float noise (``(1 - 0.9) * 100`` is ``9.999...``)."""
+    return min(n, math.ceil(round((1.0 - sparsity) * n, 9)))
+
+
+def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torch.Tensor:
+    """Bool ``[B, H, g, g]``: the video-video tiles to keep, from draft scores ``[B, H, g, g]``.
+
+    Rules (``n = g*g``):
+      * ``paper``: ``k = int(sparsity * n)``; threshold = k-th smallest score; keep ``score >= threshold``
+        (``k == 0``: keep all). Exactly the published reference code: ``n - k + 1`` tiles plus ties.
+      * ``topk``: every row's best key tile, then the highest remaining scores up to ``keep_budget(sparsity, n)``
+        tiles in all (never fewer than ``g``).
+      * ``row_topk``: ``max(1, keep_budget(sparsity, g))`` best key tiles in every row.
+    """
+    B, H, g, _ = scores.shape
+    n = g * g
+    flat = scores.reshape(B, H, n)
+    if rule == "paper":
+        k = int(sparsity * n)
+        if k == 0:
+            return torch.ones_like(scores, dtype=torch.bool)
+        thr = flat.kthvalue(k, dim=-1, keepdim=True).values
+        return (flat >= thr).view(B, H, g, g)
+    if rule == "topk":
+        budget = max(keep_budget(sparsity, n), g)
+        # Softmax scores are <= 1, so 2.0 ranks each row's best tile above everything else.
+        boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H, n)
+        idx = boosted.topk(budget, dim=-1, sorted=False).indices
+        keep = torch.zeros(B, H, n, dtype=torch.bool, device=scores.device)
+        return keep.scatter_(-1, idx, True).view(B, H, g, g)
+    if rule == "row_topk":
+        kk = max(1, keep_budget(sparsity, g))
+        idx = scores.topk(kk, dim=-1, sorted=False).indices
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+    raise ValueError(f"selection={rule!r}: expected 'topk', 'paper' or 'row_topk'")
+
+
+def build_tile_mask(video_keep: torch.Tensor, layout: TokenLayout, key_lengths: torch.Tensor | None = None
+                    ) -> TileMask:
+    """Embed video-video decisions ``[B, H, g, g]`` in the full ``[B, H, T, T]`` tile grid.
+
+    Text tiles attend and are attended densely; key tiles that hold only padded keys (``>= key_lengths[b]``) are
+    dropped. ``video_sparsity`` is measured on ``video_keep``.
+    """
+    B, H, g, _ = video_keep.shape
+    T = layout.num_tiles
+    if T == g:
+        kept = video_keep.clone()
+    else:
+        kept = torch.ones(B, H, T, T, dtype=torch.bool, device=video_keep.device)
+        kept[:, :, :g, :g] = video_keep
+    if key_lengths is not None:
+        tile_start = torch.arange(T, device=kept.device) * layout.tile_size
+        live = tile_start.view(1, T) < key_lengths.view(B, 1).to(kept.device)  # [B, T]
+        kept &= live.view(B, 1, 1, T)
+    sparsity = 1.0 - video_keep.float().mean(dim=(-1, -2))
+    return TileMask(kept=kept, layout=layout, video_sparsity=sparsity)
+
+
+def select_tiles(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, sparsity: float, rule: str = "topk",
+                 pooling: str = "avg", scale: float | None = None, key_lengths: torch.Tensor | None = None
+                 ) -> TileMask:
+    """The whole draft step on permuted ``q, k [B, S, H, D]``: pool, score, select, embed text tiles."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = draft_scores(pool_tiles(q, layout, pooling), pool_tiles(k, layout, pooling), scale)
+    return build_tile_mask(select_video_tiles(scores, sparsity, rule), layout, key_lengths)
+
+
+def tile_mask_to_token_mask(kept: torch.Tensor, tile_size: int, seq_len: int) -> torch.Tensor:
+    """Expand ``[B, H, T, T]`` to a token mask ``[B, H, S, S]`` (tests and tiny inputs only: it is ``S x S``)."""
+    idx = torch.arange(seq_len, device=kept.device) // tile_size
+    return kept[:, :, idx][:, :, :, idx]

@@ -36,6 +36,9 @@ class DraftAttentionConfig:
         dense_layers: indices of transformer blocks that always run dense (per transformer).
         backend: ``"auto"`` (fastest backend that can run on the inputs) or a backend name
             (``"fa4"``, ``"flex"``, ``"bsa"``, ``"reference"``); see ``python -m draftattention_diffusers info``.
+        dense_backend: what computes self-attention in dense steps and dense layers: ``"diffusers"`` (the
+            model's own processor and attention backend, e.g. after ``transformer.set_attention_backend(...)``)
+            or a backend name with a dense kernel (``"fa4"``: flash-attn-4 dense, the fastest on Hopper).
 
     Example:
         >>> cfg = DraftAttentionConfig(sparsity=0.75, dense_layers=(0,))
@@ -53,6 +56,7 @@ class DraftAttentionConfig:
     dense_steps_fraction: float = 0.25
     dense_layers: tuple[int, ...] = ()
     backend: str = "auto"
+    dense_backend: str = "diffusers"
 
     def __post_init__(self) -> None:
         self.region_size = tuple(self.region_size)  # YAML gives lists
@@ -86,6 +90,8 @@ class DraftAttentionConfig:
 
         if self.backend != "auto" and self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend={self.backend!r}: expected 'auto' or one of {BACKEND_NAMES}")
+        if self.dense_backend != "diffusers" and self.dense_backend not in BACKEND_NAMES:
+            raise ValueError(f"dense_backend={self.dense_backend!r}: expected 'diffusers' or one of {BACKEND_NAMES}")
 
     def replace(self, **overrides: Any) -> "DraftAttentionConfig":
         """A copy with some fields changed (validated); unknown field names raise ``ValueError``."""

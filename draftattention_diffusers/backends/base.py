@@ -68,3 +68,10 @@ class SparseAttentionBackend:
         Returns ``[B, S, H, Dv]`` in ``q.dtype``. A query row with no kept key returns zeros.
         """
         raise NotImplementedError
+
+    def dense_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+        """Dense attention ``[B, S, H, D] -> [B, S, H, Dv]`` (any token order), for dense steps when this backend
+        is the config's ``dense_backend``. Backends without a dense kernel raise ``NotImplementedError``."""
+        raise NotImplementedError(f"backend {self.name!r} has no dense kernel")
+

@@ -48,3 +48,13 @@ class ReferenceBackend(SparseAttentionBackend):
             p = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-30)
             out[:, :, r0:r1] = p @ vf
         return out.transpose(1, 2).to(q.dtype)
+
+    def dense_forward(self, q, k, v, key_lengths, scale):
+        from ..core.layout import VideoGrid, get_layout
+        from ..core.selection import TileMask
+
+        B, S, H, _ = q.shape
+        layout = get_layout(VideoGrid(1, 1, S), 0, (1, S), q.device)  # one tile holding everything
+        kept = torch.ones(B, H, 1, 1, dtype=torch.bool, device=q.device)
+        return self.forward(q, k, v, TileMask(kept, layout, kept.new_zeros(B, H, dtype=torch.float)), key_lengths,
+                            scale)

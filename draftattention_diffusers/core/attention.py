@@ -45,8 +45,11 @@ class StageTimer:
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: VideoGrid, text_len: int,
-                 key_lengths: torch.Tensor | None) -> None:
-    """Raise ``ValueError`` saying what was expected when q/k/v do not fit the grid."""
+                 key_lengths: torch.Tensor | None, check_key_values: bool = True) -> None:
+    """Raise ``ValueError`` saying what was expected when q/k/v do not fit the grid.
+
+    ``check_key_values=False`` skips reading ``key_lengths`` (a device synchronisation) for callers that checked
+    them already."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v: expected [batch, seq, heads, head_dim] tensors, got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -63,6 +66,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: VideoG
         if key_lengths.shape != (q.shape[0],) or key_lengths.dtype.is_floating_point:
             raise ValueError(f"key_lengths: expected an integer tensor of shape [{q.shape[0]}], "
                              f"got {key_lengths.dtype} {tuple(key_lengths.shape)}")
+    if key_lengths is not None and check_key_values:
         lo, hi = int(key_lengths.min()), int(key_lengths.max())
         if lo < grid.num_tokens or hi > expected:
             raise ValueError(f"key_lengths in [{lo}, {hi}]: expected values in [{grid.num_tokens}, {expected}] "
@@ -80,6 +84,7 @@ def draft_attention(
     key_lengths: torch.Tensor | None = None,
     scale: float | None = None,
     draft_timer: StageTimer | None = None,
+    check_key_lengths: bool = True,
 ) -> tuple[torch.Tensor, TileMask]:
     """Draft attention over one video (+ trailing text) sequence.
 
@@ -92,6 +97,8 @@ def draft_attention(
         key_lengths: int ``[B]`` or None: keys at positions ``>= key_lengths[b]`` (padded text) are never attended.
         scale: softmax scale (default ``D ** -0.5``).
         draft_timer: optional :class:`StageTimer` that accumulates the time of the draft step.
+        check_key_lengths: read ``key_lengths`` to check their range (a device sync); processors that checked them
+            once per forward pass False.
 
     Returns:
         ``(out, tiles)``: ``out`` ``[B, S, H, D]`` in the original token order and ``q.dtype``; ``tiles`` the
@@ -113,7 +120,7 @@ def draft_attention(
     """
     from ..backends import AttentionInputs, resolve_backend
 
-    check_inputs(q, k, v, grid, text_len, key_lengths)
+    check_inputs(q, k, v, grid, text_len, key_lengths, check_key_lengths)
     layout = get_layout(grid, text_len, config.region_size, q.device)
     inputs = AttentionInputs.from_tensors(q, v, layout.tile_size, key_lengths is not None)
     backend = resolve_backend(config.backend, inputs)

@@ -1,0 +1,96 @@
+"""HunyuanVideo (``HunyuanVideoTransformer3DModel``): the attention of the dual-stream blocks
+(``transformer_blocks.<i>.attn``) and single-stream blocks (``single_transformer_blocks.<i>.attn``) becomes sparse
+over video tokens; the text tokens (appended after the video) attend and are attended densely, padded text keys
+never. The token refiner (``context_embedder.token_refiner``) is never touched.
+
+``dense_layers`` indices count the dual-stream blocks first, then the single-stream ones (0..19, 20..59 for the
+published model)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..core.layout import VideoGrid
+from .base import AttentionRole, ModelFamily, keep_or_default
+
+_DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
+_SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
+
+
+class HunyuanVideoFamily(ModelFamily):
+    name = "hunyuan_video"
+    transformer_classes = ("HunyuanVideoTransformer3DModel",)
+
+    def grid(self, transformer, latents):
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        _, _, t, h, w = latents.shape
+        return VideoGrid(t // p_t, h // p, w // p)
+
+    def roles(self, transformer, current):
+        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+        num_dual = len(transformer.transformer_blocks)
+        out = {}
+        for name, module in transformer.named_modules():
+            if not isinstance(module, Attention):
+                continue
+            cur = current.get(f"{name}.processor")
+            dual, single = _DUAL.match(name), _SINGLE.match(name)
+            if dual or single:
+                index = int(dual.group(1)) if dual else num_dual + int(single.group(1))
+                out[module] = AttentionRole(name, True, index, keep_or_default(cur, HunyuanVideoAttnProcessor2_0))
+            else:  # token refiner: plain self-attention over text
+                out[module] = AttentionRole(name, False, None, keep_or_default(cur, AttnProcessor2_0))
+        return out
+
+    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
+        # Steps 1-4 and 6 of diffusers' HunyuanVideoAttnProcessor2_0; step 5 (attention) is `attend`.
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = encoder_hidden_states.shape[1]
+        single_stream = attn.add_q_proj is None
+        if single_stream:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if rope is not None:
+            if single_stream:
+                query = torch.cat([apply_rotary_emb(query[:, :-text_len], rope, sequence_dim=1),
+                                   query[:, -text_len:]], dim=1)
+                key = torch.cat([apply_rotary_emb(key[:, :-text_len], rope, sequence_dim=1),
+                                 key[:, -text_len:]], dim=1)
+            else:
+                query = apply_rotary_emb(query, rope, sequence_dim=1)
+                key = apply_rotary_emb(key, rope, sequence_dim=1)
+        if not single_stream:
+            eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
+
+        out = attend(query, key, value, text_len, None, attention_mask)
+        out = out.flatten(2, 3).to(query.dtype)
+
+        video, text = out[:, :-text_len], out[:, -text_len:]
+        if getattr(attn, "to_out", None) is not None:
+            video = attn.to_out[1](attn.to_out[0](video))
+        if getattr(attn, "to_add_out", None) is not None:
+            text = attn.to_add_out(text)
+        return video, text
+
+    def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
+        if rope is not None:
+            kwargs["image_rotary_emb"] = rope
+        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)

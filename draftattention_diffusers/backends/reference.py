@@ -12,7 +12,8 @@ _CHUNK_BYTES = 256 * 2**20
 
 
 class ReferenceBackend(SparseAttentionBackend):
-    """Exact masked softmax attention, computed in float32 one chunk of query tiles at a time.
+    """Exact masked softmax attention, computed in float32 (float64 for float64 inputs) one chunk of query tiles at
+    a time.
 
     Equivalent plain PyTorch (for small S): ``softmax(q k^T * scale + log(token_mask)) v`` with the token mask
     expanded from ``tiles.kept`` and the key padding; a row with no kept key gives zeros.
@@ -29,8 +30,9 @@ class ReferenceBackend(SparseAttentionBackend):
     def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
         B, S, H, _ = q.shape
         t = tiles.layout.tile_size
-        qf, kf, vf = (x.transpose(1, 2).float() for x in (q, k, v))  # [B, H, S, D]
-        out = torch.empty(B, H, S, vf.shape[-1], dtype=torch.float32, device=q.device)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        qf, kf, vf = (x.transpose(1, 2).to(acc) for x in (q, k, v))  # [B, H, S, D]
+        out = torch.empty(B, H, S, vf.shape[-1], dtype=acc, device=q.device)
         pos = torch.arange(S, device=q.device)
         key_tile = pos // t
         key_ok = None if key_lengths is None else pos.view(1, S) < key_lengths.view(B, 1).to(q.device)

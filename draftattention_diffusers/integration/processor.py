@@ -14,6 +14,7 @@ How it knows what it needs (see docs/design.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from functools import partial
@@ -115,6 +116,10 @@ class DraftAttnProcessor:
         if transformer in self._hooks:
             return
         roles = family.roles(transformer, transformer.attn_processors)
+        # Name layers after the pipeline attribute ("transformer_2.blocks.3.attn1"): Wan2.2 has two experts.
+        owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
+        if owner:
+            roles = {m: dataclasses.replace(r, name=f"{owner}.{r.name}") for m, r in roles.items()}
         self._roles.update({m: (family, r) for m, r in roles.items()})
         self._hooks[transformer] = transformer.register_forward_pre_hook(
             partial(self._on_forward, family), with_kwargs=True)

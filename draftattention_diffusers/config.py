@@ -12,6 +12,7 @@ SELECTIONS = ("topk", "paper", "row_topk")
 """Tile-selection rules, see :func:`draftattention_diffusers.core.selection.select_tiles`."""
 
 POOLINGS = ("avg", "max")
+REORDERS = ("per_forward", "per_call")
 
 
 @dataclass
@@ -39,6 +40,11 @@ class DraftAttentionConfig:
         dense_backend: what computes self-attention in dense steps and dense layers: ``"diffusers"`` (the
             model's own processor and attention backend, e.g. after ``transformer.set_attention_backend(...)``)
             or a backend name with a dense kernel (``"fa4"``: flash-attn-4 dense, the fastest on Hopper).
+        reorder: when tokens are put in tile order: ``"per_forward"`` (default) once per transformer forward, after
+            the patch embedding (RoPE tables too), and back before the output projection, so attention calls need no
+            gathers; ``"per_call"``: gather q, k, v and scatter the output in every attention call. Same result up
+            to float rounding. ``per_forward`` applies only to sparse forwards of a single process (not under
+            context parallelism, not HunyuanVideo's token-replace I2V); elsewhere ``per_call`` is used.
 
     Example:
         >>> cfg = DraftAttentionConfig(sparsity=0.75, dense_layers=(0,))
@@ -57,6 +63,7 @@ class DraftAttentionConfig:
     dense_layers: tuple[int, ...] = ()
     backend: str = "auto"
     dense_backend: str = "diffusers"
+    reorder: str = "per_forward"
 
     def __post_init__(self) -> None:
         self.region_size = tuple(self.region_size)  # YAML gives lists
@@ -77,6 +84,8 @@ class DraftAttentionConfig:
             raise ValueError(f"region_size={rs!r}: expected two positive integers (h, w), e.g. (8, 16)")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection={self.selection!r}: expected one of {SELECTIONS}")
+        if self.reorder not in REORDERS:
+            raise ValueError(f"reorder={self.reorder!r}: expected one of {REORDERS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
         f = self.dense_steps_fraction
@@ -122,7 +131,8 @@ class Preset:
 
     Keys: ``model`` (hub id or local path), ``height``, ``width``, ``num_frames``, ``num_inference_steps``,
     ``guidance_scale``, optional ``description``, ``flow_shift`` and ``draft_attention`` (the fields of
-    :class:`DraftAttentionConfig`).
+    :class:`DraftAttentionConfig`); optional ``guidance_scale_2`` (Wan2.2's second, low-noise expert) and ``fps``
+    (of the written video).
     """
 
     model: str
@@ -134,6 +144,8 @@ class Preset:
     draft_attention: DraftAttentionConfig = field(default_factory=DraftAttentionConfig)
     description: str = ""
     flow_shift: float | None = None
+    guidance_scale_2: float | None = None
+    fps: int | None = None
 
 
 def load_preset(path_or_name: str | Path) -> Preset:
@@ -169,9 +181,20 @@ def load_preset(path_or_name: str | Path) -> Preset:
         cfg = DraftAttentionConfig().replace(**draft)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: draft_attention: {e}") from None
-    for key, typ in (("height", int), ("width", int), ("num_frames", int), ("num_inference_steps", int)):
-        if not isinstance(data[key], typ) or data[key] <= 0:
-            raise ValueError(f"{path}: {key}={data[key]!r}: expected a positive integer")
+    for key in ("height", "width", "num_frames", "num_inference_steps", "fps"):
+        val = data.get(key)
+        if (val is not None or key != "fps") and (not isinstance(val, int) or isinstance(val, bool) or val <= 0):
+            raise ValueError(f"{path}: {key}={val!r}: expected a positive integer")
+    for key in ("guidance_scale", "guidance_scale_2", "flow_shift"):
+        val = data.get(key)
+        if val is None and key != "guidance_scale":
+            continue
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not val >= 0 or math.isinf(val):
+            raise ValueError(f"{path}: {key}={val!r}: expected a non-negative number")
+    if not isinstance(data["model"], str) or not data["model"].strip():
+        raise ValueError(f"{path}: model={data['model']!r}: expected a hub id or a local path")
+    if not isinstance(data.get("description", ""), str):
+        raise ValueError(f"{path}: description: expected a string")
     return Preset(draft_attention=cfg, **data)
 
 

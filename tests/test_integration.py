@@ -155,24 +155,29 @@ def test_hunyuan_odd_grid_with_text_runs_sparse(hunyuan):
     assert torch.isfinite(out).all() and stats["sparse_calls"] > 0 and stats["fallbacks"] == {}
 
 
-def test_sparse_layer_equals_reference_on_the_same_mask(pipe, monkeypatch):  # (g)
+@pytest.mark.parametrize("reorder", ["per_forward", "per_call"])
+def test_sparse_layer_equals_reference_on_the_same_mask(pipe, monkeypatch, reorder):  # (g)
     calls = []
     real = processor_module.draft_attention
 
     def spy(q, k, v, grid, config, **kw):
         out, tiles = real(q, k, v, grid, config, **kw)
-        calls.append((q, k, v, kw.get("text_len", 0), kw.get("key_lengths"), out, tiles))
+        calls.append((q, k, v, kw.get("text_len", 0), kw.get("key_lengths"), out, tiles, kw["in_tile_order"]))
         return out, tiles
 
     monkeypatch.setattr(processor_module, "draft_attention", spy)
-    with draft_attention_enabled(pipe, sparsity=0.6, dense_steps_fraction=0.0):
+    with draft_attention_enabled(pipe, sparsity=0.6, dense_steps_fraction=0.0, reorder=reorder):
         run(pipe, steps=1, size=dict(height=240, width=416, num_frames=5),
             **(tiny_prompt_kwargs(pipe, valid_len=12) if "Hunyuan" in type(pipe).__name__ else {}))
     assert calls
-    for q, k, v, text_len, key_lengths, out, tiles in calls:
+    assert all(c[-1] == (reorder == "per_forward") for c in calls)
+    for q, k, v, text_len, key_lengths, out, tiles, in_tile_order in calls:
         lay = tiles.layout
-        # independent: dense attention with the token mask of the kept tiles, mapped back to diffusers order
-        token_mask = tile_mask_to_token_mask(tiles.kept, lay.tile_size, lay.seq_len)[:, :, lay.inv_perm][..., lay.inv_perm]
+        # independent: dense attention with the token mask of the kept tiles (mapped back to diffusers order
+        # unless the transformer runs its tokens in tile order)
+        token_mask = tile_mask_to_token_mask(tiles.kept, lay.tile_size, lay.seq_len)
+        if not in_tile_order:
+            token_mask = token_mask[:, :, lay.inv_perm][..., lay.inv_perm]
         B, S = q.shape[:2]
         if key_lengths is not None:
             token_mask &= (torch.arange(S).view(1, S) < key_lengths.view(B, 1)).view(B, 1, 1, S)
@@ -180,6 +185,15 @@ def test_sparse_layer_equals_reference_on_the_same_mask(pipe, monkeypatch):  # (
         p = torch.softmax(s.masked_fill(~token_mask, float("-inf")), -1).nan_to_num(0.0)
         ref = torch.einsum("bhqk,bkhd->bqhd", p, v.double())
         assert (out.double() - ref).abs().max() < 1e-4
+
+
+def test_per_forward_and_per_call_reordering_agree(pipe):
+    size = dict(height=240, width=416, num_frames=5)
+    outs = {}
+    for reorder in ("per_forward", "per_call"):
+        with draft_attention_enabled(pipe, sparsity=0.6, dense_steps_fraction=0.5, reorder=reorder):
+            outs[reorder], _ = run(pipe, steps=2, size=size)
+    torch.testing.assert_close(outs["per_forward"], outs["per_call"], rtol=1e-4, atol=1e-4)
 
 
 def test_num_videos_per_prompt_two(pipe):  # (h)
@@ -283,8 +297,8 @@ def test_grid_mismatch_falls_back_visibly(wan):
         x = torch.randn(1, 16, 2, 16, 32)
         hook_grid = processor_module.DraftAttnProcessor._begin_forward
 
-        def wrong_grid(self, grid):
-            hook_grid(self, grid)
+        def wrong_grid(self, grid, *args):
+            hook_grid(self, grid, *args)
             self.grid = type(grid)(grid.frames, grid.height, grid.width + 1)
 
         processor_module.DraftAttnProcessor._begin_forward = wrong_grid

@@ -85,6 +85,7 @@ def draft_attention(
     scale: float | None = None,
     draft_timer: StageTimer | None = None,
     check_key_lengths: bool = True,
+    in_tile_order: bool = False,
 ) -> tuple[torch.Tensor, TileMask]:
     """Draft attention over one video (+ trailing text) sequence.
 
@@ -99,6 +100,8 @@ def draft_attention(
         draft_timer: optional :class:`StageTimer` that accumulates the time of the draft step.
         check_key_lengths: read ``key_lengths`` to check their range (a device sync); processors that checked them
             once per forward pass False.
+        in_tile_order: q, k, v are already in tile order (``x[:, layout.perm]``, e.g. the transformer reordered its
+            tokens once per forward); the output is then returned in tile order too.
 
     Returns:
         ``(out, tiles)``: ``out`` ``[B, S, H, D]`` in the original token order and ``q.dtype``; ``tiles`` the
@@ -126,13 +129,13 @@ def draft_attention(
     backend = resolve_backend(config.backend, inputs)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
-    qp, kp, vp = (x.index_select(1, layout.perm) for x in (q, k, v))
+    qp, kp, vp = (q, k, v) if in_tile_order else (x.index_select(1, layout.perm) for x in (q, k, v))
     token = draft_timer.start(q.device) if draft_timer is not None else None
     tiles = select_tiles(qp, kp, layout, config.sparsity, config.selection, config.pooling, scale, key_lengths)
     if draft_timer is not None:
         draft_timer.stop(token)
     out = backend.forward(qp, kp, vp, tiles, key_lengths, scale)
-    return out.index_select(1, layout.inv_perm), tiles
+    return (out if in_tile_order else out.index_select(1, layout.inv_perm)), tiles
 
 
 def layout_for(grid: VideoGrid, config: DraftAttentionConfig, text_len: int = 0,

@@ -24,9 +24,9 @@ import torch
 
 from ..config import DraftAttentionConfig, make_config
 from ..core.attention import draft_attention
-from ..core.layout import VideoGrid
+from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
-from ..models.base import AttentionRole
+from ..models.base import AttentionRole, TileOrder
 from .stats import AttentionEvent, DraftStats
 
 Observer = Callable[[AttentionEvent], None]
@@ -74,7 +74,9 @@ class DraftAttnProcessor:
         self.config = make_config(config, **overrides)
         self.stats = DraftStats()
         self._roles: dict[torch.nn.Module, tuple[ModelFamily, AttentionRole]] = {}
-        self._hooks: dict[torch.nn.Module, Any] = {}
+        self._hooks: dict[torch.nn.Module, list] = {}
+        self._tile_order_ok: dict[torch.nn.Module, bool] = {}
+        self._order = TileOrder()  # video tokens in tile order for this forward (config.reorder="per_forward")
         self._observers: list[Observer] = []
         self._pipe = None
         self._manual_step: tuple[int, int] | None = None
@@ -121,25 +123,32 @@ class DraftAttnProcessor:
         if owner:
             roles = {m: dataclasses.replace(r, name=f"{owner}.{r.name}") for m, r in roles.items()}
         self._roles.update({m: (family, r) for m, r in roles.items()})
-        self._hooks[transformer] = transformer.register_forward_pre_hook(
-            partial(self._on_forward, family), with_kwargs=True)
+        hooks = [transformer.register_forward_pre_hook(partial(self._on_forward, family), with_kwargs=True)]
+        order_hooks = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
+        self._tile_order_ok[transformer] = order_hooks is not None
+        self._hooks[transformer] = hooks + (order_hooks or [])
         if pipe is not None:
             self._pipe = pipe
 
     def detach(self) -> None:
         """Remove the forward hooks and forget the role tables."""
-        for handle in self._hooks.values():
-            handle.remove()
+        for handles in self._hooks.values():
+            for handle in handles:
+                handle.remove()
         self._hooks.clear()
+        self._tile_order_ok.clear()
+        self._order.set(None, None)
         self._roles.clear()
         self._pipe = None
 
     # ------------------------------------------------------------------------------------------- per forward
     def _on_forward(self, family: ModelFamily, transformer, args, kwargs) -> None:
         latents = args[0] if args else kwargs["hidden_states"]
-        self._begin_forward(family.grid(transformer, latents))
+        self._begin_forward(family.grid(transformer, latents),
+                            latents.device if self._tile_order_ok.get(transformer) else None)
 
-    def _begin_forward(self, grid: VideoGrid | None) -> None:
+    def _begin_forward(self, grid: VideoGrid | None, tile_order_device: torch.device | None = None) -> None:
+        """Start of a transformer forward: grid, step, dense or sparse, and whether tokens run in tile order."""
         self.grid = grid
         self._mask_cache = None
         step_info = self._manual_step or (_scheduler_step(self._pipe) if self._pipe is not None else None)
@@ -165,6 +174,10 @@ class DraftAttnProcessor:
             mode = "dense" if dense else "sparse"
         self._dense_forward = dense
         self.stats.record_step(self.step, mode)
+        reorder = (not dense and grid is not None and tile_order_device is not None
+                   and self.config.reorder == "per_forward" and self._parallel_config is None)
+        layout = get_layout(grid, 0, self.config.region_size, tile_order_device) if reorder else None
+        self._order.set(layout.perm if layout else None, layout.inv_perm if layout else None)
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
@@ -206,14 +219,19 @@ class DraftAttnProcessor:
                 dense = True
         scale = q.shape[-1] ** -0.5
         tiles = None
+        in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
             self.stats.record_dense()
             out = self._dense(q, k, v, attention_mask, key_lengths if key_lengths is not False else None, scale)
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
-                                         scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False)
+                                         scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
+                                         in_tile_order=in_tile_order)
             self.stats.record_sparse(role.name, tiles)
         if self._observers:
+            if in_tile_order:  # observers see diffusers' token order
+                inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
+                q, k, v = (x.index_select(1, inv) for x in (q, k, v))
             event = AttentionEvent(role.name, role.block_index, self.step, self.num_steps, q, k, v, grid, text_len,
                                    key_lengths if key_lengths is not False else None, dense, tiles, scale)
             for fn in self._observers:

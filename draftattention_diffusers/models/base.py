@@ -51,6 +51,31 @@ class ModelFamily:
         """Call the model's own processor exactly as the model would."""
         raise NotImplementedError
 
+    def tile_order_hooks(self, transformer: torch.nn.Module, order: "TileOrder") -> list | None:
+        """Hooks that put the video tokens (and everything indexed by them: RoPE tables, per-token timesteps) in
+        tile order once per forward while ``order.active``, and back before the output projection. Returns the
+        hook handles, or None where the model cannot run reordered (then every call gathers instead)."""
+        return None
+
+
+class TileOrder:
+    """The video-token permutation of the current forward, for the tile-order hooks of a model family."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._perm: torch.Tensor | None = None
+        self._inv: torch.Tensor | None = None
+
+    def set(self, perm: torch.Tensor | None, inv: torch.Tensor | None) -> None:
+        self.active = perm is not None
+        self._perm, self._inv = perm, inv
+
+    def to_tiles(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.index_select(dim, self._perm.to(x.device))
+
+    def from_tiles(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.index_select(dim, self._inv.to(x.device))
+
 
 def keep_or_default(current: Any, default_cls: type) -> Any:
     """The module's current processor if it is of the model's own class (keeps its settings), else a new one."""

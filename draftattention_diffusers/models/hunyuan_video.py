@@ -94,3 +94,20 @@ class HunyuanVideoFamily(ModelFamily):
         if rope is not None:
             kwargs["image_rotary_emb"] = rope
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+    def tile_order_hooks(self, transformer, order):
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            return None  # its blocks slice the first frame's tokens by position
+
+        def patches(module, args, out):  # [B, S, C]
+            return order.to_tiles(out, 1) if order.active else None
+
+        def rope(module, args, out):  # (cos, sin), each [S, D]
+            return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
+
+        def back(module, args):  # proj_out input [B, S, C] (video stream only)
+            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+
+        return [transformer.x_embedder.register_forward_hook(patches),
+                transformer.rope.register_forward_hook(rope),
+                transformer.proj_out.register_forward_pre_hook(back)]

@@ -61,3 +61,27 @@ class WanFamily(ModelFamily):
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs)
+
+    def tile_order_hooks(self, transformer, order):
+        def patches(module, args, out):  # [B, C, F, H, W]; the model flattens dims 2.. into the sequence next
+            return order.to_tiles(out.flatten(2), 2).view(out.shape) if order.active else None
+
+        def rope(module, args, out):  # (cos, sin), each [1, S, 1, D]
+            return tuple(order.to_tiles(t, 1) for t in out) if order.active else None
+
+        def per_token_timestep(module, args, kwargs):  # Wan2.2 TI2V: timestep [B, S]
+            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+            if not order.active or t is None or t.ndim != 2:
+                return None
+            t = order.to_tiles(t, 1)
+            if "timestep" in kwargs:
+                return args, {**kwargs, "timestep": t}
+            return (args[0], t) + tuple(args[2:]), kwargs
+
+        def back(module, args):  # proj_out input [B, S, C]
+            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+
+        return [transformer.patch_embedding.register_forward_hook(patches),
+                transformer.rope.register_forward_hook(rope),
+                transformer.register_forward_pre_hook(per_token_timestep, with_kwargs=True),
+                transformer.proj_out.register_forward_pre_hook(back)]

@@ -318,3 +318,16 @@ def test_layout_of_a_real_grid_has_no_padding():
 
     lay = get_layout(VideoGrid(21, 30, 52), 0, (8, 16))
     assert lay.num_tiles == -(-21 * 30 * 52 // 128)
+
+
+def test_per_token_timesteps_follow_the_tile_order():
+    """Wan2.2 TI2V passes one timestep per token: reordering must permute them with the tokens."""
+    tr = build_tiny_pipeline("wan").transformer
+    x = torch.randn(1, 16, 2, 30, 52)  # 15 x 26 tokens per frame
+    t = torch.rand(1, 2 * 15 * 26) * 1000
+    args = dict(hidden_states=x, timestep=t, encoder_hidden_states=torch.randn(1, 16, 32))
+    outs = {}
+    for reorder in ("per_forward", "per_call"):
+        with draft_attention_enabled(tr, sparsity=0.6, dense_steps_fraction=0.0, reorder=reorder):
+            outs[reorder] = tr(**args).sample
+    torch.testing.assert_close(outs["per_forward"], outs["per_call"], rtol=1e-4, atol=1e-4)

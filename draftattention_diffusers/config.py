@@ -162,7 +162,10 @@ def load_preset(path_or_name: str | Path) -> Preset:
             known = ", ".join(sorted(p.stem for p in preset_dir().glob("*.yaml"))) or "none found"
             raise FileNotFoundError(f"preset {str(path_or_name)!r} not found; known presets: {known}")
         path = cand
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:  # includes tags the safe loader refuses (e.g. !!python/object)
+        raise ValueError(f"{path}: not a valid preset YAML file ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of preset keys")
     known = {f.name for f in dataclasses.fields(Preset)}

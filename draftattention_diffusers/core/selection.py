@@ -43,15 +43,15 @@ def pool_tiles(x: torch.Tensor, layout: TokenLayout, pooling: str = "avg") -> to
     B, _, H, D = x.shape
     g, t = layout.num_video_tiles, layout.tile_size
     n = min(layout.num_video_tokens, g * t)
-    xv = x[:, :n].float()
-    if n < g * t:  # partial last video tile (no text after it)
-        fill = 0.0 if pooling == "avg" else float("-inf")
-        xv = torch.cat([xv, xv.new_full((B, g * t - n, H, D), fill)], dim=1)
-    xv = xv.view(B, g, t, H, D)
-    if pooling == "avg":
-        pooled = xv.sum(dim=2) / layout.tile_counts.view(1, g, 1, 1)
+    full = n // t  # complete tiles; a partial last video tile (no text after it) is pooled on its own
+    parts = [x[:, : full * t].reshape(B, full, t, H, D)]
+    if n > full * t:
+        parts.append(x[:, full * t : n].unsqueeze(1))
+    if pooling == "avg":  # accumulate in float32 without materialising a float32 copy of x
+        pooled = torch.cat([p.sum(dim=2, dtype=torch.float32) for p in parts], dim=1)
+        pooled = pooled / layout.tile_counts.view(1, g, 1, 1)
     elif pooling == "max":
-        pooled = xv.amax(dim=2)
+        pooled = torch.cat([p.amax(dim=2).float() for p in parts], dim=1)
     else:
         raise ValueError(f"pooling={pooling!r}: expected 'avg' or 'max'")
     return pooled.transpose(1, 2)  # [B, H, g, D]

@@ -109,10 +109,12 @@ def test_low_precision_inputs_finite_and_close(dtype):
     grid = VideoGrid(2, 16, 32)
     q, k, v = (torch.randn(1, grid.num_tokens, 2, 32) for _ in range(3))
     cfg = DraftAttentionConfig(sparsity=0.5, backend="reference")
-    out32, _ = draft_attention(q, k, v, grid, cfg)
-    out, _ = draft_attention(q.to(dtype), k.to(dtype), v.to(dtype), grid, cfg)
+    out, tiles = draft_attention(q.to(dtype), k.to(dtype), v.to(dtype), grid, cfg)
     assert out.dtype == dtype and torch.isfinite(out).all()
-    assert (out.float() - out32).abs().max() < 0.05
+    # same tiles in float32 (selection on near-tied random scores may differ with rounding; the attention must not)
+    perm, inv = tiles.layout.perm, tiles.layout.inv_perm
+    ref = get_backend("reference").forward(q[:, perm], k[:, perm], v[:, perm], tiles, None, 32 ** -0.5)[:, inv]
+    assert (out.float() - ref).abs().max() < 0.02
 
 
 class TestBadInput:

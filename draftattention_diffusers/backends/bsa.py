@@ -1,10 +1,93 @@
-"""Placeholder until the bsa kernel lands (GPU kernels issue): it always reports that it cannot run."""
+"""MIT Block-Sparse-Attention (``block_sparse_attn.block_sparse_attn_func``): FlashAttention-2-class kernels with a
+128 x 128 block mask, when the package is importable.
 
-from .base import SparseAttentionBackend
+It is not on PyPI and is built from its source (https://github.com/mit-han-lab/Block-Sparse-Attention, with its
+CUTLASS submodule); this project never ships that code or a build of it. The kernel takes packed varlen tensors:
+``q/k/v [total, H, D]`` with ``cu_seqlens``; padded keys are removed by packing each batch item's live keys.
+It converts the boolean mask to its own lists on every call (its wrapper's cost, counted in the benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..core.selection import TileMask
+from .base import AttentionInputs, SparseAttentionBackend
+
+INSTALL = ("build from source: git clone --recursive https://github.com/mit-han-lab/Block-Sparse-Attention && "
+           "cd Block-Sparse-Attention && pip install --no-build-isolation .")
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    try:
+        from block_sparse_attn import block_sparse_attn_func  # noqa: F401
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@torch.compiler.disable  # its wrapper counts the sparse heads on the host (data-dependent); keep it out of graphs
+def _bsa_call(q, k, v, cu_q, cu_k, kept, max_q, max_k, scale):
+    from block_sparse_attn import block_sparse_attn_func
+
+    heads = q.shape[1]
+    head_mask_type = torch.ones(heads, dtype=torch.int32, device=q.device)  # 1 = block-sparse head
+    out = block_sparse_attn_func(q, k, v, cu_q, cu_k, head_mask_type, None, kept, max_q, max_k, 0.0,
+                                 deterministic=False, softmax_scale=scale, is_causal=False, exact_streaming=False,
+                                 return_attn_probs=False)
+    return out[0] if isinstance(out, tuple) else out
 
 
 class BlockSparseAttnBackend(SparseAttentionBackend):
-    name = "bsa"
+    """Block-sparse attention with the MIT Block-Sparse-Attention kernels (sm80 / sm90, head dims 32/64/128).
 
-    def not_supported_reasons(self, inputs):
-        return ["not implemented yet"]
+    Equivalent plain PyTorch: :class:`~draftattention_diffusers.backends.reference.ReferenceBackend`.
+
+    Example:
+        >>> out = BlockSparseAttnBackend().forward(q, k, v, tiles, None, 128 ** -0.5)  # doctest: +SKIP
+    """
+
+    name = "bsa"
+    install_hint = INSTALL
+    dtypes = (torch.float16, torch.bfloat16)
+    head_dims = (32, 64, 128)
+    tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2}
+
+    def package_missing(self) -> str | None:
+        err = _import_error()
+        return None if err is None else f"block_sparse_attn is not importable ({err}); {INSTALL}"
+
+    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        if inputs.device_type != "cuda":
+            reasons.append(f"device={inputs.device_type} (supported: cuda, sm80 or newer)")
+        elif (inputs.compute_capability or (0, 0)) < (8, 0):
+            cc = inputs.compute_capability or (0, 0)
+            reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm80 or newer)")
+        if inputs.dtype not in self.dtypes:
+            reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16)")
+        if inputs.head_dim not in self.head_dims or inputs.value_dim != inputs.head_dim:
+            reasons.append(f"head_dim={inputs.head_dim}, value head_dim={inputs.value_dim} (supported: equal, one "
+                           f"of {', '.join(map(str, self.head_dims))})")
+        if inputs.tile_size != 128:
+            reasons.append(f"tile_size={inputs.tile_size} (supported: 128, the kernel's fixed block size)")
+        return reasons
+
+    def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
+        B, S, H, D = q.shape
+        dev = q.device
+        step = torch.arange(B + 1, device=dev, dtype=torch.int32)
+        cu_q = step * S
+        qp = q.reshape(B * S, H, D)
+        if key_lengths is None:
+            cu_k, kp, vp = cu_q, k.reshape(B * S, H, D), v.reshape(B * S, H, v.shape[-1])
+        else:  # pack the live keys of every batch item back to back
+            lengths = key_lengths.to(device=dev, dtype=torch.int32)
+            live = torch.arange(S, device=dev).view(1, S) < lengths.view(B, 1)
+            kp, vp = k[live], v[live]
+            cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0, dtype=torch.int32)])
+        out = _bsa_call(qp, kp, vp, cu_q, cu_k, tiles.kept, S, S, float(scale))
+        return out.view(B, S, H, -1)

@@ -1,10 +1,153 @@
-"""Placeholder until the flex kernel lands (GPU kernels issue): it always reports that it cannot run."""
+"""FlexAttention (``torch.nn.attention.flex_attention``) block-sparse attention: any recent CUDA GPU, no extra package.
 
-from .base import SparseAttentionBackend
+The tile mask becomes a ``BlockMask`` built directly from the kept-tile lists (``BlockMask.from_kv_blocks``; no
+``S x S`` mask is ever built). Kept tiles whose keys are all live are *full* blocks (no per-element mask work);
+the one key tile per batch item that straddles the end of the unpadded keys is a *partial* block, masked by a
+``mask_mod`` that reads the same tile table and the key lengths.
+
+The kernel is fast only compiled: ``flex_attention`` is wrapped once per process in ``torch.compile(dynamic=False)``.
+New mask values reuse the compiled kernel; new shapes compile again. On CPU, FlexAttention runs eagerly and
+evaluates the ``mask_mod`` over a dense ``S x S`` grid (it ignores the block lists there), so it is correct but
+slow and memory-hungry: ``auto`` never picks it on CPU (tests call :meth:`FlexBackend.forward` directly).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.selection import TileMask
+from .base import AttentionInputs, SparseAttentionBackend
+from .tiles import split_boundary_tiles, tile_indices
+
+_compiled_flex = None
+
+
+def _flex_fn(device_type: str):
+    """``flex_attention`` compiled once per process on CUDA (``dynamic=False``), eager elsewhere."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type != "cuda":
+        return flex_attention
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _from_kv_blocks_kwargs() -> dict[str, Any]:
+    # The transposed (query-major) lists only serve the backward pass; skip them where torch allows it.
+    from torch.nn.attention.flex_attention import BlockMask
+
+    params = inspect.signature(BlockMask.from_kv_blocks).parameters
+    return {"compute_q_blocks": False} if "compute_q_blocks" in params else {}
+
+
+@dataclass
+class FlexPlan:
+    """A ``BlockMask`` for one :class:`TileMask` (and key lengths)."""
+
+    block_mask: Any  # torch.nn.attention.flex_attention.BlockMask
+
+
+def make_block_mask(tiles: TileMask, key_lengths: torch.Tensor | None):
+    """The ``BlockMask`` of ``tiles`` (see module doc): full blocks for wholly live kept tiles, partial blocks for
+    the kept tiles that hold the end of the unpadded keys, and a ``mask_mod`` reproducing the tile table exactly."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kept = tiles.kept
+    t = tiles.layout.tile_size
+    S = tiles.layout.seq_len
+    full, boundary = split_boundary_tiles(kept, t, key_lengths)
+    full_counts, full_indices = tile_indices(full)
+    if boundary is None:
+        # No partial blocks: zero counts. The lowering wants [B, H, Tq, Tk] index lists in a tensor of their own
+        # (passing the full lists twice breaks the compiled kernel's arguments), so a zero tensor it is.
+        counts, indices = torch.zeros_like(full_counts), torch.zeros_like(full_indices)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kept[b, h, q_idx // t, kv_idx // t]
+    else:
+        # At most one partial block per row: the key tile holding the end of the live keys (same for all rows of
+        # a batch item). The kernels want [B, H, Tq, Tk] index lists; only entry 0 is read.
+        B, H, Tq, Tk = kept.shape
+        counts = boundary.any(dim=-1).to(torch.int32)
+        cut = (key_lengths.to(device=kept.device, dtype=torch.int32) // t).clamp_max(Tk - 1)
+        indices = full_indices.new_zeros(B, H, Tq, Tk)
+        indices[..., 0] = cut.view(B, 1, 1)
+        lengths = key_lengths.to(device=kept.device, dtype=torch.int32)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kept[b, h, q_idx // t, kv_idx // t] & (kv_idx < lengths[b])
+
+    return BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=t, mask_mod=mask_mod,
+                                    seq_lengths=(S, S), **_from_kv_blocks_kwargs())
 
 
 class FlexBackend(SparseAttentionBackend):
-    name = "flex"
+    """Block-sparse attention with FlexAttention, compiled per process for CUDA.
 
-    def not_supported_reasons(self, inputs):
-        return ["not implemented yet"]
+    Equivalent plain PyTorch: :class:`~draftattention_diffusers.backends.reference.ReferenceBackend`.
+
+    Example:
+        >>> out = FlexBackend().forward(q, k, v, tiles, key_lengths=None, scale=128 ** -0.5)  # doctest: +SKIP
+    """
+
+    name = "flex"
+    install_hint = "pip install 'torch>=2.5' (FlexAttention is part of PyTorch; it needs Triton on CUDA)"
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    head_dims = (16, 32, 64, 128, 256)
+    tolerance = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+    def package_missing(self) -> str | None:
+        err = _import_error()
+        return None if err is None else f"FlexAttention is not importable ({err}); install: {self.install_hint}"
+
+    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
+        if inputs.device_type != "cuda":
+            reasons.append(f"device={inputs.device_type} (supported: cuda; on CPU FlexAttention runs eagerly over a "
+                           "dense S x S mask: for tests only, call FlexBackend().forward directly)")
+        else:
+            cc = inputs.compute_capability or (0, 0)
+            if cc < (8, 0):
+                reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm80 or newer)")
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                reasons.append("Triton is not available (FlexAttention compiles its CUDA kernel with Triton)")
+        if inputs.dtype not in self.dtypes:
+            reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16, float32)")
+        for label, d in (("head_dim", inputs.head_dim), ("value head_dim", inputs.value_dim)):
+            if d not in self.head_dims:
+                reasons.append(f"{label}={d} (supported: {', '.join(map(str, self.head_dims))})")
+        if inputs.tile_size != 128:
+            reasons.append(f"tile_size={inputs.tile_size} (supported: 128, i.e. region_size (8, 16) or (16, 8))")
+        return reasons
+
+    def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None) -> FlexPlan:
+        return FlexPlan(make_block_mask(tiles, key_lengths))
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: FlexPlan, scale: float) -> torch.Tensor:
+        """The kernel alone on a prepared :class:`FlexPlan`: ``[B, S, H, D]`` in, ``[B, S, H, Dv]`` out."""
+        fn = _flex_fn(q.device.type)
+        out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=plan.block_mask,
+                 scale=float(scale))
+        return out.transpose(1, 2)
+
+    def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
+        return self.run(q, k, v, self.plan(tiles, key_lengths), scale)

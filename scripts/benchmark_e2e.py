@@ -1,0 +1,318 @@
+"""End-to-end transformer benchmark: full-size Wan2.1 / HunyuanVideo transformers (published configs, random
+weights, bf16) on the GPU, one forward per attention setting, and the projected 50-step time.
+
+Settings timed per model: diffusers' default attention (PyTorch SDPA), cuDNN SDPA
+(``transformer.set_attention_backend("_native_cudnn")``), flash-attn-4 dense through our processor
+(``dense_steps_fraction=1, dense_backend="fa4"``), and draft attention at each sparsity (``dense_steps_fraction=0``,
+all video self-attention sparse). Random weights give the same compute as real ones; the output values are
+meaningless. Projection: 50 steps, ``ceil(0.25 * 50) = 13`` dense steps on the fastest dense path, the rest sparse;
+Wan runs two transformer calls per step (CFG), HunyuanVideo one (guidance-distilled).
+
+Examples:
+    python scripts/benchmark_e2e.py --models wan1.3b-480p wan14b-720p hunyuan-720p --out /tmp/e2e.md
+    python scripts/benchmark_e2e.py --models wan1.3b-480p --compile regional       # torch.compile gain and breaks
+    python scripts/benchmark_e2e.py --tiny                                           # CPU dry run, tiny configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from draftattention_diffusers import (disable_draft_attention, enable_draft_attention,  # noqa: E402
+                                      get_draft_stats)
+
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+HUNYUAN = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+               num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+               qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
+               rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+
+# name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
+MODELS = {
+    "wan1.3b-480p": ("wan", WAN_1_3B, (21, 60, 104), 2, "Wan2.1 1.3B, 480x832, 81 frames"),
+    "wan14b-720p": ("wan", WAN_14B, (21, 90, 160), 2, "Wan2.1 14B, 720x1280, 81 frames"),
+    "hunyuan-720p": ("hunyuan", HUNYUAN, (33, 90, 160), 1, "HunyuanVideo, 720x1280, 129 frames"),
+    # tiny configs for a CPU dry run of this script
+    "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
+                             text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
+    "tiny-hunyuan": ("hunyuan", dict(HUNYUAN, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                                     num_single_layers=1, num_refiner_layers=1, text_embed_dim=32,
+                                     pooled_projection_dim=16, rope_axes_dim=(4, 6, 6)),
+                     (2, 32, 64), 1, "tiny HunyuanVideo (CPU dry run)"),
+}
+STEPS, DENSE_FRACTION = 50, 0.25
+
+
+def build(name: str, device: torch.device, dtype: torch.dtype):
+    """The transformer with random weights directly on ``device`` (no CPU copy of the weights)."""
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    family, config, _, _, _ = MODELS[name]
+    cls = WanTransformer3DModel if family == "wan" else HunyuanVideoTransformer3DModel
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(**config)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def inputs(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int = 120) -> dict:
+    family, config, (f, h, w), _, _ = MODELS[name]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    latents = rnd(1, config["in_channels"], f, h, w)
+    t = torch.tensor([500], device=device)
+    if family == "wan":
+        return dict(hidden_states=latents, timestep=t, encoder_hidden_states=rnd(1, 512, config["text_dim"]),
+                    return_dict=False)
+    mask = torch.zeros(1, 256, dtype=torch.bool, device=device)
+    mask[:, :text_tokens] = True  # a prompt of `text_tokens` tokens, the rest padding
+    return dict(hidden_states=latents, timestep=t, encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]),
+                encoder_attention_mask=mask, pooled_projections=rnd(1, config["pooled_projection_dim"]),
+                guidance=torch.tensor([6000.0], device=device, dtype=dtype), return_dict=False)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward(model, kwargs, device, reps: int, warmup: int) -> tuple[float, torch.Tensor]:
+    """Median seconds of one forward (after ``warmup`` forwards) and the last output."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            out = model(**kwargs)
+        times = []
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            out = model(**kwargs)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2], out[0]
+
+
+def run_model(name: str, args, device, dtype) -> dict:
+    family, _, _, calls, label = MODELS[name]
+    print(f"== {name}: {label}", flush=True)
+    t0 = time.perf_counter()
+    model = build(name, device, dtype)
+    kw = inputs(name, device, dtype)
+    print(f"   built in {time.perf_counter() - t0:.1f} s", flush=True)
+    res = {"model": name, "label": label, "calls_per_step": calls, "times": {}, "notes": [], "sparsity": {}}
+    _, _, (f, h, w), _, _ = MODELS[name]
+    large = f * h * w // 4 > 60_000  # video tokens after the 2x2 patch
+    reps, warmup = args.reps, (args.warmup_large if large and args.warmup_large is not None else args.warmup)
+    res["warmup"] = warmup
+
+    def record(key, fn):
+        try:
+            secs, out = fn()
+            finite = bool(torch.isfinite(out).all())
+            res["times"][key] = secs
+            print(f"   {key:<24} {secs:8.3f} s{'' if finite else '  (output not finite: random weights)'}",
+                  flush=True)
+        except Exception as e:  # one setting failing (OOM, a backend) must not hide the others
+            res["notes"].append(f"{key}: {type(e).__name__}: {str(e)[:300]}")
+            print(f"   {key:<24} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    record("diffusers default", lambda: time_forward(model, kw, device, reps, warmup))
+    if device.type == "cuda" and not args.skip_cudnn:
+        def cudnn():
+            model.set_attention_backend("_native_cudnn")
+            try:
+                return time_forward(model, kw, device, reps, warmup)
+            finally:
+                model.reset_attention_backend()
+        record("cuDNN SDPA", cudnn)
+
+    def draft(**cfg):
+        def fn():
+            enable_draft_attention(model, **cfg)
+            try:
+                return time_forward(model, kw, device, reps, warmup)
+            finally:
+                stats = get_draft_stats(model).summary()
+                disable_draft_attention(model)
+                res.setdefault("stats", {})[str(cfg)] = {k: stats[k] for k in stats if k in (
+                    "mean_sparsity", "sparse_calls", "dense_calls", "fallbacks", "draft_seconds")}
+        return fn
+
+    if args.backend == "auto" or args.backend == "fa4":
+        record("flash-attn-4 dense", draft(dense_steps_fraction=1.0, dense_backend="fa4"))
+    for s in args.sparsities:
+        record(f"draft {s}", draft(sparsity=s, backend=args.backend, dense_steps_fraction=0.0))
+    if args.compile:
+        res["compile"] = compile_runs(model, kw, device, args)
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def compile_runs(model, kw, device, args) -> dict:
+    """torch.compile (``regional``: diffusers' compile_repeated_blocks, or ``whole``) of the transformer with draft
+    attention on each compile backend, and of the default model: time per forward and graph breaks."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    out = {}
+    settings = [("diffusers default", None)] + [(f"draft 0.9 {b}", b) for b in args.compile_backends]
+    for label, backend in settings:
+        torch._dynamo.reset()
+        counters.clear()
+        if backend is not None:
+            enable_draft_attention(model, sparsity=0.9, backend=backend, dense_steps_fraction=0.0)
+        try:
+            if args.compile == "regional":
+                model.compile_repeated_blocks(fullgraph=False)
+                target = model
+            else:
+                target = torch.compile(model)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                target(**kw)
+            sync(device)
+            first = time.perf_counter() - t0
+            secs, _ = time_forward(target, kw, device, args.reps, 0)
+            breaks = sum(counters["graph_break"].values())
+            reasons = sorted(counters["graph_break"], key=lambda r: -counters["graph_break"][r])[:5]
+            out[label] = {"first call s": first, "forward s": secs, "graph breaks": breaks,
+                          "top break reasons": [str(r)[:160] for r in reasons]}
+            print(f"   compiled ({args.compile}) {label:<20} first {first:7.1f} s, then {secs:.3f} s, "
+                  f"graph breaks {breaks}", flush=True)
+        except Exception as e:
+            out[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print(f"   compiled {label} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+        finally:
+            if backend is not None:
+                disable_draft_attention(model)
+            _uncompile(model)
+    return out
+
+
+def _uncompile(model):
+    # compile_repeated_blocks swaps each block's forward for a compiled one; put the plain ones back
+    for m in model.modules():
+        if hasattr(m, "_compiled_call_impl"):
+            m._compiled_call_impl = None
+
+
+def project(res: dict) -> dict:
+    """Projected 50-step time: 13 dense steps on the fastest dense path, 37 sparse steps, times the calls/step."""
+    t = res["times"]
+    calls = res["calls_per_step"]
+    dense_keys = [k for k in ("diffusers default", "cuDNN SDPA", "flash-attn-4 dense") if k in t]
+    if not dense_keys:
+        return {}
+    fastest = min(dense_keys, key=t.get)
+    n_dense = math.ceil(round(DENSE_FRACTION * STEPS, 9))
+    out = {"fastest dense": fastest}
+    base = t.get("diffusers default")
+    for k in [k for k in t if k.startswith("draft ")]:
+        total = calls * (n_dense * t[fastest] + (STEPS - n_dense) * t[k])
+        out[k] = {"projected s": total,
+                  "speedup vs default": calls * STEPS * base / total if base else None,
+                  "speedup vs fastest dense": calls * STEPS * t[fastest] / total,
+                  "forward speedup vs default": base / t[k] if base else None,
+                  "forward speedup vs fastest dense": t[fastest] / t[k]}
+    return out
+
+
+def markdown(results, meta) -> str:
+    lines = [f"End-to-end: {meta['date']}, {meta['device']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
+             f"{meta['dtype']}, backend {meta['backend']}, median of {meta['reps']} forward(s) per setting after "
+             f"{meta['warmup']} warm-up forward(s) (per model: {meta.get('warmups', '')})", ""]
+    lines += ["| model | setting | forward s | vs default | vs fastest dense | projected 50 steps s | "
+              "50-step speedup vs default | vs fastest dense |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        t, pr = r["times"], r.get("projection", {})
+        base = t.get("diffusers default")
+        fastest = t.get(pr.get("fastest dense")) if pr else None
+        for k, secs in t.items():
+            p = pr.get(k, {})
+            f = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
+            proj = f"{p['projected s']:.1f}" if p else (f"{r['calls_per_step'] * STEPS * secs:.1f}" if True else "")
+            lines.append(f"| {r['label']} | {k} | {secs:.3f} | {f(base / secs if base else None)} | "
+                         f"{f(fastest / secs if fastest else None)} | {proj} | "
+                         f"{f(p.get('speedup vs default'))} | {f(p.get('speedup vs fastest dense'))} |")
+        for n in r["notes"]:
+            lines.append(f"| {r['label']} | note | {n} | | | | | |")
+    comp = [(r["label"], k, v) for r in results for k, v in r.get("compile", {}).items()]
+    if comp:
+        lines += ["", "torch.compile:", "", "| model | setting | first call s | forward s | graph breaks | top reasons |",
+                  "|---|---|---|---|---|---|"]
+        for label, k, v in comp:
+            if "error" in v:
+                lines.append(f"| {label} | {k} | failed: {v['error']} | | | |")
+            else:
+                lines.append(f"| {label} | {k} | {v['first call s']:.1f} | {v['forward s']:.3f} | {v['graph breaks']} | "
+                             f"{'; '.join(v['top break reasons'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"])
+    p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    p.add_argument("--backend", default="auto", help="sparse backend for draft attention (default: auto)")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup-large", type=int, help="warm-up forwards for models over 60k video tokens (default: "
+                   "--warmup); 0 saves minutes when a smaller model ran first and compiled the same kernels")
+    p.add_argument("--skip-cudnn", action="store_true")
+    p.add_argument("--compile", choices=["regional", "whole"], help="also time torch.compile'd forwards")
+    p.add_argument("--compile-backends", nargs="+", default=["fa4", "flex"])
+    p.add_argument("--out", help="write the markdown table here (and a .json beside it)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.models = ["tiny-wan", "tiny-hunyuan"]
+        args.backend = "reference" if not torch.cuda.is_available() else args.backend
+        if not torch.cuda.is_available() and args.compile_backends == ["fa4", "flex"]:
+            args.compile_backends = ["reference"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    import diffusers
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU", "backend": args.backend,
+            "reps": args.reps, "warmup": args.warmup, "dtype": str(dtype).replace("torch.", "")}
+    results = []
+    for name in args.models:
+        r = run_model(name, args, device, dtype)
+        r["projection"] = project(r)
+        for k, v in r["projection"].items():
+            if isinstance(v, dict):
+                print(f"   {k}: projected 50 steps {v['projected s']:.1f} s, speedup vs default "
+                      f"{v['speedup vs default'] or 0:.2f}x, vs fastest dense ({r['projection']['fastest dense']}) "
+                      f"{v['speedup vs fastest dense']:.2f}x; forward {v['forward speedup vs default'] or 0:.2f}x",
+                      flush=True)
+        results.append(r)
+    meta["warmups"] = ", ".join(f"{r['model']} {r['warmup']}" for r in results)
+    text = markdown(results, meta)
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results,
+                                                                   "argv": sys.argv}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -252,23 +252,29 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     shapes = args.shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
-    rows, parts = [], []
+    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": args.dtype, "batch": args.batch,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}
+    rows, parts, memory = [], [], []
+
+    def write():  # after every shape, so a run cut short still leaves its tables
+        text = markdown(rows, parts, memory, meta)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+            Path(args.out).with_suffix(".json").write_text(json.dumps(
+                {"meta": meta, "rows": rows, "parts": parts, "memory": memory, "argv": sys.argv}, indent=1))
+        return text
+
+    if args.memory and device.type == "cuda":
+        memory += memory_check(args, device, dtype)
+        torch.cuda.empty_cache()
     for name in shapes:
         r, pt = bench_shape(name, args, device, dtype)
         rows += r
         parts += pt
+        write()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    memory = memory_check(args, device, dtype) if args.memory and device.type == "cuda" else []
-    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": args.dtype, "batch": args.batch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}
-    text = markdown(rows, parts, memory, meta)
-    print("\n" + text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {"meta": meta, "rows": rows, "parts": parts, "memory": memory, "argv": sys.argv}, indent=1))
-
+    print("\n" + write())
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SELECTIONS = ("topk", "paper", "row_topk")
+SELECTIONS = ("topk", "paper", "row_topk", "topk_heads")
 """Tile-selection rules, see :func:`draftattention_diffusers.core.selection.select_tiles`."""
 
 POOLINGS = ("avg", "max")
@@ -31,6 +31,8 @@ class DraftAttentionConfig:
             ``"paper"``: the published rule (threshold = the ``int(sparsity * g^2)``-th smallest score, keep
             ``score >= threshold``; keeps one tile more than the budget, plus ties, and may leave rows empty);
             ``"row_topk"``: the same number of key regions for every query region.
+            ``"topk_heads"``: ``"topk"`` with the budget of all heads of a batch item shared among them (diffuse
+            heads get more tiles, concentrated ones fewer; same total); measured in docs/quality.md.
         pooling: ``"avg"`` (paper) or ``"max"`` pooling of Q and K inside a region (max is worse; for studies).
         dense_steps_fraction: fraction of the denoising steps, from the first, that run dense attention
             (``ceil(fraction * num_steps)`` steps). ``1.0`` means always dense.

@@ -76,6 +76,10 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
       * ``topk``: every row's best key tile, then the highest remaining scores up to ``keep_budget(sparsity, n)``
         tiles in all (never fewer than ``g``).
       * ``row_topk``: ``max(1, keep_budget(sparsity, g))`` best key tiles in every row.
+      * ``topk_heads``: ``topk`` with one budget shared by all heads of a batch item (``H`` times the per-head
+        budget): every row's best key tile in every head, then the highest remaining scores over all heads. Heads
+        whose draft map is concentrated give tiles to diffuse ones (per-head adaptive budgets, same total work);
+        see docs/quality.md for the measurements. Under context parallelism (Ulysses) the heads of each rank share.
     """
     B, H, g, _ = scores.shape
     n = g * g
@@ -93,11 +97,17 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
         idx = boosted.topk(budget, dim=-1, sorted=False).indices
         keep = torch.zeros(B, H, n, dtype=torch.bool, device=scores.device)
         return keep.scatter_(-1, idx, True).view(B, H, g, g)
+    if rule == "topk_heads":
+        budget = max(keep_budget(sparsity, n), g) * H
+        boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H * n)
+        idx = boosted.topk(budget, dim=-1, sorted=False).indices
+        keep = torch.zeros(B, H * n, dtype=torch.bool, device=scores.device)
+        return keep.scatter_(-1, idx, True).view(B, H, g, g)
     if rule == "row_topk":
         kk = max(1, keep_budget(sparsity, g))
         idx = scores.topk(kk, dim=-1, sorted=False).indices
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-    raise ValueError(f"selection={rule!r}: expected 'topk', 'paper' or 'row_topk'")
+    raise ValueError(f"selection={rule!r}: expected 'topk', 'paper', 'row_topk' or 'topk_heads'")
 
 
 def build_tile_mask(video_keep: torch.Tensor, layout: TokenLayout, key_lengths: torch.Tensor | None = None

@@ -48,6 +48,19 @@ def _import_error() -> str | None:
     return None
 
 
+_HAS_TRITON: bool | None = None
+
+
+def _has_triton() -> bool:
+    # Looked up once and kept in a plain global: torch.compile traces a global read, not torch's has_triton().
+    global _HAS_TRITON
+    if _HAS_TRITON is None:
+        from torch.utils._triton import has_triton
+
+        _HAS_TRITON = bool(has_triton())
+    return _HAS_TRITON
+
+
 @functools.lru_cache(maxsize=1)
 def _from_kv_blocks_kwargs() -> dict[str, Any]:
     # The transposed (query-major) lists only serve the backward pass; skip them where torch allows it.
@@ -126,9 +139,7 @@ class FlexBackend(SparseAttentionBackend):
             cc = inputs.compute_capability or (0, 0)
             if cc < (8, 0):
                 reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm80 or newer)")
-            from torch.utils._triton import has_triton
-
-            if not has_triton():
+            if not _has_triton():
                 reasons.append("Triton is not available (FlexAttention compiles its CUDA kernel with Triton)")
         if inputs.dtype not in self.dtypes:
             reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16, float32)")

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import torch._dynamo
 
 from draftattention_diffusers import DraftAttentionConfig, VideoGrid, draft_attention
 from draftattention_diffusers.backends import AttentionInputs, get_backend, resolve_backend
@@ -126,8 +127,6 @@ def test_flex_does_not_recompile_for_new_masks():
     lay, q, k, v, kl, tiles = make_case("text_padded_keys_b2", torch.bfloat16)
     flex = require("flex", AttentionInputs.from_tensors(q, v, 128, True))
     flex.forward(q, k, v, tiles, kl, 0.1)
-    import torch._dynamo
-
     lay, q2, k2, v2, kl2, tiles2 = make_case("text_padded_keys_b2", torch.bfloat16, seed=1)
     kl2 = kl2 - 1  # new key lengths and a new mask, same shapes
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -139,8 +138,6 @@ def test_flex_does_not_recompile_for_new_masks():
 @pytest.mark.parametrize("name", ["fa4", "flex"])
 def test_draft_attention_under_torch_compile(name):
     """The whole draft-attention call compiled; counts graph breaks (printed) and checks the output."""
-    import torch._dynamo
-
     grid = VideoGrid(2, 30, 52)
     torch.manual_seed(5)
     q, k, v = (torch.randn(1, grid.num_tokens, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))

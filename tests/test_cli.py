@@ -1,0 +1,364 @@
+"""The command line on the tiny models (generate, compare, info, bench), its one-line errors, the video helpers and
+the example scripts. Everything runs on a CPU without downloads."""
+
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from draftattention_diffusers import cli
+from draftattention_diffusers.video import read_video, render_draft_png, side_by_side, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--height", "128", "--width", "256", "--frames", "5", "--steps", "3", "--no-progress"]
+
+
+def run(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, needle):
+    assert rc == 1, err
+    assert "Traceback" not in err
+    # libraries may print progress bars to stderr before; ours is exactly one line, the last
+    ours = [ln for ln in err.splitlines() if "draftattention: error:" in ln]
+    assert len(ours) == 1 and err.strip().splitlines()[-1] == ours[0], err
+    assert needle in ours[0], ours[0]
+    return ours[0]
+
+
+# ------------------------------------------------------------------------------------------------ generate
+def test_generate_tiny_wan_writes_video_and_statistics(capsys, tmp_path):
+    out = tmp_path / "wan.mp4"
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan", *SMALL, "--sparsity", "0.5",
+                          "--output", out, "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    video = read_video(out)
+    assert video.shape == (5, 128, 256, 3)
+    assert "achieved sparsity" in stdout and "1 dense: 0; 2 sparse: 1-2" in stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    da = result["draft_attention"]
+    assert da["sparse_calls"] > 0 and da["dense_calls"] > 0  # 3 steps at 25% dense: step 0 dense
+    assert list(da["steps"].values()) == ["dense", "sparse", "sparse"]
+    assert 0.0 < da["mean_sparsity"] < 1.0
+    assert result["settings"]["config"]["sparsity"] == 0.5 and result["times"]["total"] > 0
+
+
+def test_generate_dense_switches_draft_attention_off(capsys, tmp_path):
+    out = tmp_path / "dense.gif"
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan", *SMALL, "--dense", "--output", out)
+    assert rc == 0, err
+    assert "draft attention: off" in stdout and "achieved sparsity" not in stdout
+    assert read_video(out).shape == (5, 128, 256, 3)
+
+
+def test_generate_tiny_hunyuan_saves_mask_pictures(capsys, tmp_path):
+    masks = tmp_path / "masks"
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-hunyuan", "--height", "256", "--width", "256",
+                          "--frames", "5", "--steps", "4", "--no-progress", "--output", tmp_path / "h.mp4",
+                          "--save-masks", masks, "--mask-layers", "0,1", "--mask-steps", "0,3",
+                          "--mask-heads", "all")
+    assert rc == 0, err
+    # 2 steps x 2 blocks (dual-stream block 0, single-stream block 0 = index 1) x 2 heads of the tiny model
+    pngs = sorted(p.name for p in masks.glob("*.png"))
+    assert len(pngs) == 8, pngs
+    assert "step0_transformer-transformer_blocks-0-attn_head1.png" in pngs
+    assert "step3_transformer-single_transformer_blocks-0-attn_head0.png" in pngs
+    assert f"wrote 8 mask pictures to {masks}" in stdout
+    assert Image.open(masks / pngs[0]).mode == "RGB"
+
+
+def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("model: tiny-wan\nheight: 128\nwidth: 256\nnum_frames: 5\nnum_inference_steps: 2\n"
+                      "guidance_scale: 1.0\nfps: 8\ndraft_attention:\n  sparsity: 0.5\n  dense_steps_fraction: 0.5\n")
+    rc, stdout, err = run(capsys, "generate", "--preset", preset, "--sparsity", "0.75", "--no-progress",
+                          "--output", tmp_path / "p.mp4", "--json", tmp_path / "p.json")
+    assert rc == 0, err
+    s = json.loads((tmp_path / "p.json").read_text())["settings"]
+    assert (s["height"], s["num_frames"], s["guidance_scale"], s["fps"]) == (128, 5, 1.0, 8)
+    assert s["config"]["sparsity"] == 0.75 and s["config"]["dense_steps_fraction"] == 0.5
+    assert "1 dense: 0; 1 sparse: 1" in stdout
+
+
+# ------------------------------------------------------------------------------------------------- compare
+def test_compare_tiny_wan(capsys, tmp_path):
+    out = tmp_path / "cmp.mp4"
+    rc, stdout, err = run(capsys, "compare", "--model", "tiny-wan", *SMALL, "--warmup", "0", "--output", out,
+                          "--json", tmp_path / "c.json")
+    assert rc == 0, err
+    video = read_video(out)
+    assert video.shape == (5, 128 + 16, 2 * 256 + 16, 3)  # label bar, 16-pixel gap
+    r = json.loads((tmp_path / "c.json").read_text())
+    m = r["metrics"]
+    assert math.isfinite(m["psnr"]) and m["psnr"] > 10  # sparse steps change the output, but not to noise
+    assert 0.0 < m["ssim"] < 1.0
+    assert (m["lpips"] is None) == (m["lpips_skipped"] is not None)
+    assert r["speedup"] > 0 and r["draft_attention"]["sparse_calls"] > 0
+    assert "PSNR" in stdout and "SSIM" in stdout and ("LPIPS" in stdout)
+
+
+def test_compare_function_reuses_one_pipeline(tmp_path):
+    pipe = cli.load_pipeline("tiny-hunyuan", "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    s = cli.RunSettings(model="tiny-hunyuan", height=128, width=256, num_frames=5, num_inference_steps=3)
+    r = cli.compare(pipe, s, warmup=1, with_lpips=False)
+    assert r["dense"].shape == r["draft"].shape == (5, 128, 256, 3)
+    assert r["metrics"]["lpips_skipped"] == "LPIPS skipped: not requested"
+    assert not hasattr(pipe.transformer, "_draftattention_installed")  # disabled again afterwards
+    again, _ = cli.run_pipeline(pipe, cli.call_kwargs(pipe, s), s.seed)
+    np.testing.assert_array_equal(again, r["dense"])  # dense run is reproducible with the same seed
+
+
+# ----------------------------------------------------------------------------------------------- info, bench
+def test_info_lists_every_backend(capsys):
+    rc, stdout, err = run(capsys, "info")
+    assert rc == 0, err
+    from draftattention_diffusers.backends import BACKEND_NAMES
+
+    for name in BACKEND_NAMES:
+        assert name in stdout
+    assert "torch" in stdout and "diffusers" in stdout
+
+
+def test_bench_passes_arguments_through(capsys):
+    if not (ROOT / "scripts" / "benchmark_attention.py").is_file():
+        pytest.skip("scripts/benchmark_attention.py not in this checkout")
+    assert cli.main(["bench", "--", "--help"]) == 0  # the script's own exit status comes back
+    assert "usage: benchmark_attention.py" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ capture, analyze
+def test_capture_then_analyze(capsys, tmp_path):
+    cap = tmp_path / "cap"
+    rc, stdout, err = run(capsys, "capture", "--model", "tiny-hunyuan", *SMALL, "--layers", "0",
+                          "--capture-steps", "-1", "--heads", "1", "--out-dir", cap)
+    assert rc == 0, err
+    files = sorted(cap.glob("*.safetensors"))
+    assert [f.name for f in files] == ["transformer.transformer_blocks.0.attn.step002.call0.safetensors"]
+    assert "wrote 1 capture files" in stdout
+    rc, stdout, err = run(capsys, "analyze", *files, "--sparsity", "0.5", "--selections", "topk",
+                          "--json", tmp_path / "a.json")
+    assert rc == 0, err
+    assert "| 8x16 | 0.500 | topk/avg |" in stdout and "| oracle |" in stdout
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"topk/avg", "oracle"} and all(0 < r["recall"] <= 1 for r in rows)
+
+
+def test_analyze_bad_input(capsys, tmp_path):
+    rc, _, err = run(capsys, "analyze", tmp_path / "missing.safetensors")
+    one_line_error(rc, err, "capture file(s) not found")
+    (tmp_path / "f.safetensors").write_bytes(b"")
+    rc, _, err = run(capsys, "analyze", tmp_path / "f.safetensors", "--regions", "8by16")
+    one_line_error(rc, err, "--regions '8by16': expected HxW")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unknown_model_offline(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, _, err = run(capsys, "generate", "--model", "no-such-org/no-such-model", "--no-progress",
+                     "--output", "/tmp/x.mp4")
+    one_line_error(rc, err, "model 'no-such-org/no-such-model' not found locally")
+
+
+def test_local_folder_without_pipeline(capsys, tmp_path):
+    rc, _, err = run(capsys, "generate", "--model", tmp_path, "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, "is not a diffusers pipeline folder")
+
+
+def test_unsupported_pipeline(capsys, tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    rc, _, err = run(capsys, "generate", "--model", tmp_path, "--output", tmp_path / "x.mp4")
+    line = one_line_error(rc, err, "is a StableDiffusionPipeline")
+    assert "WanPipeline" in line and "HunyuanVideoPipeline" in line and "tiny-wan" in line
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_wan(tmp_path_factory):
+    """A complete Wan pipeline folder, as a download would give, with a tiny text encoder and word tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from draftattention_diffusers.tiny import build_tiny_pipeline
+
+    words = ["<pad>", "</s>", "<unk>"] + "a cat walks on the grass".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=32, d_ff=64, num_layers=1, num_heads=2,
+                                          d_kv=16)).eval()  # d_model = the tiny transformer's text_dim
+    pipe = build_tiny_pipeline("wan")
+    pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+    path = tmp_path_factory.mktemp("tiny-wan-saved")
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_local_pipeline_loads_the_documented_way(saved_tiny_wan):
+    import torch
+
+    pipe = cli.load_pipeline(str(saved_tiny_wan), "cpu")
+    assert type(pipe).__name__ == "WanPipeline"
+    assert pipe.vae.dtype == torch.float32 and pipe.transformer.dtype == torch.bfloat16
+
+
+def test_generate_from_a_local_pipeline_folder_with_a_text_prompt(capsys, saved_tiny_wan, tmp_path):
+    rc, stdout, err = run(capsys, "generate", "--model", saved_tiny_wan, "--prompt", "a cat walks on the grass",
+                          "--negative-prompt", "a cat", "--height", "128", "--width", "256", "--frames", "5",
+                          "--steps", "2", "--flow-shift", "3.0", "--no-progress", "--output", tmp_path / "l.mp4",
+                          "--json", tmp_path / "l.json")
+    assert rc == 0, err
+    assert read_video(tmp_path / "l.mp4").shape == (5, 128, 256, 3)
+    assert json.loads((tmp_path / "l.json").read_text())["draft_attention"]["sparse_calls"] > 0
+    assert "(WanPipeline)" in stdout and "noise" not in stdout
+
+
+def test_missing_weights(saved_tiny_wan, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny_wan, broken)
+    for f in (broken / "transformer").glob("*.safetensors"):
+        f.unlink()
+    # a separate process: diffusers logs the failed load, and in-process its log handler outlives pytest's capture
+    p = subprocess.run([sys.executable, "-m", "draftattention_diffusers", "generate", "--model", str(broken),
+                        "--output", str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("draftattention: error: could not load WanPipeline") and "weights missing" in last
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--preset", "no-such-preset"], "invalid preset: preset 'no-such-preset' not found; known presets:"),
+    (["--model", "tiny-wan", "--sparsity", "1.5"], "sparsity=1.5: expected a number in [0, 1)"),
+    (["--model", "tiny-wan", "--backend", "cuda"], "backend='cuda'"),
+    (["--model", "tiny-wan", "--height", "100"], "--height 100: expected a positive multiple of 16"),
+    (["--model", "tiny-wan", "--frames", "8"], "--frames 8: expected 4k+1 frames"),
+    (["--model", "tiny-wan", "--output", "video.txt"], "expected a file name ending in .mp4 or .gif"),
+    (["--model", "tiny-wan", "--dense", "--save-masks", "m"], "--save-masks shows draft attention's choices"),
+    ([], "no model: pass --model"),
+])
+def test_bad_input_is_one_line(capsys, argv, needle):
+    rc, _, err = run(capsys, "generate", *argv)
+    one_line_error(rc, err, needle)
+
+
+def test_invalid_preset_file_names_the_key(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny-wan\nheight: 128\nwidth: 256\nnum_frames: 5\nnum_inference_steps: 2\n"
+                   "guidance_scale: 1.0\nspeed: fast\n")
+    rc, _, err = run(capsys, "compare", "--preset", bad)
+    one_line_error(rc, err, "unknown key(s) ['speed']")
+
+
+def test_output_not_writable(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--output", blocker / "out.mp4")
+    one_line_error(rc, err, "cannot be created")
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(cli.CLIError, match="--height 100"):
+        cli.main(["generate", "--model", "tiny-wan", "--height", "100", "--debug"])
+
+
+def test_bad_syntax_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--steps", "many"])
+    assert e.value.code == 2
+
+
+def test_module_entry_point_error_has_no_traceback(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "draftattention_diffusers", "generate", "--model", "nope/nope",
+                        "--output", str(tmp_path / "x.mp4")], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("draftattention: error: model 'nope/nope' not found")
+
+
+# ------------------------------------------------------------------------------------------- video helpers
+def test_write_and_read_mp4_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = np.repeat(np.repeat(rng.uniform(0, 1, (5, 4, 6, 3)), 8, axis=1), 8, axis=2)  # smooth blocks
+    write_video(frames, tmp_path / "v.mp4", fps=8)
+    back = read_video(tmp_path / "v.mp4") / 255.0
+    assert back.shape == (5, 32, 48, 3)
+    assert np.abs(back - frames).mean() < 0.05  # lossy, but the same picture
+
+
+def test_odd_sizes_are_padded_for_h264(tmp_path):
+    write_video(np.zeros((2, 33, 47, 3), np.uint8), tmp_path / "odd.mp4")
+    assert read_video(tmp_path / "odd.mp4").shape == (2, 34, 48, 3)
+
+
+def test_side_by_side_layout():
+    a = np.zeros((3, 32, 48, 3), np.float32)
+    b = np.ones((3, 32, 64, 3), np.float32)
+    sbs = side_by_side([a, b])
+    assert sbs.shape == (3, 32, 48 + 16 + 64, 3)
+    assert (sbs[:, :, :48] == 0).all() and (sbs[:, :, 64:] == 255).all()
+    with pytest.raises(ValueError, match="differ in frames x height"):
+        side_by_side([a, b[:, :16]])
+
+
+def test_mask_png_shows_kept_tiles(tmp_path):
+    import torch
+
+    scores = torch.softmax(torch.randn(4, 4), dim=-1)
+    kept = torch.zeros(5, 5, dtype=torch.bool)  # 4 video tiles + 1 text tile
+    kept[0, 1] = kept[3, 3] = True
+    kept[4, :] = kept[:, 4] = True
+    path = render_draft_png(scores, kept, tmp_path / "m.png", num_video_tiles=4, max_pixels=50)
+    img = np.asarray(Image.open(path))
+    cell = 10
+    right = img[:, 4 * cell + 8:]  # left panel 4 tiles wide (40 px) + 8 px separator
+    px = lambda r, c: tuple(right[r * cell + 5, c * cell + 5])  # noqa: E731
+    assert px(0, 1) == px(3, 3) == (255, 255, 255)
+    assert px(0, 0) == px(2, 1) == (0, 0, 0)
+    assert px(4, 0) == px(1, 4) == (110, 140, 190)  # text tiles
+    with pytest.raises(ValueError, match="square draft map"):
+        render_draft_png(torch.zeros(2, 3), None, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------------------- scripts
+@pytest.mark.parametrize("script", ["generate_wan.py", "generate_hunyuan.py", "evaluate.py"])
+def test_scripts_show_help(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    assert e.value.code == 0
+    assert "--prompt" in capsys.readouterr().out
+
+
+def test_evaluate_writes_csv(tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\nA cat walks on the grass.\n\nA dog runs on the beach.\n")
+    csv_path = tmp_path / "out" / "eval.csv"
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--model", "tiny-wan", "--prompts", str(prompts),
+                                      "--csv", str(csv_path), "--height", "128", "--width", "256", "--frames", "5",
+                                      "--steps", "2", "--warmup", "0", "--no-progress", "--no-lpips"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+    assert e.value.code == 0
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["prompt"] for r in rows] == ["A cat walks on the grass.", "A dog runs on the beach."]
+    for r in rows:
+        assert float(r["speedup"]) > 0 and 0 < float(r["ssim"]) <= 1 and r["lpips"] == ""
+        assert float(r["psnr"]) > 10
+    # tiny prompts differ only through their embeddings: different prompts, different videos
+    assert rows[0]["psnr"] != rows[1]["psnr"]

@@ -11,10 +11,11 @@ from .core import VideoGrid, draft_attention
 from .integration import (AttentionEvent, DraftAttentionWarning, DraftAttnProcessor, DraftStats,
                           HunyuanVideoDraftAttnProcessor, WanDraftAttnProcessor, disable_draft_attention,
                           draft_attention_enabled, enable_draft_attention, get_draft_processor, get_draft_stats)
+from .integration.parallel import hunyuan_video_cp_plan
 
 __version__ = "0.1.0"
 
 __all__ = ["DraftAttentionConfig", "load_preset", "VideoGrid", "draft_attention", "enable_draft_attention",
            "disable_draft_attention", "draft_attention_enabled", "get_draft_stats", "get_draft_processor",
            "DraftAttnProcessor", "WanDraftAttnProcessor", "HunyuanVideoDraftAttnProcessor", "DraftStats",
-           "AttentionEvent", "DraftAttentionWarning", "__version__"]
+           "AttentionEvent", "DraftAttentionWarning", "hunyuan_video_cp_plan", "__version__"]

@@ -9,8 +9,9 @@ import torch
 
 from ..config import DraftAttentionConfig
 from ..models import family_for, supported_transformers
+from .parallel import check_context_parallel
 from .processor import DraftAttnProcessor
-from .stats import DraftStats
+from .stats import DraftStats, warn_once
 
 _ATTR = "_draftattention_installed"  # set on each transformer: (processor, original processors)
 
@@ -45,8 +46,14 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
         >>> video = pipe(prompt).frames                           # doctest: +SKIP
         >>> print(get_draft_stats(pipe).format())                 # doctest: +SKIP
 
+    Context parallelism (several GPUs): ``transformer.enable_parallelism(config=ContextParallelConfig(
+    ulysses_degree=N))`` may run before or after this call; each rank then runs draft attention on the whole
+    sequence for its share of the heads, with the masks and output of one GPU. HunyuanVideo needs
+    ``cp_plan=hunyuan_video_cp_plan()``. See ``docs/design.md``, "Several GPUs".
+
     Raises:
-        ValueError: unsupported pipeline/transformer (lists the supported ones) or a bad config field.
+        ValueError: unsupported pipeline/transformer (lists the supported ones), a bad config field, or a
+            context-parallel setting draft attention cannot run exactly (ring attention, uneven heads).
         RuntimeError: draft attention is already enabled (disable it first).
     """
     transformers, pipe = _transformers(obj)
@@ -54,11 +61,17 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
         if hasattr(t, _ATTR):
             raise RuntimeError(f"draft attention is already enabled on {type(t).__name__}; "
                                "call disable_draft_attention() first")
+        check_context_parallel(t, family_for(t).name, None)  # parallelism enabled first: refuse early
     processor = DraftAttnProcessor(config, **overrides)
     for t in transformers:
         originals = dict(t.attn_processors)
         processor.attach(t, pipe)  # before installing: the current processors become the dense path
         t.set_attn_processor(processor)
+        # set_attn_processor does not hand the model's parallel config to a new processor (diffusers would then
+        # run attention on the local share only, silently wrong); copy it. The processor also re-reads it from
+        # the model at every forward, so enable_parallelism may equally run after this.
+        if getattr(t, "_parallel_config", None) is not None:
+            processor._parallel_config = t._parallel_config
         setattr(t, _ATTR, (processor, originals))
     return obj
 
@@ -75,6 +88,18 @@ def disable_draft_attention(obj) -> None:
     for t in installed:
         processor, originals = getattr(t, _ATTR)
         t.set_attn_processor(dict(originals))  # diffusers empties the dict it gets
+        config = getattr(t, "_parallel_config", None)
+        if config is not None and config.context_parallel_config is not None:
+            # enable_parallelism ran while ours was installed: give the restored processors the config it would
+            # have given them, or they would attend within each rank's share only.
+            for proc in t.attn_processors.values():
+                if hasattr(proc, "_parallel_config"):
+                    proc._parallel_config = config
+            if family_for(t).name == "hunyuan_video":
+                warn_once("draft attention was disabled on a HunyuanVideo transformer under context parallelism: "
+                          "diffusers' own processor does not rebuild the key mask of a split padded prompt "
+                          "(hunyuan_video_cp_plan), so padded text keys are attended; keep draft attention "
+                          "enabled (dense_steps_fraction=1.0 for dense attention)")
         processor.detach()
         delattr(t, _ATTR)
 

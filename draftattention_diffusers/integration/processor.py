@@ -27,6 +27,7 @@ from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
 from ..models.base import AttentionRole, TileOrder
+from . import parallel
 from .stats import AttentionEvent, DraftStats
 
 Observer = Callable[[AttentionEvent], None]
@@ -87,6 +88,7 @@ class DraftAttnProcessor:
         self.num_steps: int | None = None
         self._dense_forward = False
         self._mask_cache: tuple[Any, Any] | None = None
+        self._cp: parallel.ContextParallelState | None = None  # set per forward under context parallelism
 
     # ----------------------------------------------------------------------------------------------- public
     def set_step(self, step: int | None, num_steps: int | None = None) -> None:
@@ -144,8 +146,9 @@ class DraftAttnProcessor:
     # ------------------------------------------------------------------------------------------- per forward
     def _on_forward(self, family: ModelFamily, transformer, args, kwargs) -> None:
         latents = args[0] if args else kwargs["hidden_states"]
-        self._begin_forward(family.grid(transformer, latents),
-                            latents.device if self._tile_order_ok.get(transformer) else None)
+        grid = family.grid(transformer, latents)
+        self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
+        self._begin_forward(grid, latents.device if self._tile_order_ok.get(transformer) else None)
 
     def _begin_forward(self, grid: VideoGrid | None, tile_order_device: torch.device | None = None) -> None:
         """Start of a transformer forward: grid, step, dense or sparse, and whether tokens run in tile order."""
@@ -175,7 +178,7 @@ class DraftAttnProcessor:
         self._dense_forward = dense
         self.stats.record_step(self.step, mode)
         reorder = (not dense and grid is not None and tile_order_device is not None
-                   and self.config.reorder == "per_forward" and self._parallel_config is None)
+                   and self.config.reorder == "per_forward" and self._cp is None)
         layout = get_layout(grid, 0, self.config.region_size, tile_order_device) if reorder else None
         self._order.set(layout.perm if layout else None, layout.inv_perm if layout else None)
 
@@ -194,6 +197,8 @@ class DraftAttnProcessor:
         if not role.video_self:
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
+        if self._cp is not None:  # the model's mask of a rank's share is wrong for padded text: rebuilt
+            attention_mask = self._cp.local_mask(attention_mask)
         dense = self._dense_forward or role.block_index in self.config.dense_layers
         if dense and not self._observers and self.config.dense_backend == "diffusers":
             self.stats.record_dense()
@@ -203,6 +208,11 @@ class DraftAttnProcessor:
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 
     def _attend(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, _key_lengths, attention_mask):
+        if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
+            return self._cp.attend(q, k, v, partial(self._attend_full, role, dense))
+        return self._attend_full(role, dense, q, k, v, text_len, attention_mask)
+
+    def _attend_full(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, attention_mask):
         key_lengths = self._key_lengths(attention_mask, q.shape[1]) if attention_mask is not None else None
         grid = self.grid
         if not dense:
@@ -227,7 +237,7 @@ class DraftAttnProcessor:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
                                          in_tile_order=in_tile_order)
-            self.stats.record_sparse(role.name, tiles)
+            self.stats.record_sparse(role.name, tiles if self._cp is None else self._cp.global_tiles(tiles))
         if self._observers:
             if in_tile_order:  # observers see diffusers' token order
                 inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
@@ -242,8 +252,9 @@ class DraftAttnProcessor:
         if self.config.dense_backend == "diffusers":
             from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+            # No parallel_config: under context parallelism this runs on the gathered sequence already.
             return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+                                         backend=self._attention_backend, parallel_config=None)
         from ..backends import get_backend
 
         return get_backend(self.config.dense_backend).dense_forward(q, k, v, key_lengths, scale)
@@ -289,7 +300,9 @@ class DraftAttnProcessor:
         # This forward began before the hook existed: read its grid from the transformer's forward locals.
         names = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
         dims = [frame_locals.get(n) for n in names]
-        self._begin_forward(VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None)
+        grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+        self._cp = parallel.begin_forward(self, transformer, family_for(transformer).name, grid, (), frame_locals)
+        self._begin_forward(grid)
         return self._roles[attn]
 
 

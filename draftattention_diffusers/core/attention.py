@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ..backends import AttentionInputs, resolve_backend
 from ..config import DraftAttentionConfig
 from .layout import TokenLayout, VideoGrid, get_layout
 from .selection import TileMask, select_tiles
@@ -121,8 +122,6 @@ def draft_attention(
     Raises:
         ValueError: shapes that do not match the grid, bad key lengths, or a backend that cannot run (with reasons).
     """
-    from ..backends import AttentionInputs, resolve_backend
-
     check_inputs(q, k, v, grid, text_len, key_lengths, check_key_lengths)
     layout = get_layout(grid, text_len, config.region_size, q.device)
     inputs = AttentionInputs.from_tensors(q, v, layout.tile_size, key_lengths is not None)
@@ -130,9 +129,10 @@ def draft_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
     qp, kp, vp = (q, k, v) if in_tile_order else (x.index_select(1, layout.perm) for x in (q, k, v))
-    token = draft_timer.start(q.device) if draft_timer is not None else None
+    timed = draft_timer is not None and not torch.compiler.is_compiling()  # CUDA events would break the graph
+    token = draft_timer.start(q.device) if timed else None
     tiles = select_tiles(qp, kp, layout, config.sparsity, config.selection, config.pooling, scale, key_lengths)
-    if draft_timer is not None:
+    if timed:
         draft_timer.stop(token)
     out = backend.forward(qp, kp, vp, tiles, key_lengths, scale)
     return (out if in_tile_order else out.index_select(1, layout.inv_perm)), tiles

@@ -71,11 +71,13 @@ class DraftStats:
         self._layer_calls: dict[str, int] = {}
         self.draft_timer = StageTimer()
 
+    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
     def record_step(self, step: int | None, mode: str) -> None:
         self.forwards += 1
         if step is not None:
             self.steps[step] = mode
 
+    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
     def record_sparse(self, layer: str, tiles: TileMask) -> None:
         # Accumulate on the device: no synchronisation until the statistics are read.
         s = tiles.video_sparsity.float().mean()
@@ -83,9 +85,11 @@ class DraftStats:
         self._layer_calls[layer] = self._layer_calls.get(layer, 0) + 1
         self.sparse_calls += 1
 
+    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
     def record_dense(self) -> None:
         self.dense_calls += 1
 
+    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
     def record_fallback(self, message: str) -> None:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
         warn_once(message)

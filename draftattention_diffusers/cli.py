@@ -199,16 +199,16 @@ def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool
         if SUPPORTED_PIPELINES[class_name] == "wan":
             from diffusers import AutoencoderKLWan, WanPipeline
 
-            vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32,
+            vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", dtype=torch.float32,
                                                    local_files_only=local_only)
-            pipe = WanPipeline.from_pretrained(model, vae=vae, torch_dtype=torch.bfloat16,
+            pipe = WanPipeline.from_pretrained(model, vae=vae, dtype=torch.bfloat16,
                                                local_files_only=local_only)
         else:
             from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
             transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-                model, subfolder="transformer", torch_dtype=torch.bfloat16, local_files_only=local_only)
-            pipe = HunyuanVideoPipeline.from_pretrained(model, transformer=transformer, torch_dtype=torch.float16,
+                model, subfolder="transformer", dtype=torch.bfloat16, local_files_only=local_only)
+            pipe = HunyuanVideoPipeline.from_pretrained(model, transformer=transformer, dtype=torch.float16,
                                                         local_files_only=local_only)
             pipe.vae.enable_tiling()
     except (OSError, ValueError) as e:

@@ -24,9 +24,8 @@ p.add_argument("--offload", action="store_true", help="model CPU offload (less G
 p.add_argument("--output", default="hunyuan_draft.mp4")
 args = p.parse_args()
 
-transformer = HunyuanVideoTransformer3DModel.from_pretrained(args.model, subfolder="transformer",
-                                                             torch_dtype=torch.bfloat16)
-pipe = HunyuanVideoPipeline.from_pretrained(args.model, transformer=transformer, torch_dtype=torch.float16)
+transformer = HunyuanVideoTransformer3DModel.from_pretrained(args.model, subfolder="transformer", dtype=torch.bfloat16)
+pipe = HunyuanVideoPipeline.from_pretrained(args.model, transformer=transformer, dtype=torch.float16)
 pipe.vae.enable_tiling()
 if args.offload:
     pipe.enable_model_cpu_offload()

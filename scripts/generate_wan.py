@@ -25,8 +25,8 @@ p.add_argument("--offload", action="store_true", help="model CPU offload (less G
 p.add_argument("--output", default="wan_draft.mp4")
 args = p.parse_args()
 
-vae = AutoencoderKLWan.from_pretrained(args.model, subfolder="vae", torch_dtype=torch.float32)  # VAE in fp32
-pipe = WanPipeline.from_pretrained(args.model, vae=vae, torch_dtype=torch.bfloat16)
+vae = AutoencoderKLWan.from_pretrained(args.model, subfolder="vae", dtype=torch.float32)  # VAE in fp32
+pipe = WanPipeline.from_pretrained(args.model, vae=vae, dtype=torch.bfloat16)
 if args.flow_shift is not None:
     pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=args.flow_shift)
 if args.offload:

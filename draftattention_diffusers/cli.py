@@ -332,9 +332,19 @@ class MaskSaver:
         self.written: list[Path] = []
         self._seen: set[tuple] = set()
 
-    def __call__(self, event) -> None:
+    def draft_map(self, event) -> torch.Tensor:
+        """The draft map of batch item 0, float32 ``[H, g, g]`` in tile order (the order of ``event.tiles``),
+        recomputed from ``event.q`` / ``event.k`` (diffusers' token order) as draft attention computes it."""
         from .core import get_layout, pool_tiles
         from .core.selection import draft_scores
+
+        layout = get_layout(event.grid, event.text_len, self.config.region_size, event.q.device)
+        q, k = (x[:1].index_select(1, layout.perm) for x in (event.q, event.k))
+        return draft_scores(pool_tiles(q, layout, self.config.pooling), pool_tiles(k, layout, self.config.pooling),
+                            event.scale)[0]
+
+    def __call__(self, event) -> None:
+        from .core import get_layout
         from .video import render_draft_png
 
         step = event.step
@@ -351,9 +361,7 @@ class MaskSaver:
         if heads[-1] >= num_heads:
             raise CLIError(f"--mask-heads {heads[-1]}: this model has {num_heads} heads (0..{num_heads - 1})")
         layout = get_layout(event.grid, event.text_len, self.config.region_size, event.q.device)
-        q, k = (x[:1].index_select(1, layout.perm) for x in (event.q, event.k))
-        scores = draft_scores(pool_tiles(q, layout, self.config.pooling), pool_tiles(k, layout, self.config.pooling),
-                              event.scale)[0]
+        scores = self.draft_map(event)
         for h in heads:
             kept = event.tiles.kept[0, h] if event.tiles is not None else None
             state = ("dense" if event.tiles is None

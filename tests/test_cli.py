@@ -77,6 +77,32 @@ def test_generate_tiny_hunyuan_saves_mask_pictures(capsys, tmp_path):
     assert Image.open(masks / pngs[0]).mode == "RGB"
 
 
+def test_mask_saver_draft_map_is_in_the_order_of_the_tiles(tmp_path):
+    """The recomputed draft map must line up with the processor's tiles: with the topk rule every query region
+    keeps its best key region, so each row's argmax of the map is a kept tile."""
+    import torch
+
+    from draftattention_diffusers import AttentionEvent, DraftAttentionConfig, VideoGrid, draft_attention
+
+    grid = VideoGrid(frames=3, height=12, width=40)  # ragged regions: edge tiles too
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, grid.num_tokens + 7, 2, 16, generator=g) for _ in range(3))
+    cfg = DraftAttentionConfig(sparsity=0.8, backend="reference")
+    _, tiles = draft_attention(q, k, v, grid, cfg, text_len=7)
+    event = AttentionEvent("transformer.blocks.1.attn1", 1, 4, 8, q, k, v, grid, 7, None, False, tiles,
+                           16 ** -0.5)
+    saver = cli.MaskSaver(tmp_path, cfg, layers={1}, steps=None, heads=None)
+    scores = saver.draft_map(event)
+    nv = tiles.layout.num_video_tiles
+    assert scores.shape == (2, nv, nv)
+    best = scores.argmax(dim=-1)  # [H, g]
+    assert tiles.kept[0, :, :nv, :nv].gather(-1, best[..., None]).all()
+    saver(event)
+    saver(event)  # the second call of a step (CFG) is skipped
+    assert sorted(p.name for p in saver.written) == ["step4_transformer-blocks-1-attn1_head0.png",
+                                                     "step4_transformer-blocks-1-attn1_head1.png"]
+
+
 def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("model: tiny-wan\nheight: 128\nwidth: 256\nnum_frames: 5\nnum_inference_steps: 2\n"

@@ -177,6 +177,23 @@ def test_output_error_full_mask_is_zero_and_matches_the_reference_backend():
     assert err.mean > 0.01
 
 
+def test_output_error_when_kept_keys_underflow_next_to_the_dropped_maximum():
+    """Rows whose kept keys are > 100 nats below a dropped key still get the exact masked softmax."""
+    q, _, v = rand_qkv(sharp=10.0)  # self-attention logits q.q / 4 ~ 400 nats above the rest
+    lay = get_layout(GRID, 0, (8, 16))
+    g = lay.num_video_tiles
+    off_diagonal = ~torch.eye(g, dtype=torch.bool).expand(1, 3, g, g)
+    m = build_tile_mask(off_diagonal, lay)
+    err = output_error(q, q, v, m)
+    ref = ReferenceBackend()
+    scale = q.shape[-1] ** -0.5
+    out = ref.forward(*(x.index_select(1, lay.perm) for x in (q, q, v)), m, None, scale).index_select(1, lay.inv_perm)
+    dense = ref.dense_forward(q, q, v, None, scale)
+    expected = ((out - dense).square().sum(dim=(1, 3)) / dense.square().sum(dim=(1, 3))).sqrt()
+    assert expected.min() > 0.5  # the kept keys give a very different output
+    torch.testing.assert_close(err.per_head, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_output_error_on_sampled_rows_and_several_masks(monkeypatch):
     q, k, v = rand_qkv()
     lay = get_layout(GRID, 0, (8, 16))
@@ -410,8 +427,12 @@ def test_analyze_on_saved_synthetic_file_and_bad_files(tmp_path):
     qp, kp = (x.index_select(1, lay.perm) for x in (q, k))
     expected = attention_recall(q, k, select_tiles(qp, kp, lay, 0.75, "topk", "avg"))
     assert topk["recall"] == pytest.approx(expected.mean, rel=1e-5)
+    single = analyze([path], sparsity=0.5, selections="topk", poolings="avg", region_sizes=(8, 16), static="window")
+    assert [r["method"] for r in single] == ["topk/avg", "static:window", "oracle"]
     with pytest.raises(ValueError, match="selection"):
         analyze([path], selections=("best",))
+    with pytest.raises(ValueError, match="static pattern"):
+        analyze([path], static=("diagonal",))
     bad = tmp_path / "bad.safetensors"
     from safetensors.torch import save_file
 

@@ -175,11 +175,15 @@ def capture(
     calls: dict[tuple[str, int | None], int] = {}
     seen_layers: set[str] = set()
     seen_steps: set[int | None] = set()
+    no_grid: set[str] = set()
 
     def observer(event) -> None:
         seen_layers.add(event.layer)
         seen_steps.add(event.step)
         if not (_matches_layer(event, layers) and _matches_step(event, steps)):
+            return
+        if event.grid is None:  # the processor could not learn the token grid (it warns and runs dense)
+            no_grid.add(event.layer)
             return
         key = (event.layer, event.step)
         call = calls.get(key, 0)
@@ -217,7 +221,8 @@ def capture(
             disable_draft_attention(pipe)
     if not written:
         steps_seen = sorted(seen_steps, key=lambda s: -1 if s is None else s)
-        raise ValueError(f"capture: no call matched layers={layers!r}, steps={steps!r}; seen layers: "
+        why = f" (calls of {sorted(no_grid)} had no known token grid)" if no_grid else ""
+        raise ValueError(f"capture: no call matched layers={layers!r}, steps={steps!r}{why}; seen layers: "
                          f"{sorted(seen_layers)}; seen steps: {steps_seen}")
     return written
 
@@ -330,8 +335,10 @@ def analyze(
     """
     sparsities = _as_tuple(sparsity, "sparsity")
     region_sizes = [tuple(r) for r in _as_tuple(region_sizes, "region_sizes")]
-    for sel in _as_tuple(selections, "selections"):
-        for pool in _as_tuple(poolings, "poolings"):
+    selections, poolings, static = (_as_tuple(x, n) for x, n in ((selections, "selections"),
+                                                                 (poolings, "poolings"), (static, "static")))
+    for sel in selections:
+        for pool in poolings:
             for r in region_sizes:
                 for s in sparsities:  # validates every field with the config's own messages
                     DraftAttentionConfig(sparsity=s, selection=sel, pooling=pool, region_size=r)

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import DraftAttentionConfig, Preset, load_preset
+from .config import SELECTIONS, DraftAttentionConfig, Preset, load_preset
 
 TINY_MODELS = {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan"}
 """``--model`` names of the embedded tiny pipelines -> ``build_tiny_pipeline`` family."""
@@ -632,7 +632,7 @@ def add_run_options(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     d = p.add_argument_group("draft attention")
     d.add_argument("--sparsity", type=float, help="fraction of video attention tiles skipped, in [0, 1)")
     d.add_argument("--backend", help="auto, fa4, flex, bsa or reference (see `draftattention info`)")
-    d.add_argument("--selection", help="tile selection rule: topk, paper or row_topk")
+    d.add_argument("--selection", help=f"tile selection rule: {', '.join(SELECTIONS)}")
     d.add_argument("--dense-steps-fraction", type=float, help="fraction of the first steps that run dense")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:1, cpu")

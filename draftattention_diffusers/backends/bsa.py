@@ -16,8 +16,9 @@ import torch
 from ..core.selection import TileMask
 from .base import AttentionInputs, SparseAttentionBackend
 
-INSTALL = ("build from source: git clone --recursive https://github.com/mit-han-lab/Block-Sparse-Attention && "
-           "cd Block-Sparse-Attention && pip install --no-build-isolation .")
+# It is not on PyPI and we never ship or script its build: point to its own instructions.
+INSTALL = ("build and install it from its upstream source, following the README of "
+           "https://github.com/mit-han-lab/Block-Sparse-Attention")
 
 
 @functools.lru_cache(maxsize=1)

@@ -90,18 +90,14 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
             return torch.ones_like(scores, dtype=torch.bool)
         thr = flat.kthvalue(k, dim=-1, keepdim=True).values
         return (flat >= thr).view(B, H, g, g)
-    if rule == "topk":
-        budget = max(keep_budget(sparsity, n), g)
+    if rule in ("topk", "topk_heads"):
+        # topk ranks each head's map on its own; topk_heads ranks the maps of all heads of a batch item together.
+        pool = H if rule == "topk_heads" else 1
+        budget = max(keep_budget(sparsity, n), g) * pool
         # Softmax scores are <= 1, so 2.0 ranks each row's best tile above everything else.
-        boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H, n)
+        boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H // pool, pool * n)
         idx = boosted.topk(budget, dim=-1, sorted=False).indices
-        keep = torch.zeros(B, H, n, dtype=torch.bool, device=scores.device)
-        return keep.scatter_(-1, idx, True).view(B, H, g, g)
-    if rule == "topk_heads":
-        budget = max(keep_budget(sparsity, n), g) * H
-        boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H * n)
-        idx = boosted.topk(budget, dim=-1, sorted=False).indices
-        keep = torch.zeros(B, H * n, dtype=torch.bool, device=scores.device)
+        keep = torch.zeros_like(boosted, dtype=torch.bool)
         return keep.scatter_(-1, idx, True).view(B, H, g, g)
     if rule == "row_topk":
         kk = max(1, keep_budget(sparsity, g))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,6 +36,17 @@ class AttentionInputs:
                 f"head_dim={self.head_dim}, tile_size={self.tile_size}")
 
 
+@functools.lru_cache(maxsize=None)
+def import_error(modules: tuple[str, ...]) -> str | None:
+    """None if every module imports, else the first failure (any exception: missing package, CUDA libraries...)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+    return None
+
+
 class SparseAttentionBackend:
     """A block-sparse attention kernel behind one interface.
 
@@ -43,12 +56,15 @@ class SparseAttentionBackend:
 
     name: ClassVar[str] = ""
     install_hint: ClassVar[str] = ""
+    package: ClassVar[str] = ""  # what to name when the imports fail
+    requires: ClassVar[tuple[str, ...]] = ()  # modules that must import for the backend to run
     # max |out - reference| / max |reference| allowed in tests, per dtype name
     tolerance: ClassVar[dict[str, float]] = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 
     def package_missing(self) -> str | None:
         """None if the backend's package imports, else a reason with the install line."""
-        return None
+        err = import_error(self.requires)
+        return None if err is None else f"{self.package} is not importable ({err}); install: {self.install_hint}"
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         """Every reason this backend cannot run on ``inputs`` (empty list: it can). Each names actual and allowed."""

@@ -9,7 +9,6 @@ It converts the boolean mask to its own lists on every call (its wrapper's cost,
 
 from __future__ import annotations
 
-import functools
 
 import torch
 
@@ -19,15 +18,6 @@ from .base import AttentionInputs, SparseAttentionBackend
 # It is not on PyPI and we never ship or script its build: point to its own instructions.
 INSTALL = ("build and install it from its upstream source, following the README of "
            "https://github.com/mit-han-lab/Block-Sparse-Attention")
-
-
-@functools.lru_cache(maxsize=1)
-def _import_error() -> str | None:
-    try:
-        from block_sparse_attn import block_sparse_attn_func  # noqa: F401
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 @torch.compiler.disable  # its wrapper counts the sparse heads on the host (data-dependent); keep it out of graphs
@@ -53,13 +43,11 @@ class BlockSparseAttnBackend(SparseAttentionBackend):
 
     name = "bsa"
     install_hint = INSTALL
+    package = "block_sparse_attn"
+    requires = ('block_sparse_attn',)
     dtypes = (torch.float16, torch.bfloat16)
     head_dims = (32, 64, 128)
     tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-    def package_missing(self) -> str | None:
-        err = _import_error()
-        return None if err is None else f"block_sparse_attn is not importable ({err}); {INSTALL}"
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = super().not_supported_reasons(inputs)

@@ -10,7 +10,6 @@ this backend can be compiled with ``torch.compile`` without a graph break at the
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,16 +21,6 @@ from .tiles import tile_indices
 
 FA4_VERSION = "4.0.0b36"
 INSTALL = f"pip install flash-attn-4=={FA4_VERSION}"
-
-
-@functools.lru_cache(maxsize=1)
-def _import_error() -> str | None:
-    try:
-        import flash_attn.cute  # noqa: F401
-        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch  # noqa: F401
-    except Exception as e:  # any import failure (missing package, CUDA DSL libs, ...) is a reason, shown in full
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 @torch.library.custom_op("draftattention::fa4_attention", mutates_args=(), device_types="cuda")
@@ -90,13 +79,11 @@ class FA4Backend(SparseAttentionBackend):
 
     name = "fa4"
     install_hint = INSTALL
+    package = "flash-attn-4"
+    requires = ('flash_attn.cute', 'flash_attn.cute.block_sparsity')
     dtypes = (torch.float16, torch.bfloat16)
     tile_sizes = (128,)
     tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-    def package_missing(self) -> str | None:
-        err = _import_error()
-        return None if err is None else f"flash-attn-4 is not importable ({err}); install: {INSTALL}"
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = super().not_supported_reasons(inputs)

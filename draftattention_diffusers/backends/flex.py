@@ -39,15 +39,6 @@ def _flex_fn(device_type: str):
     return _compiled_flex
 
 
-@functools.lru_cache(maxsize=1)
-def _import_error() -> str | None:
-    try:
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 _HAS_TRITON: bool | None = None
 
 
@@ -122,13 +113,11 @@ class FlexBackend(SparseAttentionBackend):
 
     name = "flex"
     install_hint = "pip install 'torch>=2.5' (FlexAttention is part of PyTorch; it needs Triton on CUDA)"
+    package = "FlexAttention"
+    requires = ('torch.nn.attention.flex_attention',)
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
     head_dims = (16, 32, 64, 128, 256)
     tolerance = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
-
-    def package_missing(self) -> str | None:
-        err = _import_error()
-        return None if err is None else f"FlexAttention is not importable ({err}); install: {self.install_hint}"
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = super().not_supported_reasons(inputs)

@@ -19,6 +19,13 @@ _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
 
 
+def _qkv(attn, x, projections, norms):
+    """q, k, v ``[B, S, H, D]`` of one stream: projections, then the optional q/k RMS norms."""
+    q, k, v = (proj(x).unflatten(2, (attn.heads, -1)) for proj in projections)
+    norm_q, norm_k = norms
+    return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v
+
+
 class HunyuanVideoFamily(ModelFamily):
     name = "hunyuan_video"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
@@ -54,13 +61,7 @@ class HunyuanVideoFamily(ModelFamily):
         single_stream = attn.add_q_proj is None
         if single_stream:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _qkv(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
         if rope is not None:
             if single_stream:
                 query = torch.cat([apply_rotary_emb(query[:, :-text_len], rope, sequence_dim=1),
@@ -71,13 +72,8 @@ class HunyuanVideoFamily(ModelFamily):
                 query = apply_rotary_emb(query, rope, sequence_dim=1)
                 key = apply_rotary_emb(key, rope, sequence_dim=1)
         if not single_stream:
-            eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
+            eq, ek, ev = _qkv(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                              (attn.norm_added_q, attn.norm_added_k))
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
         out = attend(query, key, value, text_len, None, attention_mask)

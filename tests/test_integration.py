@@ -331,3 +331,25 @@ def test_per_token_timesteps_follow_the_tile_order():
         with draft_attention_enabled(tr, sparsity=0.6, dense_steps_fraction=0.0, reorder=reorder):
             outs[reorder] = tr(**args).sample
     torch.testing.assert_close(outs["per_forward"], outs["per_call"], rtol=1e-4, atol=1e-4)
+
+
+def test_regional_torch_compile_shares_one_graph_across_blocks():
+    """Compiling each block (diffusers' regional compile) must not recompile per layer (guards on the module, the
+    layer name or the block index would exhaust dynamo's recompile limit on a 40-block model)."""
+    import torch._dynamo as dynamo
+
+    tr = build_tiny_pipeline("wan", num_layers=6).transformer
+    x = torch.randn(1, 16, 2, 30, 52)
+    args = dict(hidden_states=x, timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 16, 32))
+    with draft_attention_enabled(tr, sparsity=0.5, dense_steps_fraction=0.0):
+        eager = tr(**args).sample
+        for block in tr.blocks:
+            block.compile(backend="eager")
+        dynamo.reset()
+        with dynamo.config.patch(error_on_recompile=True):  # block 1 compiles; blocks 2-6 must reuse its graphs
+            tr(**args)
+            compiled = tr(**args).sample
+        assert get_draft_stats(tr).summary()["sparse_calls"] == 6 * 3
+    for block in tr.blocks:
+        block._compiled_call_impl = None  # back to eager for other tests
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 from .base import AttentionInputs, SparseAttentionBackend
 
 # name -> "module:Class", fastest first (the order "auto" tries them in; measured in docs/benchmarks.md).
@@ -19,17 +21,18 @@ _BACKENDS: dict[str, str] = {
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
 
-_instances: dict[str, SparseAttentionBackend] = {}
-_auto_cache: dict[AttentionInputs, SparseAttentionBackend] = {}
+# Backend modules are light (their kernels' packages are imported only when checked): load them all now, so that no
+# import happens inside a torch.compile'd forward (an import is a graph break).
+_instances: dict[str, SparseAttentionBackend] = {
+    name: getattr(importlib.import_module(path.split(":")[0]), path.split(":")[1])() for name, path in _BACKENDS.items()
+}
+_auto_cache: dict[tuple, SparseAttentionBackend] = {}  # by AttentionInputs.key: plain tuples trace under compile
 
 
 def get_backend(name: str) -> SparseAttentionBackend:
     """The backend object for ``name`` (no check that it can run)."""
     if name not in _BACKENDS:
         raise ValueError(f"backend={name!r}: expected 'auto' or one of {BACKEND_NAMES}")
-    if name not in _instances:
-        module, cls = _BACKENDS[name].split(":")
-        _instances[name] = getattr(importlib.import_module(module), cls)()
     return _instances[name]
 
 
@@ -44,18 +47,20 @@ def resolve_backend(name: str, inputs: AttentionInputs) -> SparseAttentionBacken
         if reasons:
             raise ValueError(f"backend {name!r} cannot run on {inputs.describe()}: " + "; ".join(reasons))
         return backend
-    if inputs not in _auto_cache:
-        report = {}
-        for candidate in BACKEND_NAMES:
-            reasons = get_backend(candidate).not_supported_reasons(inputs)
-            if not reasons:
-                _auto_cache[inputs] = get_backend(candidate)
-                break
-            report[candidate] = reasons
-        else:
-            lines = "; ".join(f"{n}: {', '.join(r)}" for n, r in report.items())
-            raise ValueError(f"no draft-attention backend can run on {inputs.describe()} ({lines})")
-    return _auto_cache[inputs]
+    return _auto_cache.get(inputs.key) or _resolve_auto(inputs)
+
+
+@torch.compiler.disable  # checking packages imports them: never inside a compiled graph (runs once per inputs)
+def _resolve_auto(inputs: AttentionInputs) -> SparseAttentionBackend:
+    report = {}
+    for candidate in BACKEND_NAMES:
+        reasons = get_backend(candidate).not_supported_reasons(inputs)
+        if not reasons:
+            _auto_cache[inputs.key] = get_backend(candidate)
+            return _auto_cache[inputs.key]
+        report[candidate] = reasons
+    lines = "; ".join(f"{n}: {', '.join(r)}" for n, r in report.items())
+    raise ValueError(f"no draft-attention backend can run on {inputs.describe()} ({lines})")
 
 
 def backend_report(inputs: AttentionInputs) -> dict[str, list[str]]:

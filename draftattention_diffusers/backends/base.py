@@ -30,6 +30,12 @@ class AttentionInputs:
         cc = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
         return cls(q.device.type, cc, q.dtype, q.shape[-1], v.shape[-1], tile_size, has_key_padding)
 
+    @property
+    def key(self) -> tuple:
+        """The fields as a plain tuple (a dict key that torch.compile can trace)."""
+        return (self.device_type, self.compute_capability, self.dtype, self.head_dim, self.value_dim, self.tile_size,
+                self.has_key_padding)
+
     def describe(self) -> str:
         cc = f" sm{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else ""
         return (f"device={self.device_type}{cc}, dtype={str(self.dtype).replace('torch.', '')}, "

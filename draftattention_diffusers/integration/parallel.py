@@ -24,6 +24,7 @@ import inspect
 from typing import Any, Callable
 
 import torch
+import torch.distributed._functional_collectives as funcol
 
 from ..core.layout import VideoGrid
 from ..core.selection import TileMask
@@ -284,8 +285,6 @@ class ContextParallelState:
     def global_tiles(self, tiles: TileMask) -> TileMask:
         """``tiles`` with ``video_sparsity`` ``[B, H]`` over *all* heads (gathered from every rank), so that the
         statistics equal those of one GPU. Asynchronous: no host synchronisation."""
-        import torch.distributed._functional_collectives as funcol
-
         vs = tiles.video_sparsity.float().t()  # [H_local, B]: gathered along dim 0
         share = -(-self.heads // self.world)
         if vs.shape[0] < share:  # uneven mode: the last rank's share is padded at its end

@@ -21,7 +21,9 @@ from functools import partial
 from typing import Any, Callable
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+from ..backends import get_backend
 from ..config import DraftAttentionConfig, make_config
 from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
@@ -31,6 +33,7 @@ from . import parallel
 from .stats import AttentionEvent, DraftStats
 
 Observer = Callable[[AttentionEvent], None]
+_ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an attached transformer
 
 
 def num_dense_steps(fraction: float, num_steps: int) -> int:
@@ -125,6 +128,8 @@ class DraftAttnProcessor:
         if owner:
             roles = {m: dataclasses.replace(r, name=f"{owner}.{r.name}") for m, r in roles.items()}
         self._roles.update({m: (family, r) for m, r in roles.items()})
+        for m, r in roles.items():  # on the module itself: no dict lookup keyed by module (torch.compile guards)
+            setattr(m, _ROLE_ATTR, (self, family, r))
         hooks = [transformer.register_forward_pre_hook(partial(self._on_forward, family), with_kwargs=True)]
         order_hooks = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
         self._tile_order_ok[transformer] = order_hooks is not None
@@ -138,6 +143,9 @@ class DraftAttnProcessor:
             for handle in handles:
                 handle.remove()
         self._hooks.clear()
+        for m in self._roles:
+            if getattr(m, _ROLE_ATTR, (None,))[0] is self:
+                delattr(m, _ROLE_ATTR)
         self._tile_order_ok.clear()
         self._order.set(None, None)
         self._roles.clear()
@@ -185,10 +193,10 @@ class DraftAttnProcessor:
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
                  image_rotary_emb=None, **kwargs):
-        entry = self._roles.get(attn)
-        if entry is None:
+        entry = getattr(attn, _ROLE_ATTR, None)
+        if entry is None or entry[0] is not self:
             entry = self._discover(attn)
-        family, role = entry
+        _, family, role = entry
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
         default = role.default_processor
         for attr in ("_attention_backend", "_parallel_config"):  # pass on what diffusers set on us
@@ -199,7 +207,8 @@ class DraftAttnProcessor:
                                        **kwargs)
         if self._cp is not None:  # the model's mask of a rank's share is wrong for padded text: rebuilt
             attention_mask = self._cp.local_mask(attention_mask)
-        dense = self._dense_forward or role.block_index in self.config.dense_layers
+        # (dense_layers is read only when set: compiled blocks then share one graph instead of one per block index)
+        dense = self._dense_forward or (bool(self.config.dense_layers) and role.block_index in self.config.dense_layers)
         if dense and not self._observers and self.config.dense_backend == "diffusers":
             self.stats.record_dense()
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
@@ -237,7 +246,7 @@ class DraftAttnProcessor:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
                                          in_tile_order=in_tile_order)
-            self.stats.record_sparse(role.name, tiles if self._cp is None else self._cp.global_tiles(tiles))
+            self._record_sparse(role, tiles if self._cp is None else self._cp.global_tiles(tiles))
         if self._observers:
             if in_tile_order:  # observers see diffusers' token order
                 inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
@@ -248,15 +257,15 @@ class DraftAttnProcessor:
                 fn(event)
         return out
 
+    @torch.compiler.disable  # the layer name stays out of compiled graphs (a constant per layer would recompile)
+    def _record_sparse(self, role: AttentionRole, tiles) -> None:
+        self.stats.record_sparse(role.name, tiles)
+
     def _dense(self, q, k, v, attention_mask, key_lengths, scale):
         if self.config.dense_backend == "diffusers":
-            from diffusers.models.attention_dispatch import dispatch_attention_fn
-
             # No parallel_config: under context parallelism this runs on the gathered sequence already.
             return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                          backend=self._attention_backend, parallel_config=None)
-        from ..backends import get_backend
-
         return get_backend(self.config.dense_backend).dense_forward(q, k, v, key_lengths, scale)
 
     def _key_lengths(self, attention_mask: torch.Tensor, seq_len: int):
@@ -303,7 +312,7 @@ class DraftAttnProcessor:
         grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
         self._cp = parallel.begin_forward(self, transformer, family_for(transformer).name, grid, (), frame_locals)
         self._begin_forward(grid)
-        return self._roles[attn]
+        return getattr(attn, _ROLE_ATTR)
 
 
 class WanDraftAttnProcessor(DraftAttnProcessor):

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..core.layout import VideoGrid
 from .base import AttentionRole, ModelFamily, keep_or_default
@@ -36,9 +39,6 @@ class HunyuanVideoFamily(ModelFamily):
         return VideoGrid(t // p_t, h // p, w // p)
 
     def roles(self, transformer, current):
-        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
-
         num_dual = len(transformer.transformer_blocks)
         out = {}
         for name, module in transformer.named_modules():
@@ -55,8 +55,6 @@ class HunyuanVideoFamily(ModelFamily):
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # Steps 1-4 and 6 of diffusers' HunyuanVideoAttnProcessor2_0; step 5 (attention) is `attend`.
-        from diffusers.models.embeddings import apply_rotary_emb
-
         text_len = encoder_hidden_states.shape[1]
         single_stream = attn.add_q_proj is None
         if single_stream:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import torch
+from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, _get_qkv_projections
 
 from ..core.layout import VideoGrid
 from .base import AttentionRole, ModelFamily, keep_or_default
@@ -34,8 +35,6 @@ class WanFamily(ModelFamily):
         return VideoGrid(t // p_t, h // p_h, w // p_w)
 
     def roles(self, transformer, current):
-        from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
-
         out = {}
         for name, module in transformer.named_modules():
             if isinstance(module, WanAttention):
@@ -46,8 +45,6 @@ class WanFamily(ModelFamily):
         return out
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))

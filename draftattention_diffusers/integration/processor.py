@@ -268,6 +268,7 @@ class DraftAttnProcessor:
                                          backend=self._attention_backend, parallel_config=None)
         return get_backend(self.config.dense_backend).dense_forward(q, k, v, key_lengths, scale)
 
+    @torch.compiler.disable  # reads the mask on the host (once per forward): keep it out of compiled graphs
     def _key_lengths(self, attention_mask: torch.Tensor, seq_len: int):
         """Key lengths ``[B]`` from a boolean key mask ``[B, 1, 1, S]`` (None: no padding; False: not a suffix
         padding mask). Checked once per forward: every layer gets the same mask object."""

@@ -26,7 +26,8 @@ BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
 _instances: dict[str, SparseAttentionBackend] = {
     name: getattr(importlib.import_module(path.split(":")[0]), path.split(":")[1])() for name, path in _BACKENDS.items()
 }
-_auto_cache: dict[tuple, SparseAttentionBackend] = {}  # by AttentionInputs.key: plain tuples trace under compile
+# (name, *AttentionInputs.key) -> the backend that passed its checks (plain tuples: traceable under torch.compile)
+_resolved: dict[tuple, SparseAttentionBackend] = {}
 
 
 def get_backend(name: str) -> SparseAttentionBackend:
@@ -39,26 +40,23 @@ def get_backend(name: str) -> SparseAttentionBackend:
 def resolve_backend(name: str, inputs: AttentionInputs) -> SparseAttentionBackend:
     """The backend to run for ``inputs``: ``name`` itself if it can run, or the first that can for ``"auto"``.
 
+    Checked once per (name, inputs); later calls are a dict lookup (cheap, and traceable by torch.compile).
     Raises ``ValueError`` listing every reason when the requested backend (or, for auto, every backend) cannot run.
     """
-    if name != "auto":
-        backend = get_backend(name)
-        reasons = backend.not_supported_reasons(inputs)
-        if reasons:
-            raise ValueError(f"backend {name!r} cannot run on {inputs.describe()}: " + "; ".join(reasons))
-        return backend
-    return _auto_cache.get(inputs.key) or _resolve_auto(inputs)
+    return _resolved.get((name,) + inputs.key) or _resolve(name, inputs)
 
 
-@torch.compiler.disable  # checking packages imports them: never inside a compiled graph (runs once per inputs)
-def _resolve_auto(inputs: AttentionInputs) -> SparseAttentionBackend:
+@torch.compiler.disable  # checking packages imports them: never inside a compiled graph
+def _resolve(name: str, inputs: AttentionInputs) -> SparseAttentionBackend:
     report = {}
-    for candidate in BACKEND_NAMES:
+    for candidate in BACKEND_NAMES if name == "auto" else (name,):
         reasons = get_backend(candidate).not_supported_reasons(inputs)
         if not reasons:
-            _auto_cache[inputs.key] = get_backend(candidate)
-            return _auto_cache[inputs.key]
+            _resolved[(name,) + inputs.key] = get_backend(candidate)
+            return get_backend(candidate)
         report[candidate] = reasons
+    if name != "auto":
+        raise ValueError(f"backend {name!r} cannot run on {inputs.describe()}: " + "; ".join(report[name]))
     lines = "; ".join(f"{n}: {', '.join(r)}" for n, r in report.items())
     raise ValueError(f"no draft-attention backend can run on {inputs.describe()} ({lines})")
 

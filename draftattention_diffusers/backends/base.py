@@ -12,6 +12,15 @@ import torch
 from ..core.selection import TileMask
 
 
+_capabilities: dict[int | None, tuple[int, int]] = {}
+
+
+@torch.compiler.disable  # queried once per device, outside compiled graphs
+def _capability(index: int | None) -> tuple[int, int]:
+    _capabilities[index] = torch.cuda.get_device_capability(index)
+    return _capabilities[index]
+
+
 @dataclass(frozen=True)
 class AttentionInputs:
     """The facts a backend checks before it runs (one per call; hashable for caching the choice)."""
@@ -27,7 +36,7 @@ class AttentionInputs:
     @classmethod
     def from_tensors(cls, q: torch.Tensor, v: torch.Tensor, tile_size: int, has_key_padding: bool = False
                      ) -> "AttentionInputs":
-        cc = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
+        cc = (_capabilities.get(q.device.index) or _capability(q.device.index)) if q.device.type == "cuda" else None
         return cls(q.device.type, cc, q.dtype, q.shape[-1], v.shape[-1], tile_size, has_key_padding)
 
     @property

@@ -30,7 +30,7 @@ from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
 from ..models.base import AttentionRole, TileOrder
 from . import parallel
-from .stats import AttentionEvent, DraftStats
+from .stats import AttentionEvent, DraftStats, warn_once
 
 Observer = Callable[[AttentionEvent], None]
 _ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an attached transformer
@@ -156,6 +156,9 @@ class DraftAttnProcessor:
         latents = args[0] if args else kwargs["hidden_states"]
         grid = family.grid(transformer, latents)
         self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
+        if self._cp is not None and self.config.selection == "topk_heads":
+            warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
+                      "parallelism, so its masks differ from one GPU; use 'topk' for results identical to one GPU")
         self._begin_forward(grid, latents.device if self._tile_order_ok.get(transformer) else None)
 
     def _begin_forward(self, grid: VideoGrid | None, tile_order_device: torch.device | None = None) -> None:

@@ -154,12 +154,17 @@ class DraftAttnProcessor:
     # ------------------------------------------------------------------------------------------- per forward
     def _on_forward(self, family: ModelFamily, transformer, args, kwargs) -> None:
         latents = args[0] if args else kwargs["hidden_states"]
-        grid = family.grid(transformer, latents)
+        self._start_forward(transformer, family, family.grid(transformer, latents), args, kwargs,
+                            latents.device if self._tile_order_ok.get(transformer) else None)
+
+    def _start_forward(self, transformer, family: ModelFamily, grid: VideoGrid | None, args, kwargs,
+                       tile_order_device: torch.device | None) -> None:
+        """Context parallelism of this forward (if any), then :meth:`_begin_forward`."""
         self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
                       "parallelism, so its masks differ from one GPU; use 'topk' for results identical to one GPU")
-        self._begin_forward(grid, latents.device if self._tile_order_ok.get(transformer) else None)
+        self._begin_forward(grid, tile_order_device)
 
     def _begin_forward(self, grid: VideoGrid | None, tile_order_device: torch.device | None = None) -> None:
         """Start of a transformer forward: grid, step, dense or sparse, and whether tokens run in tile order."""
@@ -314,8 +319,8 @@ class DraftAttnProcessor:
         names = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
         dims = [frame_locals.get(n) for n in names]
         grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
-        self._cp = parallel.begin_forward(self, transformer, family_for(transformer).name, grid, (), frame_locals)
-        self._begin_forward(grid)
+        # (no tile order: this forward's patch embedding already ran unhooked)
+        self._start_forward(transformer, family_for(transformer), grid, (), frame_locals, None)
         return getattr(attn, _ROLE_ATTR)
 
 

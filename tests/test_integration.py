@@ -353,3 +353,22 @@ def test_regional_torch_compile_shares_one_graph_across_blocks():
     for block in tr.blocks:
         block._compiled_call_impl = None  # back to eager for other tests
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_backend_never_drops_a_mask_it_cannot_express():
+    """A mask that is not a key-padding suffix falls back to dense with the mask applied, whatever dense_backend."""
+    from draftattention_diffusers.core import VideoGrid
+    from draftattention_diffusers.models.base import AttentionRole
+
+    proc = DraftAttnProcessor(sparsity=0.5, dense_steps_fraction=0.0, dense_backend="reference")
+    proc.grid = VideoGrid(1, 8, 16)
+    S = 128 + 8
+    q, k, v = (torch.randn(1, S, 2, 16) for _ in range(3))
+    mask = torch.ones(1, 1, 1, S, dtype=torch.bool)
+    mask[..., 3] = False  # a hole in the video keys: not a suffix
+    role = AttentionRole("layer", True, 0, None)
+    with pytest.warns(DraftAttentionWarning, match="not a key-padding suffix"):
+        out = proc._attend_full(role, False, q, k, v, 8, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
+                                                            attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ import torch
 
 from ..backends import AttentionInputs, resolve_backend
 from ..config import DraftAttentionConfig
-from .layout import TokenLayout, VideoGrid, get_layout
+from .layout import VideoGrid, get_layout
 from .selection import TileMask, select_tiles
 
 
@@ -136,9 +136,3 @@ def draft_attention(
         draft_timer.stop(token)
     out = backend.forward(qp, kp, vp, tiles, key_lengths, scale)
     return (out if in_tile_order else out.index_select(1, layout.inv_perm)), tiles
-
-
-def layout_for(grid: VideoGrid, config: DraftAttentionConfig, text_len: int = 0,
-               device: torch.device | str = "cpu") -> TokenLayout:
-    """The token layout draft attention uses for ``grid`` (for tools and tests)."""
-    return get_layout(grid, text_len, config.region_size, torch.device(device))

@@ -224,13 +224,15 @@ class DraftAttnProcessor:
         attend = partial(self._attend, role, dense)
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 
-    def _attend(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, _key_lengths, attention_mask):
+    def _attend(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, attention_mask):
         if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
             return self._cp.attend(q, k, v, partial(self._attend_full, role, dense))
         return self._attend_full(role, dense, q, k, v, text_len, attention_mask)
 
     def _attend_full(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, attention_mask):
         key_lengths = self._key_lengths(attention_mask, q.shape[1]) if attention_mask is not None else None
+        padding_mask = key_lengths is not False  # no mask, or a key-padding suffix that key_lengths describes
+        key_lengths = key_lengths if padding_mask else None
         grid = self.grid
         if not dense:
             problem = None
@@ -239,7 +241,7 @@ class DraftAttnProcessor:
             elif grid.num_tokens + text_len != q.shape[1]:
                 problem = (f"sequence of {q.shape[1]} tokens does not match the grid {grid.frames}x{grid.height}x"
                            f"{grid.width} + {text_len} text tokens")
-            elif key_lengths is False:
+            elif not padding_mask:
                 problem = "the attention mask is not a key-padding suffix mask"
             if problem:
                 self.stats.record_fallback(f"{role.name}: {problem}; running dense attention for it")
@@ -249,7 +251,7 @@ class DraftAttnProcessor:
         in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
             self.stats.record_dense()
-            out = self._dense(q, k, v, attention_mask, key_lengths if key_lengths is not False else None, scale)
+            out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask)
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
@@ -260,7 +262,7 @@ class DraftAttnProcessor:
                 inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
                 q, k, v = (x.index_select(1, inv) for x in (q, k, v))
             event = AttentionEvent(role.name, role.block_index, self.step, self.num_steps, q, k, v, grid, text_len,
-                                   key_lengths if key_lengths is not False else None, dense, tiles, scale)
+                                   key_lengths, dense, tiles, scale)
             for fn in self._observers:
                 fn(event)
         return out
@@ -269,8 +271,9 @@ class DraftAttnProcessor:
     def _record_sparse(self, role: AttentionRole, tiles) -> None:
         self.stats.record_sparse(role.name, tiles)
 
-    def _dense(self, q, k, v, attention_mask, key_lengths, scale):
-        if self.config.dense_backend == "diffusers":
+    def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool):
+        # A dense kernel of ours takes key lengths only: any other mask goes through diffusers' dispatch.
+        if self.config.dense_backend == "diffusers" or not padding_mask:
             # No parallel_config: under context parallelism this runs on the gathered sequence already.
             return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                          backend=self._attention_backend, parallel_config=None)

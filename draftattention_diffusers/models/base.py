@@ -10,8 +10,8 @@ import torch
 
 from ..core.layout import VideoGrid
 
-# attend(q, k, v, text_len, key_lengths, attention_mask) -> out [B, S, H, D] in the order of q
-AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, Any, Any], torch.Tensor]
+# attend(q, k, v, text_len, attention_mask) -> out [B, S, H, D] in the order of q
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class HunyuanVideoFamily(ModelFamily):
                               (attn.norm_added_q, attn.norm_added_k))
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
-        out = attend(query, key, value, text_len, None, attention_mask)
+        out = attend(query, key, value, text_len, attention_mask)
         out = out.flatten(2, 3).to(query.dtype)
 
         video, text = out[:, :-text_len], out[:, -text_len:]

@@ -52,7 +52,7 @@ class WanFamily(ModelFamily):
         if rope is not None:
             query = _apply_rotary_emb(query, *rope)
             key = _apply_rotary_emb(key, *rope)
-        out = attend(query, key, value, 0, None, attention_mask)
+        out = attend(query, key, value, 0, attention_mask)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -368,7 +368,7 @@ def test_dense_backend_never_drops_a_mask_it_cannot_express():
     mask[..., 3] = False  # a hole in the video keys: not a suffix
     role = AttentionRole("layer", True, 0, None)
     with pytest.warns(DraftAttentionWarning, match="not a key-padding suffix"):
-        out = proc._attend_full(role, False, q, k, v, 8, mask)
+        out = proc._attend_full(torch.nn.Module(), role, False, "reference", q, k, v, 8, mask)
     want = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
                                                             attn_mask=mask).transpose(1, 2)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

@@ -3,37 +3,47 @@
 How it knows what it needs (see docs/design.md):
 
 * **which module is video self-attention**: a role table built from the transformer's module names when the
-  processor is attached (``enable_draft_attention``), or, after ``transformer.set_attn_processor(proc)``, at the
-  first call: the processor then finds its transformer (and the pipeline, if any) on the Python call stack, once.
+  processor is attached (``enable_draft_attention``, or ``transformer.set_attn_processor`` once draft attention is
+  installed), or, after a first bare ``transformer.set_attn_processor(proc)``, at the first call: the processor then
+  finds its transformer on the Python call stack, once.
 * **the token grid**: a forward pre-hook on the transformer reads the latent shape ``[B, C, T, H, W]``.
-* **the denoising step**: the same pre-hook asks the pipeline's scheduler (``step_index``, None at step 0, and
-  ``len(timesteps)``); that is right with CFG (both calls see one step), Wan2.2's two experts (one scheduler) and
-  HunyuanVideo. Without a pipeline, ``processor.set_step(step, num_steps)`` tells it; with neither, a warm-up
-  fraction > 0 runs dense (with a warning), never sparse by accident.
+* **the denoising step**: the same pre-hook finds the pipeline that is calling the transformer *now* (on the call
+  stack; no reference to a pipeline is kept) and asks its scheduler (``step_index``, None at step 0, and
+  ``len(timesteps)``); that is right with CFG (both calls see one step), Wan2.2's two experts (one scheduler),
+  HunyuanVideo, one transformer shared by several pipelines, and pipelines built from another's components. A call
+  without a pipeline uses ``processor.set_step(step, num_steps)``; with neither, a warm-up fraction in (0, 1) runs
+  dense (with a warning), never sparse by accident.
+* **token order**: with ``reorder="per_forward"`` the video tokens are in tile order in *every* forward that can be
+  sparse (``dense_steps_fraction < 1``), dense steps included, so that whatever a step cache keeps from one forward
+  to the next is in one order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import sys
 from functools import partial
 from typing import Any, Callable
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers import DiffusionPipeline
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+from diffusers.utils.constants import DIFFUSERS_ATTN_BACKEND
 
-from ..backends import get_backend
+from ..backends import AttentionInputs, get_backend
 from ..config import DraftAttentionConfig, make_config
 from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
-from ..models.base import AttentionRole, TileOrder
+from ..models.base import AttentionRole, TileOrder, register_hook
 from . import parallel
-from .stats import AttentionEvent, DraftStats, warn_once
+from .lifecycle import ROLE_ATTR, Installation, install, installation, uninstall
+from .stats import AttentionEvent, DraftStats, count_call, warn_once
 
 Observer = Callable[[AttentionEvent], None]
-_ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an attached transformer
+_DEFAULT_BACKEND = AttentionBackendName(DIFFUSERS_ATTN_BACKEND)
 
 
 def num_dense_steps(fraction: float, num_steps: int) -> int:
@@ -50,12 +60,29 @@ def _scheduler_step(pipe) -> tuple[int, int] | None:
     return (0 if step is None else int(step)), len(timesteps)
 
 
+def _calling_pipeline(frame) -> DiffusionPipeline | None:
+    """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now), or None."""
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, DiffusionPipeline):
+            return obj
+        frame = frame.f_back
+    return None
+
+
+def _user_chose_backend(processor_backend) -> bool:
+    """The user picked diffusers' attention backend: ``set_attention_backend``, the ``attention_backend(...)``
+    context manager or the ``DIFFUSERS_ATTN_BACKEND`` environment variable."""
+    return processor_backend is not None or _AttentionBackendRegistry._active_backend != _DEFAULT_BACKEND \
+        or _DEFAULT_BACKEND != AttentionBackendName.NATIVE
+
+
 class DraftAttnProcessor:
     """Draft attention for the video self-attention of Wan2.1/2.2 and HunyuanVideo transformers.
 
     One instance serves every attention module: video self-attention runs draft attention (or dense during the
-    warm-up steps and in ``dense_layers``); cross-attention and HunyuanVideo's token refiner run the model's own
-    processor unchanged.
+    warm-up steps and in ``dense_layers``); cross-attention and HunyuanVideo's token refiner run the processor they
+    had before (the model's own, or the user's) unchanged.
 
     Args:
         config: a :class:`DraftAttentionConfig` (or dict); ``**overrides`` change single fields.
@@ -63,28 +90,28 @@ class DraftAttnProcessor:
     Example:
         >>> pipe.transformer.set_attn_processor(DraftAttnProcessor(sparsity=0.9))   # doctest: +SKIP
         >>> video = pipe(prompt, num_inference_steps=50).frames                      # doctest: +SKIP
-        >>> print(pipe.transformer.attn_processors["blocks.0.attn1.processor"].stats.format())  # doctest: +SKIP
+        >>> print(get_draft_stats(pipe).format())                                    # doctest: +SKIP
 
     Raises:
-        ValueError: on a module that is not part of a supported transformer, or a backend that cannot run.
+        ValueError: on a module that is not part of a supported transformer, ``dense_layers`` beyond the
+            transformer's blocks, or a backend that cannot run.
     """
 
-    # diffusers sets these on every processor (set_attention_backend / enable_parallelism); we pass them on.
-    _attention_backend = None
-    _parallel_config = None
+    _is_draft_attention = True
     families: tuple[str, ...] | None = None  # None: every supported family
 
     def __init__(self, config: DraftAttentionConfig | dict | None = None, **overrides: Any) -> None:
         self.config = make_config(config, **overrides)
         self.stats = DraftStats()
-        self._roles: dict[torch.nn.Module, tuple[ModelFamily, AttentionRole]] = {}
-        self._hooks: dict[torch.nn.Module, list] = {}
-        self._tile_order_ok: dict[torch.nn.Module, bool] = {}
+        self._roles: dict[torch.nn.Module, AttentionRole] = {}
+        self._transformers: list[torch.nn.Module] = []
         self._order = TileOrder()  # video tokens in tile order for this forward (config.reorder="per_forward")
         self._observers: list[Observer] = []
-        self._pipe = None
         self._manual_step: tuple[int, int] | None = None
         self._run_key = None
+        self._backend_choice = None
+        self._parallel_choice = None
+        self._dense_kernels: dict[tuple, str | None] = {}
         # per forward
         self.grid: VideoGrid | None = None
         self.step: int | None = None
@@ -93,15 +120,50 @@ class DraftAttnProcessor:
         self._mask_cache: tuple[Any, Any] | None = None
         self._cp: parallel.ContextParallelState | None = None  # set per forward under context parallelism
 
+    # diffusers sets these two on every processor (set_attention_backend / reset_attention_backend /
+    # enable_parallelism). They are passed on to the processors draft attention keeps as the dense path, so that
+    # those behave, and are restored by disable, exactly as if draft attention had never been on.
+    @property
+    def _attention_backend(self):
+        return self._backend_choice
+
+    @_attention_backend.setter
+    def _attention_backend(self, value) -> None:
+        self._backend_choice = value
+        self._pass_on("_attention_backend", value)
+
+    @property
+    def _parallel_config(self):
+        return self._parallel_choice
+
+    @_parallel_config.setter
+    def _parallel_config(self, value) -> None:
+        self._parallel_choice = value
+        self._pass_on("_parallel_config", value)
+
+    def _pass_on(self, attr: str, value) -> None:
+        for role in self._roles.values():
+            if hasattr(role.default_processor, attr):
+                setattr(role.default_processor, attr, value)
+
     # ----------------------------------------------------------------------------------------------- public
     def set_step(self, step: int | None, num_steps: int | None = None) -> None:
-        """Tell the processor the denoising step (for transformers called without a pipeline); None forgets it."""
+        """Tell the processor the denoising step of transformer calls made **without a pipeline** (a pipeline call
+        always follows its own scheduler); ``set_step(None)`` forgets it.
+
+        Raises ``ValueError`` unless ``0 <= step < num_steps`` are integers (numpy integers are accepted)."""
         if step is None:
             self._manual_step = None
             return
-        if num_steps is None or not (0 <= step < num_steps):
+        try:
+            if isinstance(step, bool) or isinstance(num_steps, bool):
+                raise TypeError
+            step, num_steps = operator.index(step), operator.index(num_steps)
+        except TypeError:
+            raise ValueError(f"set_step({step!r}, {num_steps!r}): expected integers 0 <= step < num_steps") from None
+        if not 0 <= step < num_steps:
             raise ValueError(f"set_step({step}, {num_steps}): expected 0 <= step < num_steps")
-        self._manual_step = (int(step), int(num_steps))
+        self._manual_step = (step, num_steps)
 
     def add_observer(self, fn: Observer) -> None:
         """Call ``fn(AttentionEvent)`` on every video self-attention call (capture, mask pictures)."""
@@ -110,72 +172,128 @@ class DraftAttnProcessor:
     def remove_observer(self, fn: Observer) -> None:
         self._observers.remove(fn)
 
-    def attach(self, transformer: torch.nn.Module, pipe=None) -> None:
-        """Learn the roles of ``transformer``'s attention modules and hook its forward (grid and step).
+    def attach(self, transformer: torch.nn.Module, dense_processors: dict[str, Any] | None = None,
+               prefix: str | None = None, via_enable: bool = False) -> None:
+        """Install this processor's hooks and role table on ``transformer`` (whose modules run this processor, or
+        are about to). Whatever draft attention had installed there before is removed first.
 
-        Called by ``enable_draft_attention`` before the processor is installed (so the current processors are kept
-        as the dense path), or automatically at the first call after ``set_attn_processor``.
+        Args:
+            dense_processors: ``{"<module>.processor": processor}``, what each module ran before (kept as the dense
+                path and restored by ``disable_draft_attention``); default: the transformer's processors now (draft
+                processors among them are replaced by the model's own class).
+            prefix: layer-name prefix in the statistics (``"transformer_2"`` for Wan2.2's second expert).
+
+        Raises ``ValueError`` for an unsupported transformer or ``dense_layers`` beyond its blocks.
         """
         family = require_family(transformer)
         if self.families is not None and family.name not in self.families:
             raise ValueError(f"{type(self).__name__} supports {self.families}, not {type(transformer).__name__}; "
                              "use DraftAttnProcessor for any supported family")
-        if transformer in self._hooks:
-            return
-        roles = family.roles(transformer, transformer.attn_processors)
-        # Name layers after the pipeline attribute ("transformer_2.blocks.3.attn1"): Wan2.2 has two experts.
-        owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
-        if owner:
-            roles = {m: dataclasses.replace(r, name=f"{owner}.{r.name}") for m, r in roles.items()}
-        self._roles.update({m: (family, r) for m, r in roles.items()})
+        current = dict(transformer.attn_processors) if dense_processors is None else dense_processors
+        roles = family.roles(transformer, current)
+        blocks = 1 + max((r.block_index for r in roles.values() if r.video_self), default=-1)
+        too_far = [i for i in self.config.dense_layers if i >= blocks]
+        if too_far:
+            raise ValueError(f"dense_layers={self.config.dense_layers}: {type(transformer).__name__} has {blocks} "
+                             f"blocks with video self-attention (indices 0..{blocks - 1}); {too_far} do not exist")
+        uninstall(transformer)
+        restore = {f"{r.name}.processor": r.default_processor for r in roles.values()}
+        if prefix:
+            roles = {m: dataclasses.replace(r, name=f"{prefix}.{r.name}") for m, r in roles.items()}
         for m, r in roles.items():  # on the module itself: no dict lookup keyed by module (torch.compile guards)
-            setattr(m, _ROLE_ATTR, (self, family, r))
-        hooks = [transformer.register_forward_pre_hook(partial(self._on_forward, family), with_kwargs=True)]
-        order_hooks = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
-        self._tile_order_ok[transformer] = order_hooks is not None
-        self._hooks[transformer] = hooks + (order_hooks or [])
-        if pipe is not None:
-            self._pipe = pipe
+            m.__dict__[ROLE_ATTR] = (self, family, r)
+            self._roles[m] = r
+            if r.video_self:
+                self.stats.track(r.name, m)
+            if r.video_self and r.custom:
+                warn_once(f"{r.name} has a custom processor ({type(r.default_processor).__name__}): it runs in dense "
+                          "steps and dense_layers, but sparse steps compute attention with draft attention's own "
+                          "q/k/v path, bypassing it")
+        if self._backend_choice is None:  # a backend the user set before installing stays theirs
+            self._backend_choice = next((getattr(r.default_processor, "_attention_backend", None)
+                                         for r in roles.values() if r.video_self), None)
+        for attr, value in (("_attention_backend", self._backend_choice), ("_parallel_config", self._parallel_choice)):
+            if value is not None:
+                self._pass_on(attr, value)
+        register_hook(transformer, "pre", partial(self._on_forward, family), with_kwargs=True)
+        order_ok = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
+        watch = next((m for m, r in roles.items() if r.video_self), None)
+        install(transformer, Installation(self, family, restore, watch, via_enable))
+        transformer.__dict__["_draftattention_tile_order"] = order_ok
+        if transformer not in self._transformers:
+            self._transformers.append(transformer)
 
-    def detach(self) -> None:
-        """Remove the forward hooks and forget the role tables."""
-        for handles in self._hooks.values():
-            for handle in handles:
-                handle.remove()
-        self._hooks.clear()
-        for m in self._roles:
-            if getattr(m, _ROLE_ATTR, (None,))[0] is self:
-                delattr(m, _ROLE_ATTR)
-        self._tile_order_ok.clear()
+    def detach(self, transformer: torch.nn.Module | None = None) -> None:
+        """Remove this processor's hooks and role tables from ``transformer`` (default: every transformer it is
+        attached to). The processors stay installed; use ``disable_draft_attention`` to restore the originals."""
+        for t in [transformer] if transformer is not None else list(self._transformers):
+            inst = installation(t)
+            if inst is not None and inst.processor is self:
+                uninstall(t)
         self._order.set(None, None)
-        self._roles.clear()
-        self._pipe = None
+
+    # -------------------------------------------------------------------------------- lifecycle callbacks
+    def _forget(self, module: torch.nn.Module) -> None:
+        role = self._roles.pop(module, None)
+        if role is not None and role.video_self:
+            self.stats.untrack([module])
+
+    def _forget_transformer(self, transformer: torch.nn.Module) -> None:
+        self._transformers = [t for t in self._transformers if t is not transformer]
+        transformer.__dict__.pop("_draftattention_tile_order", None)
 
     # ------------------------------------------------------------------------------------------- per forward
     def _on_forward(self, family: ModelFamily, transformer, args, kwargs) -> None:
-        latents = args[0] if args else kwargs["hidden_states"]
-        self._start_forward(transformer, family, family.grid(transformer, latents), args, kwargs,
-                            latents.device if self._tile_order_ok.get(transformer) else None)
+        if not torch.compiler.is_compiling():
+            self._prepare_forward(family, transformer, args, kwargs, sys._getframe(1))
+        elif self._manual_step is None and 0.0 < self.config.dense_steps_fraction < 1.0:
+            # The whole model is being compiled and the step must come from the calling pipeline: look it up
+            # outside the graph (a graph break at the start of the forward; fullgraph needs set_step()).
+            _prepare_forward_outside_graph(self, family, transformer, args, kwargs)
+        else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
+            latents = args[0] if args else kwargs["hidden_states"]
+            self._begin_forward(family.grid(transformer, latents), self._manual_step,
+                                latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
+                                record=False)
 
-    def _start_forward(self, transformer, family: ModelFamily, grid: VideoGrid | None, args, kwargs,
-                       tile_order_device: torch.device | None) -> None:
-        """Context parallelism of this forward (if any), then :meth:`_begin_forward`."""
+    def _prepare_forward(self, family: ModelFamily, transformer, args, kwargs, frame=None,
+                         discovered: VideoGrid | None | bool = False) -> None:
+        """Start of a transformer forward (eager): is this processor still installed, which pipeline calls, the
+        grid, context parallelism, then :meth:`_begin_forward`. ``discovered``: the grid of a forward that began
+        before the hooks existed (read from its locals, None if not found; it runs in diffusers' token order)."""
+        inst = installation(transformer)
+        if inst is None or inst.processor is not self or (inst.watch is not None and inst.watch.processor is not self):
+            # Its processors were replaced module by module (attn.set_processor): nothing of ours may stay.
+            uninstall(transformer)
+            self._order.set(None, None)
+            return
+        pipe = _calling_pipeline(frame if frame is not None else sys._getframe(1))
+        if pipe is not None:
+            step_info = _scheduler_step(pipe)
+            key = getattr(pipe.scheduler, "timesteps", None)
+            if key is not self._run_key:  # a new pipeline call sets new timesteps: fresh statistics
+                self._run_key = key
+                self.stats.reset()
+        else:
+            step_info = self._manual_step
+        if discovered is False:
+            latents = args[0] if args else kwargs["hidden_states"]
+            grid, device = family.grid(transformer, latents), latents.device
+        else:
+            grid, device = discovered, kwargs["hidden_states"].device
+        self.stats.to_device(device)
         self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
                       "parallelism, so its masks differ from one GPU; use 'topk' for results identical to one GPU")
-        self._begin_forward(grid, tile_order_device)
+        order_ok = discovered is False and transformer.__dict__.get("_draftattention_tile_order")
+        self._begin_forward(grid, step_info, device if order_ok else None)
 
-    def _begin_forward(self, grid: VideoGrid | None, tile_order_device: torch.device | None = None) -> None:
-        """Start of a transformer forward: grid, step, dense or sparse, and whether tokens run in tile order."""
+    def _begin_forward(self, grid: VideoGrid | None, step_info: tuple[int, int] | None,
+                       tile_order_device: torch.device | None = None, record: bool = True) -> None:
+        """Grid, step, dense or sparse, and whether the tokens of this forward run in tile order."""
         self.grid = grid
         self._mask_cache = None
-        step_info = self._manual_step or (_scheduler_step(self._pipe) if self._pipe is not None else None)
-        if self._pipe is not None:  # a new pipeline call sets new timesteps: start fresh statistics
-            key = getattr(self._pipe.scheduler, "timesteps", None)
-            if key is not self._run_key:
-                self._run_key = key
-                self.stats.reset()
         self.step, self.num_steps = step_info if step_info else (None, None)
         fraction = self.config.dense_steps_fraction
         if fraction == 0.0:
@@ -184,16 +302,19 @@ class DraftAttnProcessor:
             dense, mode = True, "dense"
         elif step_info is None:
             dense, mode = True, "dense (step unknown)"
-            self.stats.record_fallback(
-                "draft attention does not know the denoising step (no pipeline found and set_step() not called): "
-                "running dense so that warm-up steps are never sparse; use enable_draft_attention(pipe), "
-                "processor.set_step(step, num_steps) or dense_steps_fraction=0")
+            if record:
+                self.stats.record_fallback(
+                    "draft attention does not know the denoising step (no pipeline is calling the transformer and "
+                    "set_step() was not called): running dense so that warm-up steps are never sparse; use "
+                    "processor.set_step(step, num_steps) or dense_steps_fraction=0")
         else:
             dense = self.step < num_dense_steps(fraction, self.num_steps)
             mode = "dense" if dense else "sparse"
         self._dense_forward = dense
-        self.stats.record_step(self.step, mode)
-        reorder = (not dense and grid is not None and tile_order_device is not None
+        if record:
+            self.stats.record_step(self.step, mode)
+        # Tile order in every forward that may be sparse, dense ones too: step caches keep tensors across forwards.
+        reorder = (fraction < 1.0 and grid is not None and tile_order_device is not None
                    and self.config.reorder == "per_forward" and self._cp is None)
         layout = get_layout(grid, 0, self.config.region_size, tile_order_device) if reorder else None
         self._order.set(layout.perm if layout else None, layout.inv_perm if layout else None)
@@ -201,15 +322,12 @@ class DraftAttnProcessor:
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
                  image_rotary_emb=None, **kwargs):
-        entry = getattr(attn, _ROLE_ATTR, None)
+        entry = attn.__dict__.get(ROLE_ATTR)
         if entry is None or entry[0] is not self:
             entry = self._discover(attn)
         _, family, role = entry
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
         default = role.default_processor
-        for attr in ("_attention_backend", "_parallel_config"):  # pass on what diffusers set on us
-            if getattr(self, attr) is not None and hasattr(default, attr):
-                setattr(default, attr, getattr(self, attr))
         if not role.video_self:
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
@@ -217,19 +335,43 @@ class DraftAttnProcessor:
             attention_mask = self._cp.local_mask(attention_mask)
         # (dense_layers is read only when set: compiled blocks then share one graph instead of one per block index)
         dense = self._dense_forward or (bool(self.config.dense_layers) and role.block_index in self.config.dense_layers)
-        if dense and not self._observers and self.config.dense_backend == "diffusers":
-            self.stats.record_dense()
+        kernel = self._dense_kernel(attn, hidden_states, role) if dense else None
+        if dense and kernel is None and not self._observers:
+            count_call(attn, None)
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
-        attend = partial(self._attend, role, dense)
+        attend = partial(self._attend, attn, role, dense, kernel)
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 
-    def _attend(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, attention_mask):
-        if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
-            return self._cp.attend(q, k, v, partial(self._attend_full, role, dense))
-        return self._attend_full(role, dense, q, k, v, text_len, attention_mask)
+    def _dense_kernel(self, attn, hidden_states: torch.Tensor, role: AttentionRole) -> str | None:
+        """Which of our dense kernels runs a dense call (None: the module's own processor, diffusers' path).
 
-    def _attend_full(self, role: AttentionRole, dense: bool, q, k, v, text_len: int, attention_mask):
+        ``dense_backend="auto"`` takes flash-attn-4 where it can run, unless the user chose diffusers' attention
+        backend or installed a processor of their own on the module: theirs is respected."""
+        choice = self.config.dense_backend
+        if choice == "diffusers":
+            return None
+        if choice != "auto":
+            return choice
+        if role.custom or _user_chose_backend(self._backend_choice):
+            return None
+        dtype = torch.get_autocast_dtype(hidden_states.device.type) \
+            if torch.is_autocast_enabled(hidden_states.device.type) else hidden_states.dtype
+        head_dim = attn.inner_dim // attn.heads
+        key = (hidden_states.device.type, hidden_states.device.index, dtype, head_dim)
+        if key not in self._dense_kernels:
+            self._dense_kernels[key] = _pick_dense_kernel(hidden_states, dtype, head_dim)
+        return self._dense_kernels[key]
+
+    def _attend(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
+                attention_mask):
+        q, k, v = _one_dtype(q, k, v)
+        if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
+            return self._cp.attend(q, k, v, partial(self._attend_full, attn, role, dense, kernel))
+        return self._attend_full(attn, role, dense, kernel, q, k, v, text_len, attention_mask)
+
+    def _attend_full(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
+                     attention_mask):
         key_lengths = self._key_lengths(attention_mask, q.shape[1]) if attention_mask is not None else None
         padding_mask = key_lengths is not False  # no mask, or a key-padding suffix that key_lengths describes
         key_lengths = key_lengths if padding_mask else None
@@ -250,13 +392,13 @@ class DraftAttnProcessor:
         tiles = None
         in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
-            self.stats.record_dense()
-            out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask)
+            count_call(attn, None)
+            out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask, kernel)
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
                                          in_tile_order=in_tile_order)
-            self._record_sparse(role, tiles if self._cp is None else self._cp.global_tiles(tiles))
+            count_call(attn, (tiles if self._cp is None else self._cp.global_tiles(tiles)).video_sparsity)
         if self._observers:
             if in_tile_order:  # observers see diffusers' token order
                 inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
@@ -267,64 +409,79 @@ class DraftAttnProcessor:
                 fn(event)
         return out
 
-    @torch.compiler.disable  # the layer name stays out of compiled graphs (a constant per layer would recompile)
-    def _record_sparse(self, role: AttentionRole, tiles) -> None:
-        self.stats.record_sparse(role.name, tiles)
-
-    def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool):
+    def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool, kernel: str | None):
         # A dense kernel of ours takes key lengths only: any other mask goes through diffusers' dispatch.
-        if self.config.dense_backend == "diffusers" or not padding_mask:
+        if kernel is None or not padding_mask:
             # No parallel_config: under context parallelism this runs on the gathered sequence already.
             return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                          backend=self._attention_backend, parallel_config=None)
-        return get_backend(self.config.dense_backend).dense_forward(q, k, v, key_lengths, scale)
+        return get_backend(kernel).dense_forward(q, k, v, key_lengths, scale)
 
-    @torch.compiler.disable  # reads the mask on the host (once per forward): keep it out of compiled graphs
     def _key_lengths(self, attention_mask: torch.Tensor, seq_len: int):
-        """Key lengths ``[B]`` from a boolean key mask ``[B, 1, 1, S]`` (None: no padding; False: not a suffix
-        padding mask). Checked once per forward: every layer gets the same mask object."""
-        if self._mask_cache is not None and self._mask_cache[0] is attention_mask:
-            return self._mask_cache[1]
-        result: Any = False
+        """Key lengths int32 ``[B]`` from a boolean key mask ``[B, 1, 1, S]`` (False: not a key-padding suffix
+        mask). The models build their masks as suffixes; in eager mode that is checked on the host once per forward
+        (every layer gets the same mask object), never inside a compiled graph or an export."""
         m = attention_mask
-        if m.dtype == torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1 and m.shape[-1] == seq_len:
-            m = m.reshape(m.shape[0], seq_len)
-            lengths = m.sum(dim=-1)
-            prefix = torch.arange(seq_len, device=m.device).view(1, -1) < lengths.view(-1, 1)
-            if torch.equal(prefix, m):
-                grid_tokens = self.grid.num_tokens if self.grid is not None else 0
-                if int(lengths.min()) >= grid_tokens:
-                    result = None if int(lengths.min()) == seq_len else lengths.to(torch.int32)
-        self._mask_cache = (attention_mask, result)
-        return result
+        if not (m.dtype == torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1 and m.shape[-1] == seq_len):
+            return False
+        lengths = m.reshape(m.shape[0], seq_len).sum(dim=-1, dtype=torch.int32)
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return lengths
+        if self._mask_cache is None or self._mask_cache[0] is not attention_mask:
+            self._mask_cache = (attention_mask, _is_key_suffix(m.reshape(m.shape[0], seq_len), lengths,
+                                                               self.grid.num_tokens if self.grid is not None else 0))
+        return lengths if self._mask_cache[1] else False
 
     # ------------------------------------------------------------------------------------------- discovery
     def _discover(self, attn: torch.nn.Module):
-        """First call after ``set_attn_processor``: find the transformer (and pipeline) on the call stack."""
-        from diffusers import DiffusionPipeline
-
-        transformer = pipe = frame_locals = None
+        """First call after a bare ``set_attn_processor``: find the transformer on the call stack and attach."""
+        transformer = frame_locals = None
         frame = sys._getframe(1)
         while frame is not None:
             obj = frame.f_locals.get("self")
-            if transformer is None and isinstance(obj, torch.nn.Module) and family_for(obj) is not None \
+            if isinstance(obj, torch.nn.Module) and family_for(obj) is not None \
                     and any(m is attn for m in obj.modules()):
                 transformer, frame_locals = obj, frame.f_locals
-            elif isinstance(obj, DiffusionPipeline):
-                pipe = obj
                 break
             frame = frame.f_back
         if transformer is None:
             raise ValueError(f"DraftAttnProcessor was called from {type(attn).__name__}, which is not inside a "
                              f"supported transformer ({', '.join(supported_transformers())})")
-        self.attach(transformer, pipe)
-        # This forward began before the hook existed: read its grid from the transformer's forward locals.
-        names = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
-        dims = [frame_locals.get(n) for n in names]
+        pipe = _calling_pipeline(frame)
+        owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
+        self.attach(transformer, prefix=owner)
+        # This forward began before the hooks existed: read its grid from the transformer's forward locals.
+        dims = [frame_locals.get(n) for n in ("post_patch_num_frames", "post_patch_height", "post_patch_width")]
         grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
-        # (no tile order: this forward's patch embedding already ran unhooked)
-        self._start_forward(transformer, family_for(transformer), grid, (), frame_locals, None)
-        return getattr(attn, _ROLE_ATTR)
+        self._prepare_forward(family_for(transformer), transformer, (), frame_locals, frame, discovered=grid)
+        return attn.__dict__[ROLE_ATTR]
+
+
+@torch.compiler.disable  # the pipeline is found on the call stack: not traceable, so outside the compiled graph
+def _prepare_forward_outside_graph(processor: DraftAttnProcessor, family, transformer, args, kwargs) -> None:
+    processor._prepare_forward(family, transformer, args, kwargs)
+
+
+def _pick_dense_kernel(x: torch.Tensor, dtype: torch.dtype, head_dim: int) -> str | None:
+    """flash-attn-4 where it can run on these inputs, else None (diffusers' own attention)."""
+    inputs = dataclasses.replace(AttentionInputs.from_tensors(x[..., :1].unsqueeze(-1), x[..., :1].unsqueeze(-1), 128),
+                                 dtype=dtype, head_dim=head_dim, value_dim=head_dim)
+    return None if get_backend("fa4").not_supported_reasons(inputs) else "fa4"
+
+
+def _one_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Under autocast q, k, v can differ in dtype (HunyuanVideo's q/k norms give float32, v the autocast dtype):
+    cast them to the autocast dtype, as diffusers' attention (SDPA) does."""
+    if q.dtype == k.dtype == v.dtype or not torch.is_autocast_enabled(q.device.type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(q.device.type)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _is_key_suffix(mask: torch.Tensor, lengths: torch.Tensor, video_tokens: int) -> bool:
+    """``mask`` [B, S] keeps a prefix of the keys per item, never cutting video keys (host check)."""
+    prefix = torch.arange(mask.shape[1], device=mask.device).view(1, -1) < lengths.view(-1, 1)
+    return bool(torch.equal(prefix, mask)) and int(lengths.min()) >= video_tokens
 
 
 class WanDraftAttnProcessor(DraftAttnProcessor):

@@ -49,8 +49,17 @@ class AttentionEvent:
     scale: float
 
 
+COUNTERS_ATTR = "_draftattention_counters"
+"""On every video self-attention module: float32 ``[3]`` = (sparse calls, dense calls, sum of achieved sparsity),
+accumulated on the device inside the attention call (no host synchronisation, no graph break under torch.compile:
+the counters are reached through the module, so every compiled block shares one graph)."""
+
+
 class DraftStats:
     """What draft attention did during the last pipeline call (reset when a new call starts).
+
+    Counts are read once, when :meth:`summary` is called. A forward in which no video self-attention ran (a step
+    cache such as MagCache skipped every block) counts as *skipped*.
 
     Example:
         >>> stats = get_draft_stats(pipe)          # doctest: +SKIP
@@ -59,57 +68,84 @@ class DraftStats:
     """
 
     def __init__(self) -> None:
+        self._layers: dict[str, torch.nn.Module] = {}  # layer name -> module holding its counters
         self.reset()
 
     def reset(self) -> None:
         self.steps: dict[int, str] = {}
         self.forwards = 0
-        self.sparse_calls = 0
-        self.dense_calls = 0
         self.fallbacks: dict[str, int] = {}
-        self._layer_sum: dict[str, torch.Tensor] = {}
-        self._layer_calls: dict[str, int] = {}
         self.draft_timer = StageTimer()
+        self._marks: list[torch.Tensor] = []  # total calls at the start of each forward
+        for module in self._layers.values():
+            getattr(module, COUNTERS_ATTR).zero_()
 
-    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
+    # ------------------------------------------------------------------------------------ bookkeeping (eager)
+    def track(self, name: str, module: torch.nn.Module) -> None:
+        """Give ``module`` (a video self-attention module) its counters, listed under ``name``."""
+        setattr(module, COUNTERS_ATTR, torch.zeros(3))
+        self._layers[name] = module
+
+    def untrack(self, modules) -> None:
+        modules = set(modules)
+        for name in [n for n, m in self._layers.items() if m in modules]:
+            module = self._layers.pop(name)
+            if hasattr(module, COUNTERS_ATTR):
+                delattr(module, COUNTERS_ATTR)
+
+    def to_device(self, device: torch.device) -> None:
+        """Keep the counters where attention runs (offloading moves the model between forwards)."""
+        for module in self._layers.values():
+            c = getattr(module, COUNTERS_ATTR)
+            if c.device != device:
+                setattr(module, COUNTERS_ATTR, c.to(device))
+
     def record_step(self, step: int | None, mode: str) -> None:
         self.forwards += 1
         if step is not None:
             self.steps[step] = mode
+        if self._layers:
+            self._marks.append(self._total_calls())
 
-    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
-    def record_sparse(self, layer: str, tiles: TileMask) -> None:
-        # Accumulate on the device: no synchronisation until the statistics are read.
-        s = tiles.video_sparsity.float().mean()
-        self._layer_sum[layer] = self._layer_sum[layer] + s if layer in self._layer_sum else s
-        self._layer_calls[layer] = self._layer_calls.get(layer, 0) + 1
-        self.sparse_calls += 1
-
-    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
-    def record_dense(self) -> None:
-        self.dense_calls += 1
-
-    @torch.compiler.disable  # bookkeeping stays out of compiled graphs
     def record_fallback(self, message: str) -> None:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
         warn_once(message)
 
+    def _total_calls(self) -> torch.Tensor:
+        counters = [getattr(m, COUNTERS_ATTR) for m in self._layers.values()]
+        device = counters[0].device
+        return torch.stack([c[:2].sum().to(device) for c in counters]).sum()
+
+    # ------------------------------------------------------------------------------------------- reading
     def layer_sparsity(self) -> dict[str, float]:
         """Mean achieved sparsity of each layer over its sparse calls."""
-        return {k: float(v) / self._layer_calls[k] for k, v in self._layer_sum.items()}
+        out = {}
+        for name, module in self._layers.items():
+            sparse_calls, _, total = getattr(module, COUNTERS_ATTR).tolist()
+            if sparse_calls:
+                out[name] = total / sparse_calls
+        return out
 
     def summary(self) -> dict[str, Any]:
-        """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, call counts, ``mean_sparsity`` (over
-        sparse calls), ``layer_sparsity``, ``draft_seconds`` (time in the draft step) and ``fallbacks``."""
-        layers = self.layer_sparsity()
-        total = sum(v * self._layer_calls[k] for k, v in layers.items())
+        """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, ``forwards``, ``skipped_forwards`` (no
+        self-attention ran: a step cache skipped every block), call counts, ``mean_sparsity`` (over sparse calls),
+        ``layer_sparsity``, ``draft_seconds`` (time in the draft step) and ``fallbacks``."""
+        counts = {n: getattr(m, COUNTERS_ATTR).tolist() for n, m in self._layers.items()}
+        sparse_calls = int(sum(c[0] for c in counts.values()))
+        dense_calls = int(sum(c[1] for c in counts.values()))
+        total = sum(c[2] for c in counts.values())
+        skipped = 0
+        if self._marks:
+            marks = [int(m) for m in self._marks] + [sparse_calls + dense_calls]
+            skipped = sum(1 for a, b in zip(marks, marks[1:]) if a == b)
         return {
             "steps": dict(sorted(self.steps.items())),
             "forwards": self.forwards,
-            "sparse_calls": self.sparse_calls,
-            "dense_calls": self.dense_calls,
-            "mean_sparsity": total / self.sparse_calls if self.sparse_calls else None,
-            "layer_sparsity": layers,
+            "skipped_forwards": skipped,
+            "sparse_calls": sparse_calls,
+            "dense_calls": dense_calls,
+            "mean_sparsity": total / sparse_calls if sparse_calls else None,
+            "layer_sparsity": self.layer_sparsity(),
             "draft_seconds": self.draft_timer.seconds(),
             "fallbacks": dict(self.fallbacks),
         }
@@ -118,9 +154,10 @@ class DraftStats:
         s = self.summary()
         dense = [k for k, m in s["steps"].items() if m != "sparse"]
         sparse = [k for k, m in s["steps"].items() if m == "sparse"]
+        skipped = f" ({s['skipped_forwards']} skipped by a step cache)" if s["skipped_forwards"] else ""
         lines = [
             f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {_ranges(dense)}; "
-            f"{len(sparse)} sparse: {_ranges(sparse)}), {s['forwards']} transformer forwards",
+            f"{len(sparse)} sparse: {_ranges(sparse)}), {s['forwards']} transformer forwards{skipped}",
             f"  self-attention calls: {s['sparse_calls']} sparse, {s['dense_calls']} dense",
         ]
         if s["mean_sparsity"] is not None:
@@ -130,6 +167,19 @@ class DraftStats:
         for msg, n in s["fallbacks"].items():
             lines.append(f"  FALLBACK x{n}: {msg}")
         return "\n".join(lines)
+
+
+def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
+    """Count one video self-attention call on ``module``'s counters: sparse (with its achieved sparsity ``[B, H]``)
+    or dense (``sparsity`` None). Traceable by torch.compile (in-place adds on a tensor reached through the module)."""
+    counters = getattr(module, COUNTERS_ATTR, None)
+    if counters is None:
+        return
+    if sparsity is None:
+        counters[1].add_(1.0)
+    else:
+        counters[0].add_(1.0)
+        counters[2].add_(sparsity.float().mean().to(counters.device))
 
 
 def _ranges(xs: list[int]) -> str:

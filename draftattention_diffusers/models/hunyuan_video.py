@@ -16,7 +16,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import AttentionRole, ModelFamily, keep_or_default
+from .base import AttentionRole, ModelFamily, keep_or_default, register_hook
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
@@ -48,7 +48,9 @@ class HunyuanVideoFamily(ModelFamily):
             dual, single = _DUAL.match(name), _SINGLE.match(name)
             if dual or single:
                 index = int(dual.group(1)) if dual else num_dual + int(single.group(1))
-                out[module] = AttentionRole(name, True, index, keep_or_default(cur, HunyuanVideoAttnProcessor2_0))
+                default = keep_or_default(cur, HunyuanVideoAttnProcessor2_0)
+                out[module] = AttentionRole(name, True, index, default,
+                                            custom=not isinstance(default, HunyuanVideoAttnProcessor2_0))
             else:  # token refiner: plain self-attention over text
                 out[module] = AttentionRole(name, False, None, keep_or_default(cur, AttnProcessor2_0))
         return out
@@ -91,7 +93,7 @@ class HunyuanVideoFamily(ModelFamily):
 
     def tile_order_hooks(self, transformer, order):
         if getattr(transformer.config, "image_condition_type", None) == "token_replace":
-            return None  # its blocks slice the first frame's tokens by position
+            return False  # its blocks slice the first frame's tokens by position
 
         def patches(module, args, out):  # [B, S, C]
             return order.to_tiles(out, 1) if order.active else None
@@ -102,6 +104,7 @@ class HunyuanVideoFamily(ModelFamily):
         def back(module, args):  # proj_out input [B, S, C] (video stream only)
             return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
 
-        return [transformer.x_embedder.register_forward_hook(patches),
-                transformer.rope.register_forward_hook(rope),
-                transformer.proj_out.register_forward_pre_hook(back)]
+        register_hook(transformer.x_embedder, "post", patches)
+        register_hook(transformer.rope, "post", rope)
+        register_hook(transformer.proj_out, "pre", back)
+        return True

@@ -9,7 +9,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, _get_qkv_projections
 
 from ..core.layout import VideoGrid
-from .base import AttentionRole, ModelFamily, keep_or_default
+from .base import AttentionRole, ModelFamily, keep_or_default, register_hook
 
 _SELF = re.compile(r"^blocks\.(\d+)\.attn1$")
 
@@ -41,7 +41,8 @@ class WanFamily(ModelFamily):
                 m = _SELF.match(name)
                 video_self = m is not None and not module.is_cross_attention
                 default = keep_or_default(current.get(f"{name}.processor"), WanAttnProcessor)
-                out[module] = AttentionRole(name, video_self, int(m.group(1)) if m else None, default)
+                out[module] = AttentionRole(name, video_self, int(m.group(1)) if m else None, default,
+                                            custom=not isinstance(default, WanAttnProcessor))
         return out
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
@@ -78,7 +79,8 @@ class WanFamily(ModelFamily):
         def back(module, args):  # proj_out input [B, S, C]
             return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
 
-        return [transformer.patch_embedding.register_forward_hook(patches),
-                transformer.rope.register_forward_hook(rope),
-                transformer.register_forward_pre_hook(per_token_timestep, with_kwargs=True),
-                transformer.proj_out.register_forward_pre_hook(back)]
+        register_hook(transformer.patch_embedding, "post", patches)
+        register_hook(transformer.rope, "post", rope)
+        register_hook(transformer, "pre", per_token_timestep, with_kwargs=True)
+        register_hook(transformer.proj_out, "pre", back)
+        return True

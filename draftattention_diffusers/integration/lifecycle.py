@@ -1,0 +1,104 @@
+"""Which draft-attention processor a transformer carries, and nothing left behind when it changes.
+
+A transformer holds at most one draft-attention installation (:class:`Installation`, attribute ``_draftattention``):
+the processor, the hooks of that processor (marked :class:`~draftattention_diffusers.models.base.DraftHook`), the
+role of each attention module and the processors to restore. Every way of changing processors keeps that true:
+
+* ``enable_draft_attention`` / ``disable_draft_attention`` call :func:`install` / :func:`uninstall`;
+* ``transformer.set_attn_processor(...)`` is wrapped on the instance while draft attention is installed
+  (:func:`_set_attn_processor`): the old installation is removed first; if the new processors include a draft
+  processor it is installed at once, keeping the dense processors of the old one;
+* a processor swapped on a single module (``attn.set_processor``) is noticed at the next forward, which then removes
+  the installation (see ``DraftAttnProcessor._on_forward``).
+
+Hooks are removed by their type, never by handle, so a deep copy of an enabled transformer (whose handles would
+point at the original's hook tables) is handled too.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..models.base import remove_draft_hooks
+
+STATE_ATTR = "_draftattention"
+ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an installed transformer
+
+
+def is_draft_processor(processor: Any) -> bool:
+    return getattr(processor, "_is_draft_attention", False)
+
+
+@dataclass
+class Installation:
+    """Draft attention on one transformer.
+
+    ``restore``: ``{"<module>.processor": processor}`` for every attention module, what ``disable`` puts back (the
+    processors from before draft attention; the model's own class where that was a draft processor).
+    ``watch``: a video self-attention module whose processor tells, at each forward, whether ours is still there.
+    ``via_enable``: installed by ``enable_draft_attention`` (a second enable then raises, as diffusers' do).
+    """
+
+    processor: Any
+    family: Any
+    restore: dict[str, Any]
+    watch: torch.nn.Module | None
+    via_enable: bool = False
+    previous_setter: Any = field(default=None, repr=False)
+
+
+def installation(transformer: torch.nn.Module) -> Installation | None:
+    return getattr(transformer, STATE_ATTR, None)
+
+
+def install(transformer: torch.nn.Module, inst: Installation) -> None:
+    """Record ``inst`` on ``transformer`` (hooks and roles are registered by the processor) and wrap
+    ``set_attn_processor`` so that replacing processors cannot leave this installation behind."""
+    inst.previous_setter = transformer.__dict__.get("set_attn_processor")
+    transformer.set_attn_processor = types.MethodType(_set_attn_processor, transformer)
+    setattr(transformer, STATE_ATTR, inst)
+
+
+def uninstall(transformer: torch.nn.Module) -> Installation | None:
+    """Remove every trace of draft attention from ``transformer``: hooks (of any draft processor), roles, counters,
+    the ``set_attn_processor`` wrapper. The processors stay as they are. Returns the removed installation."""
+    remove_draft_hooks(transformer)
+    inst = getattr(transformer, STATE_ATTR, None)
+    for module in transformer.modules():
+        entry = module.__dict__.get(ROLE_ATTR)
+        if entry is not None:
+            entry[0]._forget(module)
+            del module.__dict__[ROLE_ATTR]
+    if inst is not None:
+        inst.processor._forget_transformer(transformer)
+        if inst.previous_setter is not None:
+            transformer.set_attn_processor = inst.previous_setter
+        else:
+            transformer.__dict__.pop("set_attn_processor", None)
+        delattr(transformer, STATE_ATTR)
+    return inst
+
+
+def set_processors(transformer: torch.nn.Module, processors) -> None:
+    """diffusers' own ``set_attn_processor`` (not our wrapper). A dict must hold every module; it is copied."""
+    type(transformer).set_attn_processor(transformer, dict(processors) if isinstance(processors, dict) else processors)
+
+
+def _set_attn_processor(transformer: torch.nn.Module, processor) -> None:
+    """``transformer.set_attn_processor`` while draft attention is installed: remove the installation, set the new
+    processors, and install a draft processor among them at once (with the previous dense processors)."""
+    inst = uninstall(transformer)
+    restore = inst.restore if inst is not None else {}
+    set_processors(transformer, processor)
+    now = transformer.attn_processors
+    drafts = {id(p): p for p in now.values() if is_draft_processor(p)}
+    if len(drafts) > 1:
+        raise ValueError("one transformer can carry one draft-attention processor instance, got "
+                         f"{len(drafts)}; use one DraftAttnProcessor (it serves every module)")
+    if drafts:
+        dense = {name: (restore.get(name) if is_draft_processor(p) else p) for name, p in now.items()}
+        next(iter(drafts.values())).attach(transformer, dense)

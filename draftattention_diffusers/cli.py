@@ -4,7 +4,7 @@ Subcommands:
   generate  one video with draft attention (or ``--dense``), its time and draft-attention statistics
   compare   the same prompt and seed dense and with draft attention: time ratio, PSNR / SSIM / LPIPS, side by side
   info      versions, GPU and every attention backend's status on this machine
-  bench     the attention benchmark (``scripts/benchmark_attention.py``; arguments are passed through)
+  bench     the attention benchmark (:mod:`.benchmark_attention`; arguments are passed through)
   capture   save q/k/v of chosen layers and steps of a pipeline run (:func:`.quality.capture.capture`)
   analyze   attention recall and output error of tile selections on captured files (:func:`.quality.capture.analyze`)
 
@@ -25,7 +25,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 import time
 import zlib
@@ -53,6 +55,16 @@ DEFAULT_PROMPT = "A cat walks on the grass, realistic style."
 
 class CLIError(Exception):
     """A problem the user can fix: printed as one line with what to do, exit code 1."""
+
+
+_warned: set[str] = set()  # warnings already printed in this run (evaluate.py calls compare() once per prompt)
+
+
+def warn(message: str) -> None:
+    """Print ``draftattention: warning: <message>`` (one line on stderr), once per run: an option that is ignored."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"draftattention: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -90,6 +102,12 @@ class RunSettings:
             raise CLIError(f"--steps {self.num_inference_steps}: expected a positive integer")
         if self.fps is not None and self.fps <= 0:
             raise CLIError(f"--fps {self.fps}: expected a positive integer")
+        for flag, v in (("--guidance", self.guidance_scale), ("guidance_scale_2", self.guidance_scale_2)):
+            if v is not None and not (math.isfinite(v) and v >= 0):  # NaN fails both
+                raise CLIError(f"{flag} {v}: expected a finite non-negative number, e.g. 5.0 (1.0: no guidance)")
+        if self.flow_shift is not None and not (math.isfinite(self.flow_shift) and self.flow_shift > 0):
+            raise CLIError(f"--flow-shift {self.flow_shift}: expected a finite positive number, e.g. 3.0 (480p) or "
+                           "5.0 (720p)")
 
 
 def _preset(name: str) -> Preset:
@@ -99,13 +117,18 @@ def _preset(name: str) -> Preset:
         raise CLIError(f"invalid preset: {e}") from None
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """Merge, lowest priority first: built-in defaults, tiny-model defaults, ``--preset``, explicit flags."""
+def settings_from_args(args: argparse.Namespace, dense: bool = False) -> RunSettings:
+    """Merge, lowest priority first: built-in defaults, tiny-model defaults, ``--preset``, explicit flags.
+
+    Also checks, before any model is loaded, what can be checked without it: the values, a local ``--model``
+    path, ``--device``, ``--offload`` and whether ``--backend`` can run on the device (not for ``dense`` runs,
+    which do not use it). Raises :class:`CLIError`.
+    """
     preset = _preset(args.preset) if args.preset else None
     model = args.model or (preset.model if preset else None)
     if not model:
         raise CLIError("no model: pass --model (a hub id, a local folder, or tiny-wan / tiny-wan22 / tiny-hunyuan) "
-                       "or --preset (see configs/)")
+                       "or --preset (names: draftattention_diffusers/configs/)")
     s = RunSettings(model=model)
     if model in TINY_MODELS:
         s = dataclasses.replace(s, **TINY_DEFAULTS)
@@ -128,16 +151,85 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         except ValueError as e:
             raise CLIError(str(e)) from None
     s.validate()
+    check_model_path(s.model)
+    dev = pick_device(args.device)
+    if args.offload:
+        if s.model in TINY_MODELS:
+            warn(f"--offload is ignored for {s.model}: tiny models are small and are moved to the device whole")
+        elif dev.type != "cuda":
+            raise CLIError(f"--offload needs a CUDA device (the device is {dev}); drop --offload")
+    if not dense:
+        check_backend(s, dev)
     return s
 
 
+def check_backend(s: RunSettings, device: torch.device) -> None:
+    """``CLIError`` with the backend's own reasons when ``s.config.backend`` cannot run on ``device`` with the
+    dtype the CLI loads the transformer in (bfloat16; tiny models float32) and head_dim 128 (every supported model);
+    ``"auto"`` always finds one (``reference`` runs anywhere)."""
+    from .backends import AttentionInputs, get_backend
+
+    name = s.config.backend
+    if name == "auto":
+        return
+    cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    dtype = torch.float32 if s.model in TINY_MODELS else torch.bfloat16
+    inputs = AttentionInputs(device.type, cc, dtype, 128, 128, s.config.tile_size, False)
+    reasons = get_backend(name).not_supported_reasons(inputs)
+    if reasons:
+        raise CLIError(f"--backend {name} cannot run on {inputs.describe()}: {'; '.join(reasons)}; use --backend "
+                       "auto (the fastest that can run) or see `draftattention info`")
+
+
 # ---------------------------------------------------------------------------------------------- loading
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N: GPU index, e.g. cuda:1), or another torch device type such as mps"
+
+
 def pick_device(device: str) -> torch.device:
+    """``--device`` as a ``torch.device`` (``auto``: cuda if available, else cpu); ``CLIError`` if torch does not
+    know the string, or it names CUDA (or a GPU index) this machine does not have."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise CLIError(f"--device {device!r}: not a device torch knows; expected {DEVICE_FORMS}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
+                           "use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise CLIError(f"--device {device}: this machine has {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    return dev
+
+
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "name" or "owner/name": what the Hugging Face hub accepts
+
+
+def looks_like_local_path(model: str) -> bool:
+    """Whether ``model`` can only be a local path, never a hub id: absolute, ``~``, explicitly relative
+    (``./``, ``../``), a Windows path, or anything that is not ``name`` / ``owner/name`` (``a/b/c``, ``dir/``,
+    spaces). An ``owner/name`` is tried on the hub too, even if a folder ``owner`` exists here."""
+    if model in (".", "..") or model.startswith(("/", "./", "../", "~")):
+        return True
+    if any(sep and sep != "/" and sep in model for sep in (os.sep, os.altsep)) or Path(model).is_absolute():
+        return True
+    return _HUB_ID.fullmatch(model) is None
+
+
+def check_model_path(model: str) -> None:
+    """``CLIError`` when ``model`` is a local path (:func:`looks_like_local_path`) that does not exist or is a
+    file, before any loading (and without asking the hub)."""
+    if model in TINY_MODELS:
+        return
+    path = Path(os.path.abspath(Path(model).expanduser()))  # the message names the folder that was looked in
+    if looks_like_local_path(model) and not path.exists():
+        raise CLIError(f"model {model!r}: local path {str(path)!r} does not exist; pass the folder of a downloaded "
+                       "pipeline (with model_index.json) or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    if path.is_file():
+        raise CLIError(f"model {model!r}: local path {str(path)!r} is a file; expected a pipeline folder (the one "
+                       "holding model_index.json)")
 
 
 def family_of(pipe) -> str:
@@ -157,6 +249,7 @@ def _pipeline_class_name(model: str) -> tuple[str, bool]:
     """The ``_class_name`` of ``model``'s ``model_index.json`` and whether it was found without the network."""
     from diffusers import DiffusionPipeline
 
+    check_model_path(model)
     local = Path(model).expanduser()
     try:
         return DiffusionPipeline.load_config(str(local) if local.exists() else model,
@@ -166,14 +259,18 @@ def _pipeline_class_name(model: str) -> tuple[str, bool]:
     if local.exists():
         raise CLIError(f"{str(local)!r} is not a diffusers pipeline folder (no model_index.json); pass the folder "
                        f"that holds model_index.json, e.g. from `huggingface-cli download <id> --local-dir DIR`")
+    # "owner/name" with a folder "owner" here: maybe a mistyped local path, maybe a hub id; the hub decides
+    owner = Path(model.split("/")[0])
+    local_note = (f" (no local folder {model!r} either, though {str(owner)!r} exists)"
+                  if "/" in model and owner.is_dir() else "")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise CLIError(f"model {model!r} not found locally and HF_HUB_OFFLINE is set; pass a local path "
+        raise CLIError(f"model {model!r} not found locally{local_note} and HF_HUB_OFFLINE is set; pass a local path "
                        "(--model /path/to/pipeline) or unset HF_HUB_OFFLINE")
     try:
         return DiffusionPipeline.load_config(model)["_class_name"], False
     except (OSError, ValueError) as e:
-        raise CLIError(f"model {model!r} not found locally and the hub is unreachable or has no such model "
-                       f"({_first_line(e)}); pass a local path (--model /path/to/pipeline)") from None
+        raise CLIError(f"model {model!r} not found locally{local_note} and the hub is unreachable or has no such "
+                       f"model ({_first_line(e)}); pass a local path (--model /path/to/pipeline)") from None
 
 
 def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool = False):
@@ -181,7 +278,8 @@ def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool
 
     Real models load as the diffusers docs recommend: Wan transformer(s) in bfloat16 with the VAE in float32;
     HunyuanVideo transformer in bfloat16, the rest in float16, VAE tiling on. ``offload`` uses
-    ``enable_model_cpu_offload`` (less GPU memory, slower) instead of moving everything to the device.
+    ``enable_model_cpu_offload`` (less GPU memory, slower) instead of moving everything to the device; tiny models
+    ignore it.
 
     Raises :class:`CLIError` (one line, with what to do) for an unknown or unreachable model, a folder without
     weights and an unsupported pipeline class.
@@ -250,9 +348,14 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
         kw.update(tiny_prompt_kwargs(pipe, seed=prompt_seed(s.prompt)))
     else:
         kw["prompt"] = s.prompt
-        if s.negative_prompt is not None:
-            if family != "wan":
-                raise CLIError("--negative-prompt is only used by Wan pipelines (HunyuanVideo is guidance-distilled)")
+    if s.negative_prompt is not None:
+        if family != "wan":  # HunyuanVideoPipeline uses a negative prompt only with true_cfg_scale > 1
+            warn("--negative-prompt is ignored: HunyuanVideo is guidance-distilled and runs without a negative "
+                 "prompt here")
+        elif s.model in TINY_MODELS:
+            warn(f"--negative-prompt is ignored: {s.model} has no text encoder (fixed random embeddings stand in "
+                 "for the prompts)")
+        else:
             kw["negative_prompt"] = s.negative_prompt
     for key in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale"):
         if getattr(s, key) is not None:
@@ -395,9 +498,33 @@ def _write_json(path: str | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2, default=str))
 
 
+def check_writable(path: str | Path | None, flag: str, folder: bool = False) -> None:
+    """``CLIError`` unless ``path`` (a file, or with ``folder`` a folder, created with its missing parents when
+    written) can be written: not a folder where a file is meant, not a file where a folder is meant (``path`` or
+    any parent), and its nearest existing parent a folder the user may write to. Nothing is created."""
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if not folder and p.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} is a folder; expected a file name")
+    if folder and p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} is a file; expected a folder (created if missing)")
+    existing = p if folder else p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {str(path)!r} cannot be written: no write permission in {str(existing)!r}")
+    if not folder and p.exists() and not os.access(p, os.W_OK):
+        raise CLIError(f"{flag} {str(path)!r} cannot be written: the file is read-only")
+
+
 def _check_output(path: str | Path) -> Path:
     from .video import check_output_path, video_writer_missing
 
+    if Path(path).is_dir():  # a folder named like a video: the suffix check would pass it
+        raise CLIError(f"--output {str(path)!r} is a folder; expected a video file name ending in .mp4 or .gif")
     try:
         out = check_output_path(path)
     except (ValueError, OSError) as e:
@@ -410,9 +537,14 @@ def _check_output(path: str | Path) -> Path:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .video import write_video
 
-    s = settings_from_args(args)
+    s = settings_from_args(args, dense=args.dense)
     if args.save_masks and args.dense:
         raise CLIError("--save-masks shows draft attention's choices: drop --dense")
+    check_writable(args.json, "--json")
+    check_writable(args.save_masks, "--save-masks", folder=True)
+    mask_sets = [_parse_set(text, what) if text else None for text, what in
+                 ((args.mask_layers, "layers"), (args.mask_steps, "steps"), (args.mask_heads, "heads"))
+                 ] if args.save_masks else None
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-{'dense' if args.dense else 'draft'}.mp4")
     pipe = load_pipeline(s.model, args.device, args.offload)
     apply_flow_shift(pipe, s.flow_shift)
@@ -426,10 +558,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
             stack.enter_context(draft_attention_enabled(pipe, s.config))
             if args.save_masks:
-                layers = _parse_set(args.mask_layers, "layers") if args.mask_layers else \
-                    {min(set(range(len(s.config.dense_layers) + 1)) - set(s.config.dense_layers))}
-                saver = MaskSaver(args.save_masks, s.config, layers, _parse_set(args.mask_steps, "steps"),
-                                  _parse_set(args.mask_heads, "heads"))
+                layers, steps, heads = mask_sets
+                if not args.mask_layers:  # the first block that is not always dense
+                    layers = {min(set(range(len(s.config.dense_layers) + 1)) - set(s.config.dense_layers))}
+                saver = MaskSaver(args.save_masks, s.config, layers, steps, heads)
                 proc = get_draft_processor(pipe)
                 proc.add_observer(saver)
                 stack.callback(proc.remove_observer, saver)
@@ -485,6 +617,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .video import side_by_side, write_video
 
     s = settings_from_args(args)
+    check_writable(args.json, "--json")
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-compare.mp4")
     pipe = load_pipeline(s.model, args.device, args.offload)
     apply_flow_shift(pipe, s.flow_shift)
@@ -520,26 +653,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _script(name: str) -> Path:
-    path = Path(__file__).resolve().parent.parent / "scripts" / name
-    if not path.is_file():
-        raise CLIError(f"{name} not found at {path}: this command needs a source checkout "
-                       "(git clone the project and pip install -e .)")
-    return path
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    import runpy
+    from .benchmark_attention import main as bench_main  # in the package: works from an installed wheel
 
-    script = _script("benchmark_attention.py")
-    saved = sys.argv
-    sys.argv = [str(script), *args.passthrough]
     try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:  # the script's own exit status
+        bench_main(args.passthrough, prog="draftattention bench --")
+    except SystemExit as e:  # the benchmark's own exit status (argparse: --help 0, bad arguments 2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
     return 0
 
 
@@ -560,8 +680,9 @@ def _layer_selector(text: str) -> int | str:
 def cmd_capture(args: argparse.Namespace) -> int:
     from .quality.capture import capture
 
-    s = settings_from_args(args)
+    s = settings_from_args(args, dense=not args.draft)
     out_dir = Path(args.out_dir or f"captures/{_slug(s.model)}")
+    check_writable(out_dir, "--out-dir", folder=True)
     layers = _csv_list(args.layers, "--layers", _layer_selector) if args.layers else None
     steps = _csv_list(args.capture_steps, "--capture-steps", int) if args.capture_steps else None
     heads = _csv_list(args.heads, "--heads", int) if args.heads else None
@@ -585,6 +706,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .quality.capture import analyze, format_rows, summarize_rows
 
+    check_writable(args.json, "--json")
     paths = [Path(p) for p in args.files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -617,8 +739,8 @@ def add_run_options(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     g = p.add_argument_group("model and video")
     g.add_argument("--model", help="hub id or local folder of a Wan / HunyuanVideo diffusers pipeline, or "
                                    f"{' / '.join(TINY_MODELS)} (embedded, no download)")
-    g.add_argument("--preset", help="a preset name from configs/ (e.g. wan2.1-14b-720p) or a YAML file; "
-                                    "flags override its values")
+    g.add_argument("--preset", help="a preset name (draftattention_diffusers/configs/, e.g. wan2.1-14b-720p) "
+                                    "or a YAML file; flags override its values")
     g.add_argument("--prompt", help=f"text prompt (default: {DEFAULT_PROMPT!r})")
     g.add_argument("--negative-prompt", help="negative prompt (Wan)")
     g.add_argument("--height", type=int, help="pixels, multiple of 16")
@@ -680,8 +802,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the reasons when it cannot.")
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", parents=[debug], help="attention benchmark (scripts/benchmark_attention.py)",
-                       description="Run scripts/benchmark_attention.py; other arguments are passed to it "
+    b = sub.add_parser("bench", parents=[debug], help="attention benchmark (draftattention_diffusers."
+                                                      "benchmark_attention)",
+                       description="Run the attention benchmark (draftattention_diffusers.benchmark_attention, also "
+                                   "scripts/benchmark_attention.py); other arguments are passed to it "
                                    "(draftattention bench -- --help shows them).")
     b.set_defaults(func=cmd_bench)
 
@@ -724,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``draftattention``; returns the exit code."""
+    _warned.clear()  # each run warns again (several runs in one process: tests, notebooks)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -748,4 +873,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["main", "build_parser", "add_run_options", "load_pipeline", "call_kwargs", "run_pipeline", "compare",
-           "settings_from_args", "RunSettings", "CLIError", "MaskSaver", "TINY_MODELS", "SUPPORTED_PIPELINES"]
+           "settings_from_args", "RunSettings", "CLIError", "MaskSaver", "TINY_MODELS", "SUPPORTED_PIPELINES",
+           "pick_device", "check_backend", "check_model_path", "check_writable", "looks_like_local_path", "warn"]

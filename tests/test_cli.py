@@ -66,8 +66,12 @@ def test_generate_tiny_hunyuan_saves_mask_pictures(capsys, tmp_path):
     rc, stdout, err = run(capsys, "generate", "--model", "tiny-hunyuan", "--height", "256", "--width", "256",
                           "--frames", "5", "--steps", "4", "--no-progress", "--output", tmp_path / "h.mp4",
                           "--save-masks", masks, "--mask-layers", "0,1", "--mask-steps", "0,3",
-                          "--mask-heads", "all")
+                          "--mask-heads", "all", "--negative-prompt", "blurry")
     assert rc == 0, err
+    # HunyuanVideo takes no negative prompt here: one warning line, and the run goes on
+    warnings = [ln for ln in err.splitlines() if ln.startswith("draftattention: warning:")]
+    assert warnings == ["draftattention: warning: --negative-prompt is ignored: HunyuanVideo is guidance-distilled "
+                        "and runs without a negative prompt here"], err
     # 2 steps x 2 blocks (dual-stream block 0, single-stream block 0 = index 1) x 2 heads of the tiny model
     pngs = sorted(p.name for p in masks.glob("*.png"))
     assert len(pngs) == 8, pngs
@@ -140,7 +144,7 @@ def test_compare_function_reuses_one_pipeline(tmp_path):
     r = cli.compare(pipe, s, warmup=1, with_lpips=False)
     assert r["dense"].shape == r["draft"].shape == (5, 128, 256, 3)
     assert r["metrics"]["lpips_skipped"] == "LPIPS skipped: not requested"
-    assert not hasattr(pipe.transformer, "_draftattention_installed")  # disabled again afterwards
+    assert not hasattr(pipe.transformer, "_draftattention")  # disabled again afterwards
     again, _ = cli.run_pipeline(pipe, cli.call_kwargs(pipe, s), s.seed)
     np.testing.assert_array_equal(again, r["dense"])  # dense run is reproducible with the same seed
 
@@ -157,9 +161,17 @@ def test_info_lists_every_backend(capsys):
 
 
 def test_bench_passes_arguments_through(capsys):
-    if not (ROOT / "scripts" / "benchmark_attention.py").is_file():
-        pytest.skip("scripts/benchmark_attention.py not in this checkout")
-    assert cli.main(["bench", "--", "--help"]) == 0  # the script's own exit status comes back
+    # the benchmark is a module of the package (tests/test_wheel.py runs this from an installed wheel)
+    assert cli.main(["bench", "--", "--help"]) == 0  # the benchmark's own exit status comes back
+    assert "usage: draftattention bench -- [-h]" in capsys.readouterr().out
+    assert cli.main(["bench", "--", "--shapes", "no-such-shape"]) == 2  # argparse's status for bad arguments
+
+
+def test_benchmark_script_is_a_wrapper_of_the_module(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "scripts" / "benchmark_attention.py"), run_name="__main__")
+    assert e.value.code == 0
     assert "usage: benchmark_attention.py" in capsys.readouterr().out
 
 
@@ -245,6 +257,7 @@ def test_generate_from_a_local_pipeline_folder_with_a_text_prompt(capsys, saved_
                           "--steps", "2", "--flow-shift", "3.0", "--no-progress", "--output", tmp_path / "l.mp4",
                           "--json", tmp_path / "l.json")
     assert rc == 0, err
+    assert "warning" not in err  # Wan uses the negative prompt
     assert read_video(tmp_path / "l.mp4").shape == (5, 128, 256, 3)
     assert json.loads((tmp_path / "l.json").read_text())["draft_attention"]["sparse_calls"] > 0
     assert "(WanPipeline)" in stdout and "noise" not in stdout
@@ -293,6 +306,160 @@ def test_output_not_writable(capsys, tmp_path):
     blocker.write_text("")
     rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--output", blocker / "out.mp4")
     one_line_error(rc, err, "cannot be created")
+
+
+# -------------------------------------------------------------------------- fail fast: before loading the model
+@pytest.fixture
+def never_load(monkeypatch):
+    """Make loading a model an error that names itself; yields the list of load attempts (must stay empty)."""
+    calls = []
+
+    def loader(*args, **kwargs):
+        calls.append(args)
+        raise cli.CLIError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_pipeline", loader)
+    return calls
+
+
+def _file(path):
+    path.write_text("")
+    return path
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
+FAIL_FAST = {  # name: (extra arguments for `generate --model tiny-wan --output tmp/x.mp4`, expected message)
+    "output-is-a-folder": (lambda t: ["--output", _folder(t / "v.mp4")], "is a folder; expected a video file name"),
+    "json-is-a-folder": (lambda t: ["--json", t], "is a folder; expected a file name"),
+    "json-under-a-file": (lambda t: ["--json", _file(t / "f") / "r.json"], "is a file, not a folder"),
+    "json-deep-under-a-file": (lambda t: ["--json", _file(t / "f") / "a" / "r.json"], "cannot be created"),
+    "masks-is-a-file": (lambda t: ["--save-masks", _file(t / "m")], "is a file; expected a folder"),
+    "masks-under-a-file": (lambda t: ["--save-masks", _file(t / "f") / "m"], "cannot be created"),
+    "mask-layers": (lambda t: ["--save-masks", t / "m", "--mask-layers", "x"], "--mask-layers 'x'"),
+    "guidance-nan": (lambda t: ["--guidance", "nan"], "--guidance nan: expected a finite non-negative number"),
+    "guidance-inf": (lambda t: ["--guidance", "inf"], "--guidance inf: expected a finite non-negative number"),
+    "guidance-negative": (lambda t: ["--guidance", "-1"], "--guidance -1.0: expected a finite non-negative"),
+    "flow-shift-nan": (lambda t: ["--flow-shift", "nan"], "--flow-shift nan: expected a finite positive number"),
+    "sparsity-nan": (lambda t: ["--sparsity", "nan"], "sparsity=nan"),
+    "device-unknown": (lambda t: ["--device", "gpu"],
+                       "--device 'gpu': not a device torch knows; expected auto, cpu, cuda, cuda:N"),
+    "device-bad-index": (lambda t: ["--device", "cuda:x"], "--device 'cuda:x': not a device torch knows"),
+    "backend-fa4-cpu": (lambda t: ["--backend", "fa4", "--device", "cpu"],
+                        "--backend fa4 cannot run on device=cpu, dtype=float32, head_dim=128, tile_size=128: "),
+    "backend-flex-cpu": (lambda t: ["--backend", "flex", "--device", "cpu"], "device=cpu (supported: cuda"),
+    "backend-bsa-cpu": (lambda t: ["--backend", "bsa", "--device", "cpu"], "device=cpu (supported: cuda, sm80"),
+    "model-relative": (lambda t: ["--model", "./no-such-folder"], "local path"),
+    "model-absolute": (lambda t: ["--model", t / "missing"], "missing' does not exist"),
+    "model-home": (lambda t: ["--model", "~/no-such-folder-8d1f"], "does not exist"),
+    "model-nested": (lambda t: ["--model", "no/such/folder"], "local path"),
+    "model-is-a-file": (lambda t: ["--model", _file(t / "f")], "is a file; expected a pipeline folder"),
+    "offload-without-cuda": (lambda t: ["--model", "some-org/some-model", "--offload", "--device", "cpu"],
+                             "--offload needs a CUDA device"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAIL_FAST))
+def test_generate_fails_before_loading_the_model(case, capsys, tmp_path, never_load):
+    extra, needle = FAIL_FAST[case]
+    rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--output", tmp_path / "x.mp4", *extra(tmp_path))
+    line = one_line_error(rc, err, needle)
+    assert not never_load and "the model was loaded" not in line
+    if case.startswith("backend"):
+        assert "use --backend auto" in line
+    if case.startswith("model-") and case != "model-is-a-file":
+        assert "does not exist" in line and "hub" not in line.split("does not exist")[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["compare", "--json", "{tmp}"], "--json"),
+    (["compare", "--guidance", "nan"], "--guidance nan"),
+    (["compare", "--backend", "fa4", "--device", "cpu"], "--backend fa4 cannot run on device=cpu"),
+    (["capture", "--out-dir", "{tmp}/f", "--draft"], "--out-dir"),
+    (["capture", "--backend", "fa4", "--device", "cpu", "--draft"], "--backend fa4 cannot run"),
+])
+def test_compare_and_capture_fail_before_loading_the_model(argv, needle, capsys, tmp_path, never_load):
+    _file(tmp_path / "f")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    extra = ["--output", tmp_path / "x.mp4"] if argv[0] == "compare" else []
+    rc, _, err = run(capsys, *argv, "--model", "tiny-wan", *extra)
+    one_line_error(rc, err, needle)
+    assert not never_load
+
+
+def test_cuda_device_without_cuda(capsys, tmp_path, never_load):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--device", "cuda:1", "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, "--device cuda:1: CUDA is not available here")
+    assert not never_load
+
+
+def test_unwritable_json_folder(capsys, tmp_path, never_load, monkeypatch):
+    # as root, chmod does not stop writing: ask os.access for the answer a normal user would get
+    locked = _folder(tmp_path / "locked")
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != locked)
+    rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--output", tmp_path / "x.mp4",
+                     "--json", locked / "sub" / "r.json")
+    one_line_error(rc, err, f"cannot be written: no write permission in {str(locked)!r}")
+    assert not never_load
+
+
+def test_dense_runs_do_not_check_the_backend(capsys, tmp_path, never_load):
+    """--dense (and capture without --draft) never use --backend: they go on to load the model."""
+    rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--dense", "--backend", "fa4", "--device", "cpu",
+                     "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, "the model was loaded")
+    rc, _, err = run(capsys, "capture", "--model", "tiny-wan", "--backend", "fa4", "--device", "cpu",
+                     "--out-dir", tmp_path / "cap")
+    one_line_error(rc, err, "the model was loaded")
+    assert len(never_load) == 2
+
+
+def test_offload_warns_for_a_tiny_model_before_loading(capsys, tmp_path, never_load):
+    rc, _, err = run(capsys, "generate", "--model", "tiny-hunyuan", "--offload", "--output", tmp_path / "x.mp4")
+    lines = err.strip().splitlines()
+    assert lines[-2] == "draftattention: warning: --offload is ignored for tiny-hunyuan: tiny models are small " \
+                        "and are moved to the device whole"
+    one_line_error(rc, err, "the model was loaded")  # the warning came first; the run went on
+
+
+def test_negative_prompt_warns_for_hunyuan_and_is_not_passed(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_warned", set())  # a fresh run (main() clears it; this test calls call_kwargs alone)
+    hunyuan = type("HunyuanVideoPipeline", (), {})()  # call_kwargs needs only the class name for a real model
+    s = cli.RunSettings(model="some-org/hunyuan", negative_prompt="blurry")
+    kw = cli.call_kwargs(hunyuan, s)
+    assert "negative_prompt" not in kw and kw["prompt"] == s.prompt
+    cli.call_kwargs(hunyuan, s)  # once per run, not once per call (evaluate.py calls compare per prompt)
+    err = capsys.readouterr().err
+    assert err.count("draftattention: warning: --negative-prompt is ignored: HunyuanVideo") == 1, err
+    wan = type("WanPipeline", (), {})()
+    assert cli.call_kwargs(wan, s)["negative_prompt"] == "blurry"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("model,local", [
+    ("/data/HunyuanVideo", True), ("./wan", True), ("../wan", True), ("~/models/wan", True), (".", True),
+    ("models/wan/v2", True), ("models/wan/", True), ("my model", True),
+    ("Wan-AI/Wan2.1-T2V-14B-Diffusers", False), ("hunyuanvideo-community/HunyuanVideo", False), ("gpt2", False),
+])
+def test_looks_like_local_path(model, local):
+    assert cli.looks_like_local_path(model) is local
+
+
+def test_hub_id_with_an_existing_owner_folder_says_both(capsys, tmp_path, monkeypatch):
+    """checkpoints/wan with a folder checkpoints/ here may be a typo or a hub id: the hub is asked, and the error
+    says that the local folder does not exist either."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "checkpoints")
+    rc, _, err = run(capsys, "generate", "--model", "checkpoints/wan", "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, "no local folder 'checkpoints/wan' either, though 'checkpoints' exists")
 
 
 def test_debug_shows_the_traceback():

@@ -16,7 +16,8 @@ def paper_rule_numpy(scores: np.ndarray, sparsity: float) -> np.ndarray:
     for b in range(B):
         for h in range(H):
             flat = scores[b, h].reshape(-1)
-            k = int(sparsity * flat.size)
+            r = 1.0 - sparsity  # the published code is called with the kept fraction r
+            k = int((1.0 - r) * flat.size)
             if k == 0:
                 out[b, h] = True
                 continue
@@ -44,6 +45,18 @@ def test_paper_rule_keeps_ties_and_one_extra_tile():
     s = random_scores(1, 1, 10)
     kept = select_video_tiles(s, 0.9, "paper").sum().item()
     assert kept == 100 - int(0.9 * 100) + 1
+
+
+@pytest.mark.parametrize("sparsity,g,published_k", [(0.45, 30, 404), (0.1, 10, 9), (0.2, 5, 4)])
+def test_paper_rule_uses_the_published_arithmetic(sparsity, g, published_k):
+    """The published code skips int((1 - r) * n) entries with r = 1 - sparsity; in floating point that is one less
+    than int(sparsity * n) at these settings, so it keeps one tile more."""
+    n = g * g
+    assert int((1 - (1 - sparsity)) * n) == published_k == int(sparsity * n) - 1
+    s = random_scores(2, 3, g, seed=g)
+    assert s.reshape(6, n).sort(dim=-1).values.diff(dim=-1).ne(0).all()  # no ties: the count is exact
+    kept = select_video_tiles(s, sparsity, "paper").sum(dim=(-1, -2))
+    assert (kept == n - published_k + 1).all(), kept
 
 
 @pytest.mark.parametrize("rule", ["topk", "paper", "row_topk"])

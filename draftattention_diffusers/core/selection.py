@@ -71,8 +71,12 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
     """Bool ``[B, H, g, g]``: the video-video tiles to keep, from draft scores ``[B, H, g, g]``.
 
     Rules (``n = g*g``):
-      * ``paper``: ``k = int(sparsity * n)``; threshold = k-th smallest score; keep ``score >= threshold``
-        (``k == 0``: keep all). Exactly the published reference code: ``n - k + 1`` tiles plus ties.
+      * ``paper``: the published rule, with its arithmetic: it is called with ``r = 1 - sparsity`` and skips
+        ``k = int((1 - r) * n)`` entries, which in floating point is sometimes one less than ``int(sparsity * n)``
+        (0.45 on a 30x30 map: 404, not 405); threshold = k-th smallest score; keep ``score >= threshold``
+        (``k == 0``: keep all): ``n - k + 1`` tiles plus ties. The same tiles as the published code when the
+        scores are the same; they are not always: we pool and score in float32, the published code in the input
+        dtype (in bf16 its ties keep a few more tiles).
       * ``topk``: every row's best key tile, then the highest remaining scores up to ``keep_budget(sparsity, n)``
         tiles in all (never fewer than ``g``).
       * ``row_topk``: ``max(1, keep_budget(sparsity, g))`` best key tiles in every row.
@@ -85,7 +89,8 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
     n = g * g
     flat = scores.reshape(B, H, n)
     if rule == "paper":
-        k = int(sparsity * n)
+        # the published arithmetic, on purpose: int((1 - r) * n) with r = 1 - sparsity, not int(sparsity * n)
+        k = int((1.0 - (1.0 - sparsity)) * n)
         if k == 0:
             return torch.ones_like(scores, dtype=torch.bool)
         thr = flat.kthvalue(k, dim=-1, keepdim=True).values

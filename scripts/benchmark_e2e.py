@@ -8,6 +8,10 @@ all video self-attention sparse). Random weights give the same compute as real o
 meaningless. Projection: 50 steps, ``ceil(0.25 * 50) = 13`` dense steps on the fastest dense path, the rest sparse;
 Wan runs two transformer calls per step (CFG), HunyuanVideo one (guidance-distilled).
 
+Every timed setting first runs at least one untimed warm-up forward at its own shape (``--warmup``, >= 1), so the
+JIT compiles of flash-attn-4 / FlexAttention / torch.compile never land in a timing whatever the run order; the first
+(compile-including) forward of each setting is reported separately as "first call".
+
 Examples:
     python scripts/benchmark_e2e.py --models wan1.3b-480p wan14b-720p hunyuan-720p --out /tmp/e2e.md
     python scripts/benchmark_e2e.py --models wan1.3b-480p --compile regional       # torch.compile gain and breaks
@@ -23,6 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -89,10 +94,24 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_forward(model, kwargs, device, reps: int, warmup: int) -> tuple[float, torch.Tensor]:
-    """Median seconds of one forward (after ``warmup`` forwards) and the last output."""
+class Timing(NamedTuple):
+    seconds: float  # median of the timed forwards
+    first_call: float  # the first (untimed) warm-up forward at this shape: includes any JIT compile
+    out: torch.Tensor  # the last output
+
+
+def measure_forward(model, kwargs, device, reps: int, warmup: int) -> Timing:
+    """Median seconds of one forward after ``warmup`` (>= 1) untimed warm-up forwards at the same shape, the
+    seconds of the first warm-up forward ("first call", JIT compiles included), and the last output."""
+    if warmup < 1:
+        raise ValueError(f"warmup={warmup}: every timed setting needs >= 1 warm-up forward at its own shape")
     with torch.inference_mode():
-        for _ in range(warmup):
+        sync(device)
+        t0 = time.perf_counter()
+        out = model(**kwargs)
+        sync(device)
+        first = time.perf_counter() - t0
+        for _ in range(warmup - 1):
             out = model(**kwargs)
         times = []
         for _ in range(reps):
@@ -102,7 +121,13 @@ def time_forward(model, kwargs, device, reps: int, warmup: int) -> tuple[float, 
             sync(device)
             times.append(time.perf_counter() - t0)
     times.sort()
-    return times[len(times) // 2], out[0]
+    return Timing(times[len(times) // 2], first, out[0])
+
+
+def time_forward(model, kwargs, device, reps: int, warmup: int) -> tuple[float, torch.Tensor]:
+    """(median seconds, last output) of :func:`measure_forward` (also used by benchmark_e2e_multigpu.py)."""
+    t = measure_forward(model, kwargs, device, reps, warmup)
+    return t.seconds, t.out
 
 
 def run_model(name: str, args, device, dtype) -> dict:
@@ -112,7 +137,8 @@ def run_model(name: str, args, device, dtype) -> dict:
     model = build(name, device, dtype)
     kw = inputs(name, device, dtype)
     print(f"   built in {time.perf_counter() - t0:.1f} s", flush=True)
-    res = {"model": name, "label": label, "calls_per_step": calls, "times": {}, "notes": [], "sparsity": {}}
+    res = {"model": name, "label": label, "calls_per_step": calls, "times": {}, "first_call": {}, "notes": [],
+           "sparsity": {}}
     _, _, (f, h, w), _, _ = MODELS[name]
     large = f * h * w // 4 > 60_000  # video tokens after the 2x2 patch
     reps, warmup = args.reps, (args.warmup_large if large and args.warmup_large is not None else args.warmup)
@@ -120,23 +146,24 @@ def run_model(name: str, args, device, dtype) -> dict:
 
     def record(key, fn):
         try:
-            secs, out = fn()
+            secs, first, out = fn()
             finite = bool(torch.isfinite(out).all())
             res["times"][key] = secs
-            print(f"   {key:<24} {secs:8.3f} s{'' if finite else '  (output not finite: random weights)'}",
-                  flush=True)
+            res["first_call"][key] = first
+            print(f"   {key:<24} {secs:8.3f} s  (first call {first:.3f} s, untimed warm-up)"
+                  f"{'' if finite else '  (output not finite: random weights)'}", flush=True)
         except Exception as e:  # one setting failing (OOM, a backend) must not hide the others
             res["notes"].append(f"{key}: {type(e).__name__}: {str(e)[:300]}")
             print(f"   {key:<24} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    record("diffusers default", lambda: time_forward(model, kw, device, reps, warmup))
+    record("diffusers default", lambda: measure_forward(model, kw, device, reps, warmup))
     if device.type == "cuda" and not args.skip_cudnn:
         def cudnn():
             model.set_attention_backend("_native_cudnn")
             try:
-                return time_forward(model, kw, device, reps, warmup)
+                return measure_forward(model, kw, device, reps, warmup)
             finally:
                 model.reset_attention_backend()
         record("cuDNN SDPA", cudnn)
@@ -145,7 +172,7 @@ def run_model(name: str, args, device, dtype) -> dict:
         def fn():
             enable_draft_attention(model, **cfg)
             try:
-                return time_forward(model, kw, device, reps, warmup)
+                return measure_forward(model, kw, device, reps, warmup)
             finally:
                 stats = get_draft_stats(model).summary()
                 disable_draft_attention(model)
@@ -185,12 +212,7 @@ def compile_runs(model, kw, device, args) -> dict:
                 target = model
             else:
                 target = torch.compile(model)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                target(**kw)
-            sync(device)
-            first = time.perf_counter() - t0
-            secs, _ = time_forward(target, kw, device, args.reps, 0)
+            secs, first, _ = measure_forward(target, kw, device, args.reps, 1)  # first call: compile + forward
             breaks = sum(counters["graph_break"].values())
             reasons = sorted(counters["graph_break"], key=lambda r: -counters["graph_break"][r])[:5]
             out[label] = {"first call s": first, "forward s": secs, "graph breaks": breaks,
@@ -238,9 +260,10 @@ def project(res: dict) -> dict:
 def markdown(results, meta) -> str:
     lines = [f"End-to-end: {meta['date']}, {meta['device']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
              f"{meta['dtype']}, backend {meta['backend']}, median of {meta['reps']} forward(s) per setting after "
-             f"{meta['warmup']} warm-up forward(s) (per model: {meta.get('warmups', '')})", ""]
-    lines += ["| model | setting | forward s | vs default | vs fastest dense | projected 50 steps s | "
-              "50-step speedup vs default | vs fastest dense |", "|---|---|---|---|---|---|---|---|"]
+             f"untimed warm-up forward(s) at the same shape (per model: {meta.get('warmups', '')}); first call = the "
+             "first warm-up forward (includes JIT compiles), never part of the timing", ""]
+    lines += ["| model | setting | forward s | first call s | vs default | vs fastest dense | projected 50 steps s | "
+              "50-step speedup vs default | vs fastest dense |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, pr = r["times"], r.get("projection", {})
         base = t.get("diffusers default")
@@ -249,11 +272,13 @@ def markdown(results, meta) -> str:
             p = pr.get(k, {})
             f = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
             proj = f"{p['projected s']:.1f}" if p else (f"{r['calls_per_step'] * STEPS * secs:.1f}" if True else "")
-            lines.append(f"| {r['label']} | {k} | {secs:.3f} | {f(base / secs if base else None)} | "
+            first = r.get("first_call", {}).get(k)
+            lines.append(f"| {r['label']} | {k} | {secs:.3f} | {f'{first:.3f}' if first is not None else '-'} | "
+                         f"{f(base / secs if base else None)} | "
                          f"{f(fastest / secs if fastest else None)} | {proj} | "
                          f"{f(p.get('speedup vs default'))} | {f(p.get('speedup vs fastest dense'))} |")
         for n in r["notes"]:
-            lines.append(f"| {r['label']} | note | {n} | | | | | |")
+            lines.append(f"| {r['label']} | note | {n} | | | | | | |")
     comp = [(r["label"], k, v) for r in results for k, v in r.get("compile", {}).items()]
     if comp:
         lines += ["", "torch.compile:", "", "| model | setting | first call s | forward s | graph breaks | top reasons |",
@@ -274,14 +299,18 @@ def main(argv=None) -> None:
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     p.add_argument("--backend", default="auto", help="sparse backend for draft attention (default: auto)")
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up forwards per setting at its own shape "
+                   "(>= 1: the first forward at a new shape includes JIT compiles; it is reported as 'first call')")
     p.add_argument("--warmup-large", type=int, help="warm-up forwards for models over 60k video tokens (default: "
-                   "--warmup); 0 saves minutes when a smaller model ran first and compiled the same kernels")
+                   "--warmup; >= 1)")
     p.add_argument("--skip-cudnn", action="store_true")
     p.add_argument("--compile", choices=["regional", "whole"], help="also time torch.compile'd forwards")
     p.add_argument("--compile-backends", nargs="+", default=["fa4", "flex"])
     p.add_argument("--out", help="write the markdown table here (and a .json beside it)")
     args = p.parse_args(argv)
+    if args.warmup < 1 or (args.warmup_large is not None and args.warmup_large < 1):
+        p.error("--warmup and --warmup-large must be >= 1: a setting timed on its first forward at a new shape "
+                "would include flash-attn-4's / FlexAttention's JIT compile (and depend on the run order)")
     if args.tiny:
         args.models = ["tiny-wan", "tiny-hunyuan"]
         args.backend = "reference" if not torch.cuda.is_available() else args.backend

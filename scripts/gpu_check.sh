@@ -28,7 +28,7 @@ for stage in $stages; do
     info) run info 120 python3 -m draftattention_diffusers.info ;;
     tests) run gpu_tests 240 python3 -m pytest tests/gpu -q -rs --durations=12 -s ;;
     attention) run attention 300 python3 scripts/benchmark_attention.py --memory --out "$OUT/attention.md" ;;
-    e2e) run e2e 480 python3 scripts/benchmark_e2e.py --warmup-large 0 --out "$OUT/e2e.md" ;;
+    e2e) run e2e 570 python3 scripts/benchmark_e2e.py --out "$OUT/e2e.md" ;;  # one untimed warm-up per setting
     compile) run compile 300 python3 scripts/benchmark_e2e.py --models wan1.3b-480p --sparsities 0.9 \
                --skip-cudnn --compile regional --reps 3 --out "$OUT/compile.md" ;;
     bsa) run bsa 240 bash -c "python3 -m pytest tests/gpu -q -rs -s -k bsa && python3 scripts/benchmark_attention.py \

@@ -1,0 +1,1209 @@
+"""Whole-pipeline benchmark: the real diffusers denoising loop of ``WanPipeline`` (Wan2.1) and
+``HunyuanVideoPipeline`` with full-size transformers (random weights), timed per attention / cache setting.
+
+What runs: the transformer configs of ``scripts/benchmark_e2e.py`` (imported from it), built with random weights on
+the device in bf16 (the parameters that ``from_pretrained(torch_dtype=bf16)`` keeps in float32 stay float32), the real
+VAE class with its published (default) config and random weights (Wan: ``AutoencoderKLWan``, float32; HunyuanVideo:
+``AutoencoderKLHunyuanVideo``, fp16 with ``enable_tiling()``), no text encoder: random prompt embeddings are passed
+(Wan: ``prompt_embeds`` and ``negative_prompt_embeds`` [1, 512, 4096], CFG 5.0, two transformer calls per step;
+HunyuanVideo: ``prompt_embeds`` [1, 256, 4096] with 120 live tokens, ``pooled_prompt_embeds`` [1, 768], embedded
+guidance 6.0, one call per step). Schedulers: Wan ``UniPCMultistepScheduler(prediction_type="flow_prediction",
+use_flow_sigmas=True, flow_shift=3.0 at 480p, 5.0 at 720p)`` = the published Wan2.1 scheduler (also the one that
+MagCache's Wan ratios were calibrated with); HunyuanVideo ``FlowMatchEulerDiscreteScheduler(shift=7.0)``, its
+published scheduler.
+
+Timing: the denoising loop is the pipeline call with ``output_type="latent"`` (CUDA-synchronised wall clock); per-step
+times come from ``callback_on_step_end``; one ``vae.decode`` of the latents is timed separately once per model
+(``--no-decode`` skips it). Every setting first runs an untimed warm-up pipeline call at the same shape and with the
+same settings (``--warmup-steps``, raised per setting until the warm-up computes a dense step, a sparse step and,
+with a cache, also skips one), so JIT compiles (flash-attn-4, FlexAttention, torch.compile) never land in a timing;
+graphs that torch.compile still builds during a timed run are counted and reported.
+
+Settings (``--settings``, comma-separated; each is a list of parts enabled in order and disabled in reverse):
+    default                 diffusers' default attention
+    fa4-dense               enable_draft_attention(pipe, dense_steps_fraction=1.0, dense_backend="fa4")
+    draft                   enable_draft_attention(pipe)  (default config: 0.9, first 25% of the steps dense)
+    preset                  enable_draft_attention(pipe, load_preset(<model's preset>).draft_attention)
+    compile, compile+draft  pipe.transformer.compile_repeated_blocks() (regional; torch.compile defaults)
+    taylorseer[+draft]      TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=13 at 50 steps,
+                            max_order=1, every transformer block cached ("blocks as identifiers"))
+    taylorseer(first)+draft the cache enabled before draft attention (the other order; also taylorseer-first+draft)
+    magcache[+draft]        MagCacheConfig with the magnitude ratios the MagCache authors published
+    fbcache[+draft]         FirstBlockCacheConfig, its data-dependent decision replaced by a fixed schedule
+    taylorseer+compile, taylorseer+draft+compile
+Stacks with draft attention enable it first, then the cache (except ``taylorseer(first)+draft``).
+
+The fastest dense path is the fastest of the dense settings measured (default, fa4-dense, compile). With fewer than
+50 steps (``--steps 8``), the dense/sparse split stays proportional (ceil(0.25 n) dense steps) and a 50-step estimate
+is printed: 13 x mean dense-step time + 37 x mean sparse-step time (not meaningful with a cache: its skip schedule
+depends on the step count). ``--budget-s`` skips settings whose estimated time would not fit.
+
+Examples:
+    python scripts/benchmark_pipeline.py --models wan1.3b-480p                          # every setting, 50 steps
+    python scripts/benchmark_pipeline.py --models wan14b-720p --steps 8 --settings default,fa4-dense,draft,preset
+    python scripts/benchmark_pipeline.py --models hunyuan-720p --steps 8 --settings fa4-dense,draft --no-decode
+    python scripts/benchmark_pipeline.py --tiny --steps 4 --no-decode \\
+        --settings default,draft,taylorseer,taylorseer+draft,fbcache,fbcache+draft,magcache,magcache+draft  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_e2e import MODELS  # noqa: E402  (the transformer configs, shapes and labels)
+
+from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention,  # noqa: E402
+                                      enable_draft_attention, get_draft_stats, load_preset)
+
+# ----------------------------------------------------------------------------------------------------------- models
+# benchmark_e2e.MODELS name -> the preset of the `preset` setting (its draft-attention fields). The tiny configs use
+# the preset of the model they stand in for.
+PRESETS = {"wan1.3b-480p": "wan2.1-1.3b-480p", "wan14b-720p": "wan2.1-14b-720p", "hunyuan-720p": "hunyuan-720p",
+           "tiny-wan": "wan2.1-1.3b-480p", "tiny-hunyuan": "hunyuan-720p"}
+# Published sampling parameters (the model cards / diffusers docs; the same values as the presets): scheduler shift and
+# guidance (Wan: CFG scale; HunyuanVideo: embedded guidance of the guidance-distilled model).
+SAMPLING = {"wan1.3b-480p": dict(flow_shift=3.0, guidance_scale=5.0),
+            "wan14b-720p": dict(flow_shift=5.0, guidance_scale=5.0),
+            "hunyuan-720p": dict(flow_shift=7.0, guidance_scale=6.0)}
+SAMPLING.update({"tiny-wan": SAMPLING["wan1.3b-480p"], "tiny-hunyuan": SAMPLING["hunyuan-720p"]})
+FULL_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan"]
+# Seconds per transformer forward with the default attention on one H200 (docs/benchmarks.md, section 4): the time
+# estimate of a setting before anything was measured on that model. Also rough VAE-decode and build priors.
+PRIOR_FORWARD_S = {"wan1.3b-480p": 0.62, "wan14b-720p": 12.4, "hunyuan-720p": 32.9}
+PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150.0}
+PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0}
+PRIOR_COMPILE_S = 150.0  # torch.compile + kernel JIT of a full-size model (docs: 66 s for Wan 1.3B draft)
+# Planned cost of a step, in default-attention steps, for time estimates: a sparse step at most half (docs, one
+# forward at 0.9: 0.50 Wan 1.3B, 0.39 Wan 14B, 0.19 HunyuanVideo), a step a cache skips almost nothing.
+SPARSE_STEP_COST, SKIPPED_STEP_COST = 0.5, 0.05
+# Tiny VAEs (CPU dry run): same classes, a handful of channels, 16 latent channels like the tiny transformers.
+TINY_VAE = {"wan": dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
+            "hunyuan": dict(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                            norm_num_groups=4, mid_block_add_attention=False)}
+TEXT_LEN = {"wan": 512, "hunyuan": 256}
+DEFAULT_DENSE_FRACTION = DraftAttentionConfig().dense_steps_fraction  # 0.25
+REF_STEPS = 50
+
+# --------------------------------------------------------------------------------------------- MagCache ratios
+# Per-step magnitude ratios published by the MagCache authors (github.com/Zehong-Ma/MagCache, calibrated on the real
+# checkpoints with the published schedulers, 50 steps). Wan2.1 T2V (MagCache4Wan2.1/magcache_generate.py, commit
+# e1862e0): [cond, uncond] interleaved, 100 values; diffusers' MagCacheConfig takes one list used by both the "cond"
+# and the "uncond" cache contexts, so the cond values (even positions) are used (they differ from uncond by < 0.002).
+# HunyuanVideo 720p (MagCache4HunyuanVideo/magcache_sample_video.py, commit 8715292): 50 values. The first value of
+# each is padding (1.0). Their settings: Wan threshold 0.12, K=2, retention 0.2; HunyuanVideo 0.24, K=6, retention 0.2.
+_WAN21_T2V_1_3B_MAG = [1.0] * 2 + [
+    1.0124, 1.02213, 1.00166, 1.0041, 0.99791, 1.00061, 0.99682, 0.99762, 0.99634, 0.99685, 0.99567, 0.99586,
+    0.99416, 0.99422, 0.99578, 0.99575, 0.9957, 0.99563, 0.99511, 0.99506, 0.99535, 0.99531, 0.99552, 0.99549,
+    0.99541, 0.99539, 0.9954, 0.99536, 0.99489, 0.99485, 0.99518, 0.99514, 0.99484, 0.99478, 0.99481, 0.99479,
+    0.99415, 0.99413, 0.99419, 0.99416, 0.99396, 0.99393, 0.99388, 0.99386, 0.99349, 0.99349, 0.99309, 0.99304,
+    0.9927, 0.9927, 0.99228, 0.99226, 0.99171, 0.9917, 0.99137, 0.99135, 0.99068, 0.99063, 0.99005, 0.99003,
+    0.98944, 0.98942, 0.98849, 0.98849, 0.98758, 0.98757, 0.98644, 0.98643, 0.98504, 0.98503, 0.9836, 0.98359,
+    0.98202, 0.98201, 0.97977, 0.97978, 0.97717, 0.97718, 0.9741, 0.97411, 0.97003, 0.97002, 0.96538, 0.96541,
+    0.9593, 0.95933, 0.95086, 0.95089, 0.94013, 0.94019, 0.92402, 0.92414, 0.90241, 0.9026, 0.86821, 0.86868,
+    0.81838, 0.81939]
+_WAN21_T2V_14B_MAG = [1.0] * 2 + [
+    1.02504, 1.03017, 1.00025, 1.00251, 0.9985, 0.99962, 0.99779, 0.99771, 0.9966, 0.99658, 0.99482, 0.99476,
+    0.99467, 0.99451, 0.99664, 0.99656, 0.99434, 0.99431, 0.99533, 0.99545, 0.99468, 0.99465, 0.99438, 0.99434,
+    0.99516, 0.99517, 0.99384, 0.9938, 0.99404, 0.99401, 0.99517, 0.99516, 0.99409, 0.99408, 0.99428, 0.99426,
+    0.99347, 0.99343, 0.99418, 0.99416, 0.99271, 0.99269, 0.99313, 0.99311, 0.99215, 0.99215, 0.99218, 0.99215,
+    0.99216, 0.99217, 0.99163, 0.99161, 0.99138, 0.99135, 0.98982, 0.9898, 0.98996, 0.98995, 0.9887, 0.98866,
+    0.98772, 0.9877, 0.98767, 0.98765, 0.98573, 0.9857, 0.98501, 0.98498, 0.9838, 0.98376, 0.98177, 0.98173,
+    0.98037, 0.98035, 0.97678, 0.97677, 0.97546, 0.97543, 0.97184, 0.97183, 0.96711, 0.96708, 0.96349, 0.96345,
+    0.95629, 0.95625, 0.94926, 0.94929, 0.93964, 0.93961, 0.92511, 0.92504, 0.90693, 0.90678, 0.8796, 0.87945,
+    0.86111, 0.86189]
+_HUNYUAN_720P_MAG = [1.0] + [
+    1.0754, 1.27807, 1.11596, 1.09504, 1.05188, 1.00844, 1.05779, 1.00657, 1.04142, 1.03101, 1.00679, 1.02556,
+    1.00908, 1.06949, 1.05438, 1.02214, 1.02321, 1.03019, 1.00779, 1.03381, 1.01886, 1.01161, 1.02968, 1.00544,
+    1.02822, 1.00689, 1.02119, 1.0105, 1.01044, 1.01572, 1.02972, 1.0094, 1.02368, 1.0226, 0.98965, 1.01588,
+    1.02146, 1.0018, 1.01687, 0.99436, 1.00283, 1.01139, 0.97122, 0.98251, 0.94513, 0.97656, 0.90943, 0.85703,
+    0.75456]
+# model -> (50 per-step ratios, threshold, max_skip_steps K, retention_ratio, source)
+MAGCACHE = {
+    "wan1.3b-480p": (_WAN21_T2V_1_3B_MAG[0::2], 0.12, 2, 0.2, "Wan2.1 T2V 1.3B (cond)"),
+    "wan14b-720p": (_WAN21_T2V_14B_MAG[0::2], 0.12, 2, 0.2, "Wan2.1 T2V 14B (cond)"),
+    "hunyuan-720p": (_HUNYUAN_720P_MAG, 0.24, 6, 0.2, "HunyuanVideo 720p"),
+    "tiny-wan": (_WAN21_T2V_1_3B_MAG[0::2], 0.12, 2, 0.2, "Wan2.1 T2V 1.3B (cond), borrowed by the tiny model"),
+    "tiny-hunyuan": (_HUNYUAN_720P_MAG, 0.24, 6, 0.2, "HunyuanVideo 720p, borrowed by the tiny model"),
+}
+
+TAYLORSEER_INTERVAL = 3
+DENSE_SETTINGS = ("default", "fa4-dense", "compile")  # candidates for "the fastest dense path"
+ALIASES = {"taylorseer-first+draft": "taylorseer(first)+draft"}  # a name a shell takes without quotes
+WITHOUT_DRAFT = {"taylorseer+draft": "taylorseer", "taylorseer(first)+draft": "taylorseer",
+                 "magcache+draft": "magcache", "fbcache+draft": "fbcache", "compile+draft": "compile",
+                 "taylorseer+draft+compile": "taylorseer+compile"}
+
+
+# ------------------------------------------------------------------------------------------------ step schedules
+def dense_step_count(fraction: float, steps: int) -> int:
+    """Steps ``0 .. n-1`` of draft attention run dense, ``n = ceil(fraction * steps)`` (50 steps at 0.25: 13)."""
+    return min(steps, math.ceil(round(fraction * steps, 9)))
+
+
+def cache_start_step(steps: int) -> int:
+    """First step a cache may skip: where draft attention's default schedule turns sparse (13 of 50, 2 of 8)."""
+    return dense_step_count(DEFAULT_DENSE_FRACTION, steps)
+
+
+def interval_schedule(steps: int, start: int, interval: int = TAYLORSEER_INTERVAL) -> list[bool]:
+    """Full-compute flag per step of diffusers' TaylorSeer rule: every step before ``start``, then the steps with
+    ``(step - start - 1) % interval == 0`` (start 13, interval 3: 14, 17, ..., 47)."""
+    return [s < start or (s - start - 1) % interval == 0 for s in range(steps)]
+
+
+def magcache_schedule(ratios: list[float], steps: int, threshold: float, max_skip: int,
+                      retention: float) -> list[bool]:
+    """Full-compute flag per step of diffusers' MagCache decision (``MagCacheHeadHook``) with fixed ratios: data
+    independent, so the skip pattern is known before running."""
+    from diffusers.hooks.mag_cache import nearest_interp
+
+    r = nearest_interp(torch.tensor(ratios), steps) if len(ratios) != steps else torch.tensor(ratios)
+    keep = int(retention * steps + 0.5)
+    acc_ratio, acc_steps, acc_err, have_residual, out = 1.0, 0, 0.0, False, []
+    for s in range(steps):
+        compute = True
+        if s >= keep:
+            acc_ratio *= float(r[s])
+            acc_steps += 1
+            acc_err += abs(1.0 - acc_ratio)
+            if have_residual and acc_err <= threshold and acc_steps <= max_skip:
+                compute = False
+            else:
+                acc_ratio, acc_steps, acc_err = 1.0, 0, 0.0
+        have_residual = have_residual or compute
+        out.append(compute)
+    return out
+
+
+def ranges(xs: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    if not xs:
+        return "-"
+    out, start, prev = [], xs[0], xs[0]
+    for x in xs[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------------ the bench
+@dataclass
+class Bench:
+    """One model's pipeline and everything measured on it."""
+
+    name: str
+    family: str
+    label: str
+    device: torch.device
+    dtype: torch.dtype
+    pipe: Any
+    call_kwargs: dict
+    calls_per_step: int
+    results: dict = field(default_factory=dict)  # setting -> its measured result
+    steps: int = REF_STEPS  # steps of the pipeline call about to run (parts read it)
+    decode_source: tuple | None = None  # (setting, latents) of the first timed run: what the VAE decode times
+
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    def step_estimate(self) -> tuple[float | None, str]:
+        """Seconds of one default-attention denoising step, for time estimates: the largest value implied by the
+        settings measured so far on this model (denoise time / planned cost), else the prior from
+        docs/benchmarks.md; None on models without a prior before anything was measured."""
+        measured = [r["denoise_s"] / r["planned_cost"] for r in self.results.values() if r.get("denoise_s")]
+        if measured:
+            return max(measured), "default-step time implied by the settings measured on this model"
+        if self.name in PRIOR_FORWARD_S:
+            return PRIOR_FORWARD_S[self.name] * self.calls_per_step, "default-step prior from docs/benchmarks.md"
+        return None, "nothing measured yet"
+
+    def compile_estimate(self) -> float:
+        measured = [r["compile_s_est"] for r in self.results.values() if r.get("compile_s_est") is not None]
+        if measured:
+            return max(measured)
+        return PRIOR_COMPILE_S if self.name in PRIOR_FORWARD_S else 0.0
+
+
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Give parameters and persistent buffers the dtypes ``from_pretrained(torch_dtype=dtype)`` gives them:
+    ``dtype``, except those under the class's ``_keep_in_fp32_modules`` (float32); non-persistent buffers (RoPE
+    tables) keep the dtype they were built with, as when loading a checkpoint."""
+    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for mod_name, module in model.named_modules():
+        for tensors, skip in ((module._parameters, set()), (module._buffers, module._non_persistent_buffers_set)):
+            for name, t in list(tensors.items()):
+                if t is None or not t.is_floating_point() or name in skip:
+                    continue
+                full = f"{mod_name}.{name}" if mod_name else name
+                target = torch.float32 if any(k in full.split(".") for k in keep) else dtype
+                if t.dtype != target:
+                    t.data = t.data.to(target)
+    return model
+
+
+def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int) -> Bench:
+    """The pipeline of ``name``: transformer (random weights, built on ``device``), VAE (class default = published
+    config, random weights), the published scheduler, no text encoder; and the prompt-embedding call kwargs."""
+    from diffusers import (AutoencoderKLHunyuanVideo, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideoPipeline, HunyuanVideoTransformer3DModel, UniPCMultistepScheduler,
+                           WanPipeline, WanTransformer3DModel)
+
+    family, config, (f, h, w), calls, label = MODELS[name]
+    shift, guidance = SAMPLING[name]["flow_shift"], SAMPLING[name]["guidance_scale"]
+    tiny = name.startswith("tiny")
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = (WanTransformer3DModel if family == "wan" else HunyuanVideoTransformer3DModel)(**config)
+    cast_like_from_pretrained(transformer.eval().requires_grad_(False), dtype)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    emb = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    size = dict(height=h * 8, width=w * 8, num_frames=(f - 1) * 4 + 1)
+    if family == "wan":
+        vae_dtype = torch.float32
+        with torch.device(device):
+            vae = AutoencoderKLWan(**(TINY_VAE["wan"] if tiny else {}))
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            flow_shift=shift)
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler)
+        kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
+                      negative_prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
+                      guidance_scale=guidance, **size)
+    else:
+        vae_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        with torch.device(device):
+            vae = AutoencoderKLHunyuanVideo(**(TINY_VAE["hunyuan"] if tiny else {}))
+        vae.enable_tiling()
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+        pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                    transformer=transformer, vae=vae, scheduler=scheduler)
+        mask = torch.zeros(1, TEXT_LEN["hunyuan"], dtype=torch.long, device=device)
+        mask[:, :text_tokens] = 1  # a prompt of `text_tokens` tokens, the rest padding
+        kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["hunyuan"], config["text_embed_dim"]),
+                      pooled_prompt_embeds=emb(1, config["pooled_projection_dim"]), prompt_attention_mask=mask,
+                      guidance_scale=guidance, **size)
+    cast_like_from_pretrained(vae.eval().requires_grad_(False), vae_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return Bench(name, family, label, device, dtype, pipe, kwargs, calls)
+
+
+# ------------------------------------------------------------------------------------------------ setting parts
+class Part:
+    """One thing a setting turns on. ``enable``/``disable`` change the pipeline; ``set_steps`` adapts step-dependent
+    parameters before each pipeline call (warm-up and timed run differ in steps); ``expected``/``computed`` give the
+    planned and the observed full-compute flag per step (caches)."""
+
+    name = "part"
+    is_cache = False
+    is_compile = False
+    hook = None  # caches: the diffusers hook on the first block, whose per-context state tells what a step did
+    enabled = False  # set by configure() once enable() succeeded: undo() disables only those
+
+    def describe(self, bench: Bench) -> str:
+        return self.name
+
+    def unavailable(self, bench: Bench) -> str | None:
+        return None
+
+    def enable(self, bench: Bench) -> None:
+        pass
+
+    def disable(self, bench: Bench) -> None:
+        pass
+
+    def set_steps(self, bench: Bench, steps: int) -> None:
+        pass
+
+    def expected(self, bench: Bench, steps: int) -> list[bool] | None:
+        return None
+
+    def computed(self, bench: Bench) -> dict[str, bool] | None:
+        """Per cache context ("cond", "uncond"): did the current step run the transformer blocks in full?"""
+        return None
+
+
+class Draft(Part):
+    """Draft attention: ``kind`` "default" (the default config), "preset" (the model's preset) or "fa4-dense"."""
+
+    def __init__(self, kind: str = "default"):
+        self.kind = kind
+        self.name = {"default": "draft", "preset": "draft (preset)", "fa4-dense": "flash-attn-4 dense"}[kind]
+
+    def config(self, bench: Bench) -> DraftAttentionConfig:
+        if self.kind == "preset":
+            return load_preset(PRESETS[bench.name]).draft_attention
+        if self.kind == "fa4-dense":
+            return DraftAttentionConfig(dense_steps_fraction=1.0, dense_backend="fa4")
+        return DraftAttentionConfig()
+
+    def describe(self, bench: Bench) -> str:
+        c = self.config(bench)
+        if self.kind == "fa4-dense":
+            return 'enable_draft_attention(pipe, dense_steps_fraction=1.0, dense_backend="fa4")'
+        what = f"load_preset({PRESETS[bench.name]!r})" if self.kind == "preset" else "default config"
+        return (f"enable_draft_attention ({what}: sparsity {c.sparsity}, {c.selection}, dense steps fraction "
+                f"{c.dense_steps_fraction}, dense layers {list(c.dense_layers)}, backend {c.backend})")
+
+    def unavailable(self, bench: Bench) -> str | None:
+        if self.kind != "fa4-dense":
+            return None
+        if bench.device.type != "cuda":
+            return "flash-attn-4 needs a CUDA GPU (Hopper); this run is on the CPU"
+        try:
+            from draftattention_diffusers.backends import AttentionInputs, get_backend
+
+            cc = torch.cuda.get_device_capability(bench.device)
+            head_dim = MODELS[bench.name][1]["attention_head_dim"]
+            reasons = get_backend("fa4").not_supported_reasons(
+                AttentionInputs("cuda", cc, bench.dtype, head_dim, head_dim, 128, bench.family == "hunyuan"))
+            return "fa4 cannot run: " + "; ".join(reasons) if reasons else None
+        except Exception as e:  # the backend API moved: let the setting itself fail visibly instead
+            print(f"   (could not check fa4 availability: {type(e).__name__}: {e})")
+            return None
+
+    def fraction(self, bench: Bench) -> float:
+        return self.config(bench).dense_steps_fraction
+
+    def enable(self, bench: Bench) -> None:
+        enable_draft_attention(bench.pipe, self.config(bench))
+
+    def disable(self, bench: Bench) -> None:
+        disable_draft_attention(bench.pipe)
+
+
+def _hooks(transformer: torch.nn.Module, hook_name: str) -> list:
+    """The diffusers hooks named ``hook_name`` on the transformer's submodules, in module order."""
+    found = []
+    for _, module in transformer.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook(hook_name) if registry is not None else None
+        if hook is not None:
+            found.append(hook)
+    return found
+
+
+def _context_states(hook) -> dict:
+    """A stateful diffusers hook's per-context states (``{"cond": state, "uncond": state}``); private API, so
+    return {} if diffusers changed it."""
+    return dict(getattr(getattr(hook, "state_manager", None), "_state_cache", {}) or {})
+
+
+class TaylorSeer(Part):
+    """diffusers' TaylorSeer cache on every transformer block (block outputs predicted by a first-order Taylor
+    expansion on the skipped steps); ``disable_cache_before_step`` = the step where draft attention turns sparse."""
+
+    name = "taylorseer"
+    is_cache = True
+    HOOK = "taylorseer_cache"
+
+    def config(self, steps: int):
+        from diffusers import TaylorSeerCacheConfig
+
+        try:
+            from diffusers.hooks.taylorseer_cache import _BLOCK_IDENTIFIERS as blocks
+        except ImportError:  # the same pattern: top-level "...block..." ModuleList children, e.g. "blocks.3"
+            blocks = ("^[^.]*block[^.]*\\.[^.]+$",)
+        return TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL, disable_cache_before_step=cache_start_step(
+            steps), max_order=1, taylor_factors_dtype=torch.bfloat16, cache_identifiers=list(blocks))
+
+    def describe(self, bench: Bench) -> str:
+        c = self.config(bench.steps)
+        return (f"TaylorSeerCacheConfig(cache_interval={c.cache_interval}, disable_cache_before_step="
+                f"{c.disable_cache_before_step} (= ceil(0.25 x steps)), max_order={c.max_order}, taylor_factors_dtype="
+                f"bfloat16, cache_identifiers={c.cache_identifiers}: every transformer block)")
+
+    def memory_bytes(self, bench: Bench) -> int:
+        """Taylor factors held: (max_order + 1) outputs per block and cache context (video + text tokens)."""
+        family, config, (f, h, w), calls, _ = MODELS[bench.name]
+        tokens = f * h * w // 4 + (TEXT_LEN["hunyuan"] if family == "hunyuan" else 0)
+        dim = config["num_attention_heads"] * config["attention_head_dim"]
+        blocks = config["num_layers"] + config.get("num_single_layers", 0)
+        return 2 * blocks * calls * tokens * dim * 2  # bf16
+
+    def unavailable(self, bench: Bench) -> str | None:
+        if bench.device.type != "cuda":
+            return None
+        need = self.memory_bytes(bench)
+        free, _ = torch.cuda.mem_get_info(bench.device)
+        if need + 8 * 2**30 > free:
+            return (f"its Taylor factors (2 block outputs x {MODELS[bench.name][1]['num_layers']}+ blocks x "
+                    f"{bench.calls_per_step} CFG contexts) need {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
+        return None
+
+    def enable(self, bench: Bench) -> None:
+        bench.transformer.enable_cache(self.config(bench.steps))
+        self.hook = _hooks(bench.transformer, self.HOOK)[0]
+
+    def disable(self, bench: Bench) -> None:
+        bench.transformer.disable_cache()
+
+    def set_steps(self, bench: Bench, steps: int) -> None:
+        start = cache_start_step(steps)
+        for hook in _hooks(bench.transformer, self.HOOK):
+            hook.disable_cache_before_step = start
+        bench.transformer._cache_config.disable_cache_before_step = start
+
+    def expected(self, bench: Bench, steps: int) -> list[bool]:
+        return interval_schedule(steps, cache_start_step(steps))
+
+    def computed(self, bench: Bench) -> dict[str, bool] | None:
+        # the first block's state: it updated its Taylor factors at this step iff it ran in full
+        return {ctx: st.last_update_step == st.current_step for ctx, st in _context_states(self.hook).items()}
+
+
+class MagCache(Part):
+    """diffusers' MagCache with the MagCache authors' published magnitude ratios (no calibration on the random
+    weights, so the skip schedule is the one of the real model)."""
+
+    name = "magcache"
+    is_cache = True
+    HOOK = "mag_cache_leader_block_hook"
+
+    def __init__(self):
+        self.cfg = None
+
+    def params(self, bench: Bench):
+        return MAGCACHE.get(bench.name)
+
+    def describe(self, bench: Bench) -> str:
+        ratios, thr, k, ret, src = self.params(bench)
+        return (f"MagCacheConfig(threshold={thr}, max_skip_steps={k}, retention_ratio={ret}, num_inference_steps="
+                f"<steps>, mag_ratios=published {src}, nearest-interpolated to the step count)")
+
+    def unavailable(self, bench: Bench) -> str | None:
+        if self.params(bench) is None:
+            return f"no published MagCache ratios for {bench.name}"
+        return None
+
+    def enable(self, bench: Bench) -> None:
+        from diffusers import MagCacheConfig
+
+        ratios, thr, k, ret, _ = self.params(bench)
+        self.cfg = MagCacheConfig(threshold=thr, max_skip_steps=k, retention_ratio=ret,
+                                  num_inference_steps=bench.steps, mag_ratios=list(ratios))
+        bench.transformer.enable_cache(self.cfg)
+        self.hook = _hooks(bench.transformer, self.HOOK)[0]
+
+    def disable(self, bench: Bench) -> None:
+        bench.transformer.disable_cache()
+
+    def set_steps(self, bench: Bench, steps: int) -> None:
+        # the hooks share this config object: the step count and the ratios interpolated to it
+        from diffusers.hooks.mag_cache import nearest_interp
+
+        ratios = torch.tensor(self.params(bench)[0])
+        self.cfg.num_inference_steps = steps
+        self.cfg.mag_ratios = nearest_interp(ratios, steps) if len(ratios) != steps else ratios
+
+    def expected(self, bench: Bench, steps: int) -> list[bool]:
+        ratios, thr, k, ret, _ = self.params(bench)
+        return magcache_schedule(ratios, steps, thr, k, ret)
+
+    def computed(self, bench: Bench) -> dict[str, bool] | None:
+        return {ctx: bool(st.should_compute) for ctx, st in _context_states(self.hook).items()}
+
+
+class FBCache(Part):
+    """diffusers' First Block Cache with its threshold decision (relative change of the first block's residual,
+    data-dependent and meaningless on random weights) replaced by a fixed schedule: TaylorSeer's (full compute on
+    the steps before ceil(0.25 x steps) and every third step after; the first block always runs)."""
+
+    name = "fbcache"
+    is_cache = True
+    HOOK = "fbc_leader_block_hook"
+
+    def __init__(self):
+        self.schedule: list[bool] = []
+
+    def describe(self, bench: Bench) -> str:
+        return ("FirstBlockCacheConfig(threshold=0.05) with the head hook's decision replaced by a fixed schedule: "
+                f"full compute before step start = ceil(0.25 x steps) and where (step - start - 1) % "
+                f"{TAYLORSEER_INTERVAL} == 0")
+
+    def enable(self, bench: Bench) -> None:
+        from diffusers import FirstBlockCacheConfig
+
+        bench.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+        heads = _hooks(bench.transformer, self.HOOK)
+        if len(heads) != 1:
+            raise RuntimeError(f"expected one FirstBlockCache head hook, found {len(heads)}")
+        scheduler = bench.pipe.scheduler
+
+        @torch.compiler.disable
+        def fixed_decision(hidden_states_residual):  # replaces FBCHeadBlockHook._should_compute_remaining_blocks
+            step = scheduler.step_index or 0  # None before the first scheduler step
+            return self.schedule[step] if step < len(self.schedule) else True
+
+        heads[0]._should_compute_remaining_blocks = fixed_decision
+        self.hook = heads[0]
+
+    def disable(self, bench: Bench) -> None:
+        bench.transformer.disable_cache()
+
+    def set_steps(self, bench: Bench, steps: int) -> None:
+        self.schedule = self.expected(bench, steps)
+
+    def expected(self, bench: Bench, steps: int) -> list[bool]:
+        return interval_schedule(steps, cache_start_step(steps))
+
+    def computed(self, bench: Bench) -> dict[str, bool] | None:
+        return {ctx: bool(st.should_compute) for ctx, st in _context_states(self.hook).items()}
+
+
+class Compile(Part):
+    """Regional torch.compile: ``pipe.transformer.compile_repeated_blocks()`` (torch.compile defaults: fullgraph
+    False, inductor); undone by dropping the compiled call of every block and resetting dynamo."""
+
+    name = "compile"
+    is_compile = True
+
+    def describe(self, bench: Bench) -> str:
+        return f"pipe.transformer.compile_repeated_blocks() ({', '.join(bench.transformer._repeated_blocks)})"
+
+    def unavailable(self, bench: Bench) -> str | None:
+        if not hasattr(bench.transformer, "compile_repeated_blocks"):
+            return "this diffusers has no ModelMixin.compile_repeated_blocks"
+        return None
+
+    def enable(self, bench: Bench) -> None:
+        torch._dynamo.reset()
+        bench.transformer.compile_repeated_blocks()
+
+    def disable(self, bench: Bench) -> None:
+        uncompile(bench.transformer)
+
+
+def uncompile(model: torch.nn.Module) -> None:
+    """Undo ``compile_repeated_blocks`` (each block's ``compile()`` set ``_compiled_call_impl``) and forget graphs."""
+    for m in model.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+# name -> the parts, enabled in this order (a fresh list per model)
+SETTINGS: dict[str, Callable[[], list[Part]]] = {
+    "default": lambda: [],
+    "fa4-dense": lambda: [Draft("fa4-dense")],
+    "draft": lambda: [Draft()],
+    "preset": lambda: [Draft("preset")],
+    "compile": lambda: [Compile()],
+    "compile+draft": lambda: [Draft(), Compile()],
+    "taylorseer": lambda: [TaylorSeer()],
+    "taylorseer+draft": lambda: [Draft(), TaylorSeer()],
+    "taylorseer(first)+draft": lambda: [TaylorSeer(), Draft()],
+    "magcache": lambda: [MagCache()],
+    "magcache+draft": lambda: [Draft(), MagCache()],
+    "fbcache": lambda: [FBCache()],
+    "fbcache+draft": lambda: [Draft(), FBCache()],
+    "taylorseer+compile": lambda: [TaylorSeer(), Compile()],
+    "taylorseer+draft+compile": lambda: [Draft(), TaylorSeer(), Compile()],
+}
+
+
+def configure(bench: Bench, parts: list[Part]) -> None:
+    """Enable the parts in order."""
+    for p in parts:
+        p.enable(bench)
+        p.enabled = True
+
+
+def undo(bench: Bench, parts: list[Part]) -> list[str]:
+    """Disable the parts in reverse order, then make sure nothing is left (cache, draft attention, compiled
+    blocks), whatever failed before. Returns the errors met (printed by the caller)."""
+    errors = []
+    for p in reversed([p for p in parts if p.enabled]):
+        try:
+            p.disable(bench)
+            p.enabled = False
+        except Exception as e:
+            errors.append(f"disable {p.name}: {type(e).__name__}: {e}")
+    tr = bench.transformer
+    if getattr(tr, "is_cache_enabled", False):
+        tr.disable_cache()
+        errors.append("a cache was still enabled after undo (disabled now)")
+    try:
+        disable_draft_attention(bench.pipe)
+        errors.append("draft attention was still enabled after undo (disabled now)")
+    except RuntimeError:
+        pass  # not enabled: expected
+    uncompile(tr)
+    return errors
+
+
+def draft_part(parts: list[Part]) -> Draft | None:
+    return next((p for p in parts if isinstance(p, Draft)), None)
+
+
+def dense_flags(bench: Bench, parts: list[Part], steps: int) -> list[bool]:
+    """Which steps count as dense for the per-step means: draft attention's dense steps; for settings without
+    sparse steps (no draft, fa4-dense) the same positions of the default schedule (first ceil(0.25 n))."""
+    d = draft_part(parts)
+    f = d.fraction(bench) if d is not None else DEFAULT_DENSE_FRACTION
+    if not 0.0 < f < 1.0:
+        f = DEFAULT_DENSE_FRACTION
+    n = dense_step_count(f, steps)
+    return [s < n for s in range(steps)]
+
+
+def expected_compute(bench: Bench, parts: list[Part], steps: int) -> list[bool]:
+    """Full-compute flag per step planned by the cache parts (all True without a cache)."""
+    flags = [True] * steps
+    for p in parts:
+        e = p.expected(bench, steps)
+        if e is not None:
+            flags = [a and b for a, b in zip(flags, e)]
+    return flags
+
+
+def planned_cost(bench: Bench, parts: list[Part], steps: int) -> float:
+    """Planned time of ``steps`` steps in default-attention steps: 1 per dense step, ``SPARSE_STEP_COST`` per
+    sparse step of draft attention, ``SKIPPED_STEP_COST`` per step a cache skips (compile and fa4 dense: 1)."""
+    d = draft_part(parts)
+    n_dense = dense_step_count(d.fraction(bench), steps) if d is not None else steps
+    return sum((1.0 if s < n_dense else SPARSE_STEP_COST) if c else SKIPPED_STEP_COST
+               for s, c in enumerate(expected_compute(bench, parts, steps)))
+
+
+def choose_warmup_steps(bench: Bench, parts: list[Part], minimum: int, cap: int = 12) -> tuple[int, str]:
+    """The fewest warm-up steps >= ``minimum`` whose run computes (not cache-skips) a dense and a sparse step of
+    draft attention, and skips at least one step when a cache is on: so every code path (and its JIT compile)
+    of the timed run has run once."""
+    d = draft_part(parts)
+    has_sparse = d is not None and d.fraction(bench) < 1.0
+    has_dense = d is not None and d.fraction(bench) > 0.0
+    has_cache = any(p.is_cache for p in parts)
+    for w in range(max(1, minimum), cap + 1):
+        dense = [s < dense_step_count(d.fraction(bench), w) for s in range(w)] if d is not None else [True] * w
+        comp = expected_compute(bench, parts, w)
+        ok = ((not has_sparse or any(c and not dn for c, dn in zip(comp, dense)))
+              and (not has_dense or any(c and dn for c, dn in zip(comp, dense)))
+              and (not has_cache or not all(comp)))
+        if ok:
+            return w, ""
+    return max(1, minimum), f"no warm-up of <= {cap} steps covers every path; using {max(1, minimum)}"
+
+
+# ------------------------------------------------------------------------------------------------------ running
+class SkipSetting(Exception):
+    """A setting that cannot run here (no GPU kernel, not enough memory) or would not fit in the time budget."""
+
+
+def run_pipeline(bench: Bench, parts: list[Part], steps: int, seed: int) -> dict:
+    """One pipeline call of ``steps`` steps to latents: wall-clock seconds (synchronised), per-step seconds (from
+    ``callback_on_step_end``), the caches' observed full-compute flags per step and context, the latents."""
+    for p in parts:
+        p.set_steps(bench, steps)
+    device = bench.device
+    marks, computed = [], []
+    probes = [p for p in parts if p.is_cache]
+
+    def on_step_end(pipe, i, t, callback_kwargs):
+        sync(device)
+        marks.append(time.perf_counter())
+        for p in probes:
+            computed.append((i, p.name, p.computed(bench)))
+        return callback_kwargs
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # the pipeline's own __call__ is no_grad too; no inference_mode, as users call it
+        latents = bench.pipe(**bench.call_kwargs, num_inference_steps=steps, generator=generator,
+                             output_type="latent", callback_on_step_end=on_step_end).frames
+    sync(device)
+    total = time.perf_counter() - t0
+    step_s = [b - a for a, b in zip([t0] + marks[:-1], marks)]
+    return {"seconds": total, "step_s": step_s, "computed": computed, "latents": latents}
+
+
+def cache_report(bench: Bench, parts: list[Part], run: dict, steps: int) -> tuple[dict, list[str]]:
+    """Observed vs planned full-compute steps of each cache part, per cache context; lines for the log."""
+    out, lines = {}, []
+    for p in [p for p in parts if p.is_cache]:
+        expected = p.expected(bench, steps)
+        per_ctx: dict[str, list[bool]] = {}
+        for i, name, flags in run["computed"]:
+            if name == p.name and flags:
+                for ctx, c in flags.items():
+                    per_ctx.setdefault(ctx, [None] * steps)[i] = c
+        exp_idx = [s for s, c in enumerate(expected) if c]
+        if not per_ctx:
+            lines.append(f"{p.name}: cache state not readable (diffusers internals changed?); planned full compute at "
+                         f"steps {ranges(exp_idx)}")
+        for ctx, flags in per_ctx.items():
+            idx = [s for s, c in enumerate(flags) if c]
+            ok = flags == expected
+            lines.append(f"{p.name} [{ctx}]: full compute at steps {ranges(idx)} ({len(idx)} of {steps}; "
+                         f"{steps - len(idx)} skipped), planned {ranges(exp_idx)}: {'as planned' if ok else 'DIFFERS'}")
+        out[p.name] = {"planned_compute_steps": exp_idx,
+                       "observed_compute_steps": {c: [s for s, v in enumerate(f) if v] for c, f in per_ctx.items()},
+                       "as_planned": all(f == expected for f in per_ctx.values()) if per_ctx else None}
+    return out, lines
+
+
+def draft_summary(bench: Bench, parts: list[Part]) -> tuple[dict | None, str | None]:
+    if draft_part(parts) is None:
+        return None, None
+    try:
+        stats = get_draft_stats(bench.pipe)
+        s = stats.summary()
+        keep = ("steps", "forwards", "sparse_calls", "dense_calls", "mean_sparsity", "draft_seconds", "fallbacks")
+        return {k: s[k] for k in keep if k in s}, stats.format()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}, f"draft stats unavailable: {type(e).__name__}: {e}"
+
+
+def dynamo_counts() -> tuple[int, int]:
+    """(graphs compiled so far, graph breaks so far) from dynamo's counters."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def check_budget(bench: Bench, parts: list[Part], warm: int, args,
+                 deadline: float | None) -> tuple[str | None, float | None]:
+    """(skip reason or None, estimated seconds) of a whole setting: the planned cost of the warm-up (twice with
+    torch.compile, plus a compile allowance) and of the timed run, times the default-step time."""
+    step_est, basis = bench.step_estimate()
+    if deadline is None or step_est is None:
+        return None, None
+    compiling = any(p.is_compile for p in parts)
+    cost = (2 if compiling else 1) * planned_cost(bench, parts, warm) + planned_cost(bench, parts, args.steps)
+    est = cost * step_est + (bench.compile_estimate() if compiling else 0.0)
+    left = deadline - time.perf_counter()
+    if est > left:
+        return (f"time budget: needs ~{est:.0f} s ({cost:.1f} default-step equivalents x {step_est:.2f} s, {basis}"
+                f"{', + compile' if compiling else ''}), {left:.0f} s left"), est
+    return None, est
+
+
+def warm_up(bench: Bench, parts: list[Part], warm: int, args, log) -> dict:
+    """Untimed warm-up pipeline call(s) of ``warm`` steps at the same shape and settings. With torch.compile the
+    call is repeated (up to ``--max-warmup-calls``) until one compiles no new graph: a graph first needed when
+    a dense step follows sparse ones is then compiled here, not in the timed run."""
+    compiling = any(p.is_compile for p in parts)
+    calls, total, step_s = 0, 0.0, []
+    while True:
+        graphs0, _ = dynamo_counts()
+        w = run_pipeline(bench, parts, warm, args.seed)
+        calls += 1
+        total += w["seconds"]
+        step_s.append(w["step_s"])
+        new_graphs = dynamo_counts()[0] - graphs0
+        if not compiling or new_graphs == 0 or calls >= args.max_warmup_calls:
+            break
+    ds, _ = draft_summary(bench, parts)
+    modes = (ds or {}).get("steps") or {}
+    computed = [s for s, c in enumerate(expected_compute(bench, parts, warm)) if c]
+    log(f"   warm-up (untimed): {calls} call(s) of {warm} steps in {total:.2f} s; draft modes "
+        f"{', '.join(f'{s}:{m}' for s, m in sorted(modes.items())) or '-'}; full compute at {ranges(computed)}"
+        + (f"; graphs compiled in the last call: {new_graphs}" if compiling else ""))
+    for line in cache_report(bench, parts, w, warm)[1]:
+        log(f"   warm-up {line}")
+    return {"steps": warm, "calls": calls, "seconds": total, "step_s": step_s, "computed_steps": computed,
+            "draft_steps": modes, "graphs_compiled_last_call": new_graphs if compiling else None}
+
+
+def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor, list[str]]:
+    """The timed pipeline call: denoise seconds, per-step times and their dense/sparse means, peak memory,
+    graphs compiled inside it, cache schedule check, draft statistics. Returns (result, latents, log lines)."""
+    graphs0, _ = dynamo_counts()
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    run = run_pipeline(bench, parts, args.steps, args.seed)
+    graphs1, breaks1 = dynamo_counts()
+    res: dict[str, Any] = {"denoise_s": run["seconds"], "step_s": run["step_s"],
+                           "latents_finite": bool(torch.isfinite(run["latents"]).all())}
+    if bench.device.type == "cuda":
+        res["peak_gib"] = torch.cuda.max_memory_allocated(bench.device) / 2**30
+    dense = dense_flags(bench, parts, args.steps)
+    d_s = [t for t, dn in zip(run["step_s"], dense) if dn]
+    s_s = [t for t, dn in zip(run["step_s"], dense) if not dn]
+    res["dense_step_mean_s"] = sum(d_s) / len(d_s) if d_s else None
+    res["sparse_step_mean_s"] = sum(s_s) / len(s_s) if s_s else None
+    res["dense_steps"], res["sparse_steps"] = len(d_s), len(s_s)
+    if any(p.is_compile for p in parts):
+        res["graphs_compiled_in_timed_run"] = graphs1 - graphs0
+        res["graph_breaks_total"] = breaks1
+    res["cache"], cache_lines = cache_report(bench, parts, run, args.steps)
+    res["draft_stats"], stats_text = draft_summary(bench, parts)
+
+    f = lambda x: "-" if x is None else f"{x:.3f} s"  # noqa: E731
+    lines = [f"denoise: {args.steps} steps in {res['denoise_s']:.3f} s | dense-step mean {f(res['dense_step_mean_s'])} "
+             f"({len(d_s)}) | sparse-step mean {f(res['sparse_step_mean_s'])} ({len(s_s)})"
+             + (f" | peak {res['peak_gib']:.1f} GiB" if "peak_gib" in res else "")
+             + ("" if res["latents_finite"] else " | latents not finite (random weights)"),
+             f"per-step s: {' '.join(f'{t:.3f}' for t in res['step_s'])}"]
+    lines += cache_lines
+    if stats_text:
+        lines += stats_text.splitlines()
+        d = draft_part(parts)
+        modes = (res["draft_stats"] or {}).get("steps") or {}
+        planned = {s: ("dense" if dn else "sparse") for s, dn in enumerate(dense)}
+        if modes and 0.0 < d.fraction(bench) < 1.0 and {int(k): v for k, v in modes.items()} != planned:
+            lines.append(f"note: draft modes per step differ from the planned split "
+                         f"({ranges([s for s, m in planned.items() if m == 'dense'])} dense)")
+    return res, run["latents"], lines
+
+
+def run_setting(bench: Bench, name: str, args, deadline: float | None, log) -> dict:
+    """Configure, warm up, time and undo one setting. Never raises: an error is recorded, printed with the setting
+    name and its traceback, and the pipeline is restored for the next setting."""
+    parts = SETTINGS[name]()
+    bench.steps = args.steps
+    res: dict[str, Any] = {"setting": name, "steps": args.steps}
+    log(f"-- {name}")
+    try:
+        res["description"] = [p.describe(bench) for p in parts]
+        log("   " + (" -> ".join(res["description"]) or "diffusers' default attention"))
+        reason = next((r for r in (p.unavailable(bench) for p in parts) if r), None)
+        if reason:
+            raise SkipSetting(reason)
+        warm, warm_note = choose_warmup_steps(bench, parts, args.warmup_steps)
+        if warm_note:
+            log(f"   note: {warm_note}")
+        reason, res["estimate_s"] = check_budget(bench, parts, warm, args, deadline)
+        if reason:
+            raise SkipSetting(reason)
+        t0 = time.perf_counter()
+        configure(bench, parts)
+        res["configure_s"] = time.perf_counter() - t0
+        res["warmup"] = warm_up(bench, parts, warm, args, log)
+        res["planned_cost"] = planned_cost(bench, parts, args.steps)
+        step_est = bench.step_estimate()[0] or res["warmup"]["seconds"] / (res["warmup"]["calls"]
+                                                                           * planned_cost(bench, parts, warm))
+        left = deadline - time.perf_counter() if deadline is not None else math.inf
+        if res["planned_cost"] * step_est > left:
+            raise SkipSetting(f"time budget: after the warm-up, the {args.steps} timed steps need "
+                              f"~{res['planned_cost'] * step_est:.0f} s, {left:.0f} s left (timed run skipped)")
+        timed, latents, lines = timed_run(bench, parts, args)
+        res.update(timed)
+        if any(p.is_compile for p in parts):
+            per_call = res["warmup"]["seconds"] / res["warmup"]["calls"]
+            res["compile_s_est"] = max(0.0, res["warmup"]["seconds"] - res["warmup"]["calls"] * warm
+                                       * res["denoise_s"] / args.steps)
+            n = res["graphs_compiled_in_timed_run"]
+            lines.append(f"torch.compile: warm-up {res['warmup']['seconds']:.1f} s ({res['warmup']['calls']} call(s), "
+                         f"{per_call:.1f} s each) incl. compile (~{res['compile_s_est']:.1f} s over the steps' own "
+                         f"time); graphs compiled during the timed run: {n}"
+                         f"{' (RECOMPILES INSIDE THE TIMING)' if n else ''}; graph breaks so far: "
+                         f"{res['graph_breaks_total']}")
+        for line in lines:
+            log(f"   {line}")
+        bench.results[name] = res
+        if bench.decode_source is None:
+            bench.decode_source = (name, latents)
+        del latents
+    except SkipSetting as e:
+        res["skipped"] = str(e)
+        log(f"   SKIPPED: {e}")
+    except Exception as e:  # one failing setting (a backend, OOM, draft + cache composition) must not hide the rest
+        res["error"] = f"{type(e).__name__}: {e}"
+        log(f"   FAILED [{name}]: {type(e).__name__}: {e}")
+        for line in traceback.format_exc().rstrip().splitlines()[-12:]:
+            log(f"     | {line}")
+    finally:
+        for err in undo(bench, parts):
+            log(f"   undo [{name}]: {err}")
+        gc.collect()
+        if bench.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def decode_once(bench: Bench, latents: torch.Tensor, log) -> dict:
+    """Time one ``vae.decode`` of denoised latents (the pipeline's own latent scaling first), a single call."""
+    vae = bench.pipe.vae
+    lat = latents.to(bench.device, vae.dtype)
+    if bench.family == "wan":
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(lat)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(lat)
+        lat = lat / inv_std + mean
+    else:
+        lat = lat / vae.config.scaling_factor
+    sync(bench.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        video = vae.decode(lat, return_dict=False)[0]
+    sync(bench.device)
+    secs = time.perf_counter() - t0
+    out = {"seconds": secs, "shape": list(video.shape), "dtype": str(vae.dtype).replace("torch.", ""),
+           "tiling": bool(getattr(vae, "use_tiling", False)), "finite": bool(torch.isfinite(video).all())}
+    log(f"   VAE decode ({type(vae).__name__}, {out['dtype']}{', tiling' if out['tiling'] else ''}; one call, not "
+        f"warmed up): {secs:.2f} s -> {tuple(video.shape)}{'' if out['finite'] else ' (not finite: random weights)'}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+def estimate_50(res: dict, has_cache: bool) -> float | None:
+    """50-step estimate: 13 x mean dense-step + 37 x mean sparse-step time (None with a cache: not meaningful)."""
+    if has_cache or res.get("denoise_s") is None:
+        return None
+    n_dense = dense_step_count(DEFAULT_DENSE_FRACTION, REF_STEPS)
+    d, s = res.get("dense_step_mean_s"), res.get("sparse_step_mean_s")
+    d = d if d is not None else s
+    s = s if s is not None else d
+    return n_dense * d + (REF_STEPS - n_dense) * s
+
+
+def summarize(model_res: dict) -> list[dict]:
+    """Speedups of every measured setting of one model: vs default, vs the fastest dense setting, vs the same
+    stack without draft attention; and the 50-step estimates."""
+    settings = model_res["settings"]
+    t = {k: v["denoise_s"] for k, v in settings.items() if v.get("denoise_s")}
+    dense = {k: t[k] for k in DENSE_SETTINGS if k in t}
+    fastest = min(dense, key=dense.get) if dense else None
+    est = {k: estimate_50(v, any(p.is_cache for p in SETTINGS[k]())) for k, v in settings.items()}
+    rows = []
+    for k, v in settings.items():
+        row = {"setting": k, **{x: v.get(x) for x in ("denoise_s", "dense_step_mean_s", "sparse_step_mean_s",
+                                                      "skipped", "error", "steps")}}
+        row["warmup_s"] = (v.get("warmup") or {}).get("seconds")
+        if k in t:
+            row["vs_default"] = t["default"] / t[k] if "default" in t else None
+            row["fastest_dense"] = fastest
+            row["vs_fastest_dense"] = dense[fastest] / t[k] if fastest else None
+            base = WITHOUT_DRAFT.get(k)
+            row["without_draft"] = base
+            row["vs_without_draft"] = t[base] / t[k] if base in t else None
+            row["est50_s"] = est[k]
+            row["est50_vs_default"] = est["default"] / est[k] if est.get("default") and est[k] else None
+            fe = est.get(fastest) if fastest else None
+            row["est50_vs_fastest_dense"] = fe / est[k] if fe and est[k] else None
+        rows.append(row)
+    return rows
+
+
+def cell(text: str, limit: int = 140) -> str:
+    """A message as one markdown table cell: one line, no column separators, shortened."""
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def markdown(all_results: list[dict], meta: dict) -> str:
+    """The short table printed last."""
+    x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
+    s = lambda v, p=3: f"{v:.{p}f}" if v is not None else "-"  # noqa: E731
+    lines = [f"Pipeline benchmark {meta['date']}, {meta['device']}, torch {meta['torch']}, diffusers "
+             f"{meta['diffusers']}, {meta['dtype']} transformer, {meta['steps']} steps (warm-up untimed, >= "
+             f"{meta['warmup_steps']} steps per setting). Step means: dense = draft's dense steps (first "
+             "ceil(0.25 n)); 50-step estimate = 13 x dense + 37 x sparse mean (n/a with a cache).", "",
+             "| model | setting | denoise s | dense-step s | sparse-step s | warm-up s | vs default | "
+             "vs fastest dense | vs same w/o draft | 50-step est. s | est. vs default | est. vs fastest dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in all_results:
+        label = m["label"]
+        if m.get("skipped") or m.get("error"):
+            lines.append(f"| {label} | (model {'skipped' if m.get('skipped') else 'FAILED'}) | "
+                         f"{cell(m.get('skipped') or m.get('error'))} | | | | | | | | | |")
+            continue
+        for r in m.get("summary", []):
+            if r.get("denoise_s") is None:
+                why = r.get("skipped") or r.get("error") or "not measured"
+                lines.append(f"| {label} | {r['setting']} | {'skipped' if r.get('skipped') else 'FAILED'}: "
+                             f"{cell(why)} | | | | | | | | | |")
+                continue
+            fd = f" ({r['fastest_dense']})" if r.get("fastest_dense") else ""
+            wd = f" ({r['without_draft']})" if r.get("without_draft") and r.get("vs_without_draft") else ""
+            lines.append(f"| {label} | {r['setting']} | {s(r['denoise_s'])} | {s(r['dense_step_mean_s'])} | "
+                         f"{s(r['sparse_step_mean_s'])} | {s(r['warmup_s'], 1)} | {x(r.get('vs_default'))} | "
+                         f"{x(r.get('vs_fastest_dense'))}{fd} | {x(r.get('vs_without_draft'))}{wd} | "
+                         f"{s(r.get('est50_s'), 1) if r.get('est50_s') else 'n/a'} | {x(r.get('est50_vs_default'))} |"
+                         f" {x(r.get('est50_vs_fastest_dense'))} |")
+        dec = m.get("decode")
+        if dec and dec.get("seconds") is not None:
+            lines.append(f"| {label} | VAE decode (one call) | {dec['seconds']:.2f} | | | | | | | | | |")
+        elif dec:
+            lines.append(f"| {label} | VAE decode | {'skipped' if dec.get('skipped') else 'FAILED'}: "
+                         f"{cell(dec.get('skipped') or dec.get('error'))} | | | | | | | | | |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------- main
+def run_model(name: str, settings: list[str], args, device: torch.device, dtype: torch.dtype,
+              deadline: float | None, log, save: Callable[[], None], mres: dict) -> None:
+    """Build one model's pipeline, run every setting (saving results after each), time one VAE decode, summarise."""
+    family, _, _, calls, label = MODELS[name]
+    log(f"\n== {name}: {label} ({'CFG, 2 transformer calls' if calls == 2 else '1 transformer call'} per step)")
+    if deadline is not None and name in PRIOR_FORWARD_S:
+        need = PRIOR_BUILD_S[name] + (args.warmup_steps + 1) * PRIOR_FORWARD_S[name] * calls
+        if time.perf_counter() + need > deadline:
+            mres["skipped"] = (f"time budget: the build and a few steps need ~{need:.0f} s (prior), "
+                               f"{deadline - time.perf_counter():.0f} s left")
+            log(f"   SKIPPED: {mres['skipped']}")
+            return
+    t0 = time.perf_counter()
+    try:
+        bench = build_bench(name, device, dtype, args.text_tokens)
+    except Exception as e:
+        mres["error"] = f"build failed: {type(e).__name__}: {e}"
+        log(f"   FAILED to build: {type(e).__name__}: {e}")
+        return
+    mres["build_s"] = time.perf_counter() - t0
+    kw, sched, vae = bench.call_kwargs, bench.pipe.scheduler, bench.pipe.vae
+    mres["pipeline"] = {"pipeline": type(bench.pipe).__name__, "scheduler": type(sched).__name__,
+                        "scheduler_shift": sched.config.get("flow_shift", sched.config.get("shift")),
+                        "vae": type(vae).__name__, "vae_dtype": str(vae.dtype).replace("torch.", ""),
+                        "size": {k: kw[k] for k in ("height", "width", "num_frames")},
+                        "guidance_scale": kw["guidance_scale"], "preset": PRESETS[name]}
+    log(f"   built in {mres['build_s']:.1f} s: {type(bench.pipe).__name__}, {type(sched).__name__} (shift "
+        f"{mres['pipeline']['scheduler_shift']}), {type(vae).__name__} {mres['pipeline']['vae_dtype']}, "
+        f"{kw['height']}x{kw['width']}, {kw['num_frames']} frames, guidance {kw['guidance_scale']}"
+        + (f", {args.text_tokens} of {TEXT_LEN['hunyuan']} prompt tokens live" if family == "hunyuan" else ""))
+    for setting in settings:
+        mres["settings"][setting] = run_setting(bench, setting, args, deadline, log)
+        if not args.no_decode and "decode" not in mres and bench.decode_source is not None:
+            mres["decode"] = decode_step(bench, deadline, log)
+        save()
+    mres["summary"] = summarize(mres)
+    log_summary(name, mres["summary"], args.steps, log)
+    bench.decode_source = None
+    del bench
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def decode_step(bench: Bench, deadline: float | None, log) -> dict:
+    """Time one VAE decode of the first timed run's latents, if it fits in the budget (prior estimate)."""
+    prior = PRIOR_DECODE_S.get(bench.name, 0.0)
+    if deadline is not None and time.perf_counter() + prior > deadline:
+        log(f"   VAE decode skipped: time budget (~{prior:.0f} s prior)")
+        return {"skipped": f"time budget (~{prior:.0f} s prior)"}
+    try:
+        out = decode_once(bench, bench.decode_source[1], log) | {"latents_of": bench.decode_source[0]}
+    except Exception as e:
+        out = {"error": f"{type(e).__name__}: {e}"}
+        log(f"   VAE decode FAILED: {type(e).__name__}: {e}")
+    if bench.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def log_summary(name: str, rows: list[dict], steps: int, log) -> None:
+    """One line per setting: denoise time, speedups, 50-step estimate."""
+    x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
+    log(f"\n   summary {name} ({steps} steps):")
+    for r in rows:
+        if r.get("denoise_s") is None:
+            why = r.get("skipped") or r.get("error")
+            log(f"   {r['setting']:<26} {'skipped' if r.get('skipped') else 'FAILED'}: {why}")
+            continue
+        e50 = (f"50-step estimate {r['est50_s']:.1f} s ({x(r.get('est50_vs_default'))} vs default, "
+               f"{x(r.get('est50_vs_fastest_dense'))} vs fastest dense)" if r.get("est50_s")
+               else "50-step estimate n/a (a cache's skip schedule depends on the step count)")
+        wd = f", {x(r['vs_without_draft'])} vs {r['without_draft']}" if r.get("vs_without_draft") else ""
+        log(f"   {r['setting']:<26} {r['denoise_s']:8.3f} s  {x(r.get('vs_default'))} vs default, "
+            f"{x(r.get('vs_fastest_dense'))} vs fastest dense ({r.get('fastest_dense') or '-'}){wd}; {e50}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=",".join(FULL_MODELS),
+                   help=f"comma list of {', '.join(FULL_MODELS + TINY_MODELS)} (default: the three full-size)")
+    p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of: " + ", ".join(SETTINGS))
+    p.add_argument("--steps", type=int, default=REF_STEPS, help="denoising steps of the timed run (default 50)")
+    p.add_argument("--warmup-steps", type=int, default=2,
+                   help="steps of the untimed warm-up call (>= 1; raised per setting until it covers a dense, a "
+                        "sparse and a cache-skipped step)")
+    p.add_argument("--max-warmup-calls", type=int, default=3,
+                   help="with torch.compile, repeat the warm-up call until no new graph compiles, at most this often")
+    p.add_argument("--no-decode", action="store_true", help="skip the VAE decode timing")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="wall-clock budget of the whole run; a setting that would not fit is skipped (<= 0: none)")
+    p.add_argument("--text-tokens", type=int, default=120, help="live prompt tokens of HunyuanVideo (of 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
+                   help="output directory for benchmark_pipeline.{log,json,md} (default: $OUT, else outputs/bench)")
+    args = p.parse_args(argv)
+    models = TINY_MODELS if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
+    settings = [ALIASES.get(s.strip(), s.strip()) for s in args.settings.split(",") if s.strip()]
+    for m in models:
+        if m not in MODELS or m not in PRESETS:
+            p.error(f"unknown model {m!r}; expected some of {', '.join(FULL_MODELS + TINY_MODELS)}")
+    for s in settings:
+        if s not in SETTINGS:
+            p.error(f"unknown setting {s!r}; expected some of {', '.join(SETTINGS)}")
+    if args.steps < 1 or args.warmup_steps < 1 or args.max_warmup_calls < 1:
+        p.error("--steps, --warmup-steps and --max-warmup-calls must be >= 1")
+
+    start = time.perf_counter()
+    deadline = start + args.budget_s if args.budget_s > 0 else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(out_dir / "benchmark_pipeline.log", "w")
+
+    def log(msg: str = "") -> None:
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    import diffusers
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        fa4 = version("flash-attn-4")
+    except PackageNotFoundError:
+        fa4 = "not installed"
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "flash_attn_4": fa4, "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
+            "dtype": str(dtype).replace("torch.", ""), "steps": args.steps, "warmup_steps": args.warmup_steps,
+            "budget_s": args.budget_s, "argv": sys.argv}
+    log(f"benchmark_pipeline: {meta['date']} | {meta['device']} | torch {meta['torch']} | diffusers "
+        f"{meta['diffusers']} | flash-attn-4 {fa4} | {meta['dtype']} | {args.steps} steps | settings: "
+        f"{', '.join(settings)}")
+    if args.steps != REF_STEPS:
+        log(f"note: {args.steps} steps ({dense_step_count(DEFAULT_DENSE_FRACTION, args.steps)} dense at fraction 0.25);"
+            f" 50-step estimates below = 13 x mean dense-step + 37 x mean sparse-step time")
+    all_results: list[dict] = []
+
+    def save() -> None:  # after every setting: a run killed by a time limit still leaves its results
+        (out_dir / "benchmark_pipeline.json").write_text(json.dumps({"meta": meta, "models": all_results},
+                                                                    indent=1, default=str))
+
+    for name in models:
+        mres: dict[str, Any] = {"model": name, "label": MODELS[name][4], "settings": {}}
+        all_results.append(mres)
+        run_model(name, settings, args, device, dtype, deadline, log, save, mres)
+        save()
+
+    meta["wall_s"] = time.perf_counter() - start
+    save()
+    table = markdown(all_results, meta)
+    (out_dir / "benchmark_pipeline.md").write_text(table + "\n")
+    log(f"\nwall clock {meta['wall_s']:.0f} s; log, JSON and table in {out_dir}/benchmark_pipeline.{{log,json,md}}\n")
+    log(table)
+    log_file.close()
+
+
+if __name__ == "__main__":
+    main()

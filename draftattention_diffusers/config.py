@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,34 @@ POOLINGS = ("avg", "max")
 REORDERS = ("per_forward", "per_call")
 
 
-@dataclass
+def _plain_number(x: Any) -> Any:
+    """numpy (or other ``numbers``) scalars as Python ``int`` / ``float``; anything else unchanged for validation.
+
+    ``bool`` is left alone so that validation rejects it (``True`` is an ``int`` to Python, never a sparsity).
+    """
+    if isinstance(x, bool):
+        return x
+    if isinstance(x, numbers.Integral):
+        return int(x)
+    if isinstance(x, numbers.Real):
+        return float(x)
+    return x
+
+
+def _plain_tuple(value: Any, name: str, expected: str, ordered: bool = False) -> tuple:
+    """``value`` (a list, tuple or array: YAML gives lists) as a tuple of plain numbers; ``ValueError`` if it is
+    not a collection (``tuple(0)`` would raise ``TypeError``, and a string would split into characters), or, with
+    ``ordered``, if it has no order (a set: ``{16, 8}`` would not say which is the height)."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__") or \
+            (ordered and isinstance(value, (set, frozenset))):
+        raise ValueError(f"{name}={value!r}: expected {expected}")
+    try:
+        return tuple(_plain_number(x) for x in value)
+    except TypeError:  # e.g. a 0-d array or tensor: iterable type, no items
+        raise ValueError(f"{name}={value!r}: expected {expected}") from None
+
+
+@dataclass(frozen=True)
 class DraftAttentionConfig:
     """How draft attention sparsifies the video self-attention of a diffusion transformer.
 
@@ -28,8 +56,9 @@ class DraftAttentionConfig:
         selection: how tiles are chosen from the draft map (per batch item and head):
             ``"topk"`` (default): the ``ceil((1 - sparsity) * g^2)`` highest-scoring region pairs of the whole
             ``g x g`` map, where every query region first keeps its best key region, so no query row is empty;
-            ``"paper"``: the published rule (threshold = the ``int(sparsity * g^2)``-th smallest score, keep
-            ``score >= threshold``; keeps one tile more than the budget, plus ties, and may leave rows empty);
+            ``"paper"``: the published rule and arithmetic (threshold = the ``k``-th smallest score with
+            ``k = int((1 - (1 - sparsity)) * g^2)``, keep ``score >= threshold``; keeps one tile more than the
+            budget, plus ties, and may leave rows empty);
             ``"row_topk"``: the same number of key regions for every query region.
             ``"topk_heads"``: ``"topk"`` with the budget of all heads of a batch item shared among them (diffuse
             heads get more tiles, concentrated ones fewer; same total); measured in docs/quality.md.
@@ -39,19 +68,27 @@ class DraftAttentionConfig:
         dense_layers: indices of transformer blocks that always run dense (per transformer).
         backend: ``"auto"`` (fastest backend that can run on the inputs) or a backend name
             (``"fa4"``, ``"flex"``, ``"bsa"``, ``"reference"``); see ``python -m draftattention_diffusers info``.
-        dense_backend: what computes self-attention in dense steps and dense layers: ``"diffusers"`` (the
-            model's own processor and attention backend, e.g. after ``transformer.set_attention_backend(...)``)
-            or a backend name with a dense kernel (``"fa4"``: flash-attn-4 dense, the fastest on Hopper).
+        dense_backend: what computes self-attention in dense steps and dense layers: ``"auto"`` (default):
+            flash-attn-4 dense where it can run (Hopper, bf16/fp16), unless you chose diffusers' attention backend
+            (``transformer.set_attention_backend(...)``, the ``attention_backend(...)`` context manager,
+            ``DIFFUSERS_ATTN_BACKEND``) or installed a processor of your own: then, and where flash-attn-4 cannot
+            run, the model's own processor; ``"diffusers"``: always the model's own processor and attention
+            backend; or a backend name with a dense kernel (``"fa4"``).
         reorder: when tokens are put in tile order: ``"per_forward"`` (default) once per transformer forward, after
             the patch embedding (RoPE tables too), and back before the output projection, so attention calls need no
             gathers; ``"per_call"``: gather q, k, v and scatter the output in every attention call. Same result up
-            to float rounding. ``per_forward`` applies only to sparse forwards of a single process (not under
-            context parallelism, not HunyuanVideo's token-replace I2V); elsewhere ``per_call`` is used.
+            to float rounding. With ``per_forward`` every forward that can be sparse (``dense_steps_fraction < 1``)
+            runs in tile order, dense steps too, so that step caches see one token order. It applies to a single
+            process (not under context parallelism, not HunyuanVideo's token-replace I2V); elsewhere ``per_call``
+            is used.
 
     Example:
         >>> cfg = DraftAttentionConfig(sparsity=0.75, dense_layers=(0,))
         >>> cfg.tile_size
         128
+
+    The config is frozen: change a field with :meth:`replace` (a validated copy). numpy scalars are accepted and
+    stored as Python numbers.
 
     Raises:
         ValueError: a field is out of range; the message names the field and the allowed values.
@@ -64,12 +101,18 @@ class DraftAttentionConfig:
     dense_steps_fraction: float = 0.25
     dense_layers: tuple[int, ...] = ()
     backend: str = "auto"
-    dense_backend: str = "diffusers"
+    dense_backend: str = "auto"
     reorder: str = "per_forward"
 
     def __post_init__(self) -> None:
-        self.region_size = tuple(self.region_size)  # YAML gives lists
-        self.dense_layers = tuple(self.dense_layers)
+        # frozen: normalise through object.__setattr__, before validation and before anyone sees the object
+        set_ = object.__setattr__
+        set_(self, "sparsity", _plain_number(self.sparsity))
+        set_(self, "dense_steps_fraction", _plain_number(self.dense_steps_fraction))
+        set_(self, "region_size", _plain_tuple(self.region_size, "region_size",
+                                               "two positive integers (h, w), e.g. (8, 16)", ordered=True))
+        set_(self, "dense_layers", _plain_tuple(self.dense_layers, "dense_layers",
+                                                "a sequence of non-negative block indices, e.g. (0,) or ()"))
         self.validate()
 
     @property
@@ -78,6 +121,7 @@ class DraftAttentionConfig:
         return self.region_size[0] * self.region_size[1]
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is out of range (called on construction)."""
         s = self.sparsity
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0) or math.isnan(s):
             raise ValueError(f"sparsity={s!r}: expected a number in [0, 1)")
@@ -91,7 +135,7 @@ class DraftAttentionConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
         f = self.dense_steps_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 <= f <= 1.0):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 <= f <= 1.0):  # NaN fails too
             raise ValueError(f"dense_steps_fraction={f!r}: expected a number in [0, 1]")
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.dense_layers):
             raise ValueError(f"dense_layers={self.dense_layers!r}: expected non-negative block indices")
@@ -101,8 +145,9 @@ class DraftAttentionConfig:
 
         if self.backend != "auto" and self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend={self.backend!r}: expected 'auto' or one of {BACKEND_NAMES}")
-        if self.dense_backend != "diffusers" and self.dense_backend not in BACKEND_NAMES:
-            raise ValueError(f"dense_backend={self.dense_backend!r}: expected 'diffusers' or one of {BACKEND_NAMES}")
+        if self.dense_backend not in ("auto", "diffusers") and self.dense_backend not in BACKEND_NAMES:
+            raise ValueError(f"dense_backend={self.dense_backend!r}: expected 'auto', 'diffusers' or one of "
+                             f"{BACKEND_NAMES}")
 
     def replace(self, **overrides: Any) -> "DraftAttentionConfig":
         """A copy with some fields changed (validated); unknown field names raise ``ValueError``."""
@@ -113,6 +158,7 @@ class DraftAttentionConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (tuples stay tuples)."""
         return dataclasses.asdict(self)
 
 
@@ -129,7 +175,7 @@ def make_config(config: DraftAttentionConfig | dict | None = None, **overrides: 
 
 @dataclass
 class Preset:
-    """A YAML preset from ``configs/``: a generation setting plus the draft-attention fields.
+    """A YAML preset: a generation setting plus the draft-attention fields (shipped ones: :func:`preset_dir`).
 
     Keys: ``model`` (hub id or local path), ``height``, ``width``, ``num_frames``, ``num_inference_steps``,
     ``guidance_scale``, optional ``description``, ``flow_shift`` and ``draft_attention`` (the fields of
@@ -151,7 +197,7 @@ class Preset:
 
 
 def load_preset(path_or_name: str | Path) -> Preset:
-    """Load a preset by file path or by name (a file ``configs/<name>.yaml`` shipped with the project).
+    """Load a preset by file path or by name (a file ``<name>.yaml`` of :func:`preset_dir`, shipped in the package).
 
     Raises ``ValueError`` naming the unknown key or the bad value, ``FileNotFoundError`` listing known presets.
     """
@@ -204,9 +250,5 @@ def load_preset(path_or_name: str | Path) -> Preset:
 
 
 def preset_dir() -> Path:
-    """``configs/`` of a source checkout, else the copy installed inside the package."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "configs", here / "configs"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "configs"
+    """The folder of the shipped presets: ``configs/`` inside the package (package data, so a wheel has it too)."""
+    return Path(__file__).resolve().parent / "configs"

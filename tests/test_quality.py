@@ -356,7 +356,7 @@ def test_capture_saves_what_attention_saw(tmp_path):
         hook.remove()
     assert [p.name for p in paths] == ["transformer.blocks.1.attn1.step002.call0.safetensors",
                                        "transformer.blocks.1.attn1.step002.call1.safetensors"]  # CFG: two calls
-    assert not hasattr(pipe.transformer, "_draftattention_installed")  # capture removed what it installed
+    assert not hasattr(pipe.transformer, "_draftattention")  # capture removed what it installed
     for path, model_out in zip(paths, seen[-2:]):
         cap = load_capture(path)
         assert (cap.grid, cap.text_len, cap.step, cap.num_steps, cap.dense) == (VideoGrid(3, 8, 32), 0, 2, 3, True)
@@ -408,7 +408,7 @@ def test_capture_rejects_bad_selectors_and_reports_what_it_saw(tmp_path):
     paths = capture(pipe, layers=[0], steps=[1], save_v=False, dtype=torch.float16, **kw)
     cap = load_capture(paths[0])
     assert cap.dense is False and cap.v is None and cap.q.dtype == torch.float16
-    assert hasattr(pipe.transformer, "_draftattention_installed")
+    assert hasattr(pipe.transformer, "_draftattention")
     rows = analyze(paths[:1], sparsity=0.5)
     assert all(r["output_error"] is None for r in rows)
 

@@ -32,18 +32,20 @@ class AttentionInputs:
     value_dim: int
     tile_size: int
     has_key_padding: bool
+    needs_grad: bool = False  # a backward pass will follow (training)
 
     @classmethod
     def from_tensors(cls, q: torch.Tensor, v: torch.Tensor, tile_size: int, has_key_padding: bool = False
                      ) -> "AttentionInputs":
         cc = (_capabilities.get(q.device.index) or _capability(q.device.index)) if q.device.type == "cuda" else None
-        return cls(q.device.type, cc, q.dtype, q.shape[-1], v.shape[-1], tile_size, has_key_padding)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
+        return cls(q.device.type, cc, q.dtype, q.shape[-1], v.shape[-1], tile_size, has_key_padding, needs_grad)
 
     @property
     def key(self) -> tuple:
         """The fields as a plain tuple (a dict key that torch.compile can trace)."""
         return (self.device_type, self.compute_capability, self.dtype, self.head_dim, self.value_dim, self.tile_size,
-                self.has_key_padding)
+                self.has_key_padding, self.needs_grad)
 
     def describe(self) -> str:
         cc = f" sm{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else ""
@@ -73,6 +75,7 @@ class SparseAttentionBackend:
     install_hint: ClassVar[str] = ""
     package: ClassVar[str] = ""  # what to name when the imports fail
     requires: ClassVar[tuple[str, ...]] = ()  # modules that must import for the backend to run
+    supports_backward: ClassVar[bool] = False  # gradients flow through forward (training)
     # max |out - reference| / max |reference| allowed in tests, per dtype name
     tolerance: ClassVar[dict[str, float]] = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 
@@ -84,7 +87,10 @@ class SparseAttentionBackend:
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         """Every reason this backend cannot run on ``inputs`` (empty list: it can). Each names actual and allowed."""
         missing = self.package_missing()
-        return [missing] if missing else []
+        reasons = [missing] if missing else []
+        if inputs.needs_grad and not self.supports_backward:
+            reasons.append("no backward pass (training needs gradients): use backend 'flex' (CUDA) or 'reference'")
+        return reasons
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: TileMask,
                 key_lengths: torch.Tensor | None, scale: float) -> torch.Tensor:

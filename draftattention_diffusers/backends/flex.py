@@ -53,12 +53,15 @@ def _has_triton() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _from_kv_blocks_kwargs() -> dict[str, Any]:
-    # The transposed (query-major) lists only serve the backward pass; skip them where torch allows it.
+def _can_skip_q_blocks() -> bool:
     from torch.nn.attention.flex_attention import BlockMask
 
-    params = inspect.signature(BlockMask.from_kv_blocks).parameters
-    return {"compute_q_blocks": False} if "compute_q_blocks" in params else {}
+    return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
+def _from_kv_blocks_kwargs(needs_grad: bool) -> dict[str, Any]:
+    # The transposed (query-major) lists only serve the backward pass; skip them where torch allows it.
+    return {"compute_q_blocks": False} if _can_skip_q_blocks() and not needs_grad else {}
 
 
 @dataclass
@@ -68,7 +71,7 @@ class FlexPlan:
     block_mask: Any  # torch.nn.attention.flex_attention.BlockMask
 
 
-def make_block_mask(tiles: TileMask, key_lengths: torch.Tensor | None):
+def make_block_mask(tiles: TileMask, key_lengths: torch.Tensor | None, needs_grad: bool = False):
     """The ``BlockMask`` of ``tiles`` (see module doc): full blocks for wholly live kept tiles, partial blocks for
     the kept tiles that hold the end of the unpadded keys, and a ``mask_mod`` reproducing the tile table exactly."""
     from torch.nn.attention.flex_attention import BlockMask
@@ -99,7 +102,7 @@ def make_block_mask(tiles: TileMask, key_lengths: torch.Tensor | None):
             return kept[b, h, q_idx // t, kv_idx // t] & (kv_idx < lengths[b])
 
     return BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=t, mask_mod=mask_mod,
-                                    seq_lengths=(S, S), **_from_kv_blocks_kwargs())
+                                    seq_lengths=(S, S), **_from_kv_blocks_kwargs(needs_grad))
 
 
 class FlexBackend(SparseAttentionBackend):
@@ -112,6 +115,7 @@ class FlexBackend(SparseAttentionBackend):
     """
 
     name = "flex"
+    supports_backward = True
     install_hint = "pip install 'torch>=2.5' (FlexAttention is part of PyTorch; it needs Triton on CUDA)"
     package = "FlexAttention"
     requires = ('torch.nn.attention.flex_attention',)
@@ -139,8 +143,8 @@ class FlexBackend(SparseAttentionBackend):
             reasons.append(f"tile_size={inputs.tile_size} (supported: 128, i.e. region_size (8, 16) or (16, 8))")
         return reasons
 
-    def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None) -> FlexPlan:
-        return FlexPlan(make_block_mask(tiles, key_lengths))
+    def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None, needs_grad: bool = False) -> FlexPlan:
+        return FlexPlan(make_block_mask(tiles, key_lengths, needs_grad))
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: FlexPlan, scale: float) -> torch.Tensor:
         """The kernel alone on a prepared :class:`FlexPlan`: ``[B, S, H, D]`` in, ``[B, S, H, Dv]`` out."""
@@ -150,4 +154,5 @@ class FlexBackend(SparseAttentionBackend):
         return out.transpose(1, 2)
 
     def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
-        return self.run(q, k, v, self.plan(tiles, key_lengths), scale)
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        return self.run(q, k, v, self.plan(tiles, key_lengths, needs_grad), scale)

@@ -20,6 +20,7 @@ class ReferenceBackend(SparseAttentionBackend):
     """
 
     name = "reference"
+    supports_backward = True
     tolerance = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:

@@ -32,7 +32,7 @@ from diffusers import DiffusionPipeline
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.utils.constants import DIFFUSERS_ATTN_BACKEND
 
-from ..backends import AttentionInputs, get_backend
+from ..backends import AttentionInputs, get_backend, resolve_backend
 from ..config import DraftAttentionConfig, make_config
 from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
@@ -44,6 +44,7 @@ from .stats import AttentionEvent, DraftStats, count_call, warn_once
 
 Observer = Callable[[AttentionEvent], None]
 _DEFAULT_BACKEND = AttentionBackendName(DIFFUSERS_ATTN_BACKEND)
+_NO_RUN = object()
 
 
 def num_dense_steps(fraction: float, num_steps: int) -> int:
@@ -109,9 +110,11 @@ class DraftAttnProcessor:
         self._observers: list[Observer] = []
         self._manual_step: tuple[int, int] | None = None
         self._run_key = None
+        self._untiled_run = _NO_RUN  # the pipeline call (its timesteps) that must stay in diffusers' token order
         self._backend_choice = None
         self._parallel_choice = None
-        self._dense_kernels: dict[tuple, str | None] = {}
+        self._dense_kernels: dict[tuple, str | None] = {}  # (device, dtype, head dim) -> dense_backend="auto"'s pick
+        self._kernel: str | None = None  # the dense kernel of this forward (None: the modules' own processors)
         # per forward
         self.grid: VideoGrid | None = None
         self.step: int | None = None
@@ -215,6 +218,9 @@ class DraftAttnProcessor:
         for attr, value in (("_attention_backend", self._backend_choice), ("_parallel_config", self._parallel_choice)):
             if value is not None:
                 self._pass_on(attr, value)
+        param = next(transformer.parameters(), None)
+        if param is not None:  # kernels chosen now for the model's device, outside any compiled graph
+            self._choose_kernels(param.device, param.dtype, transformer.config.attention_head_dim)
         register_hook(transformer, "pre", partial(self._on_forward, family), with_kwargs=True)
         order_ok = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
         watch = next((m for m, r in roles.items() if r.video_self), None)
@@ -252,6 +258,7 @@ class DraftAttnProcessor:
             _prepare_forward_outside_graph(self, family, transformer, args, kwargs)
         else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
             latents = args[0] if args else kwargs["hidden_states"]
+            self._kernel = self._forward_kernel(transformer, latents)
             self._begin_forward(family.grid(transformer, latents), self._manual_step,
                                 latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
                                 record=False)
@@ -282,6 +289,7 @@ class DraftAttnProcessor:
         else:
             grid, device = discovered, kwargs["hidden_states"].device
         self.stats.to_device(device)
+        self._kernel = self._forward_kernel(transformer, kwargs["hidden_states"] if discovered is not False else latents)
         self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
@@ -315,7 +323,8 @@ class DraftAttnProcessor:
             self.stats.record_step(self.step, mode)
         # Tile order in every forward that may be sparse, dense ones too: step caches keep tensors across forwards.
         reorder = (fraction < 1.0 and grid is not None and tile_order_device is not None
-                   and self.config.reorder == "per_forward" and self._cp is None)
+                   and self.config.reorder == "per_forward" and self._cp is None
+                   and (self._untiled_run is _NO_RUN or self._untiled_run is not self._run_key))
         layout = get_layout(grid, 0, self.config.region_size, tile_order_device) if reorder else None
         self._order.set(layout.perm if layout else None, layout.inv_perm if layout else None)
 
@@ -335,7 +344,8 @@ class DraftAttnProcessor:
             attention_mask = self._cp.local_mask(attention_mask)
         # (dense_layers is read only when set: compiled blocks then share one graph instead of one per block index)
         dense = self._dense_forward or (bool(self.config.dense_layers) and role.block_index in self.config.dense_layers)
-        kernel = self._dense_kernel(attn, hidden_states, role) if dense else None
+        # a user's own processor on the module stays the dense path unless a dense kernel was asked for by name
+        kernel = None if not dense or (role.custom and self.config.dense_backend == "auto") else self._kernel
         if dense and kernel is None and not self._observers:
             count_call(attn, None)
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
@@ -343,24 +353,34 @@ class DraftAttnProcessor:
         attend = partial(self._attend, attn, role, dense, kernel)
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 
-    def _dense_kernel(self, attn, hidden_states: torch.Tensor, role: AttentionRole) -> str | None:
-        """Which of our dense kernels runs a dense call (None: the module's own processor, diffusers' path).
+    def _forward_kernel(self, transformer, x: torch.Tensor) -> str | None:
+        device = x.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        return self._choose_kernels(device, dtype, transformer.config.attention_head_dim)
+
+    def _choose_kernels(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+        """Resolve the sparse backend for these inputs (with and without padded keys and gradients) and return
+        the dense kernel, in eager code: the choices are then dict lookups inside compiled graphs."""
+        key = (device.type, device.index, dtype, head_dim)
+        if key not in self._dense_kernels:
+            _resolve_sparse_backends(self.config, device, dtype, head_dim)
+        return self._dense_kernel_for(device, dtype, head_dim)
+
+    def _dense_kernel_for(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+        """Which of our dense kernels runs the dense calls of a forward (None: each module's own processor).
 
         ``dense_backend="auto"`` takes flash-attn-4 where it can run, unless the user chose diffusers' attention
-        backend or installed a processor of their own on the module: theirs is respected."""
+        backend: theirs is respected (so is a processor of their own on a module, see :meth:`__call__`)."""
         choice = self.config.dense_backend
         if choice == "diffusers":
             return None
         if choice != "auto":
             return choice
-        if role.custom or _user_chose_backend(self._backend_choice):
+        if _user_chose_backend(self._backend_choice):
             return None
-        dtype = torch.get_autocast_dtype(hidden_states.device.type) \
-            if torch.is_autocast_enabled(hidden_states.device.type) else hidden_states.dtype
-        head_dim = attn.inner_dim // attn.heads
-        key = (hidden_states.device.type, hidden_states.device.index, dtype, head_dim)
+        key = (device.type, device.index, dtype, head_dim)
         if key not in self._dense_kernels:
-            self._dense_kernels[key] = _pick_dense_kernel(hidden_states, dtype, head_dim)
+            self._dense_kernels[key] = _pick_dense_kernel(device, dtype, head_dim)
         return self._dense_kernels[key]
 
     def _attend(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
@@ -393,6 +413,9 @@ class DraftAttnProcessor:
         in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
             count_call(attn, None)
+            if kernel is not None and self.config.dense_backend == "auto" and q.requires_grad \
+                    and torch.is_grad_enabled() and not get_backend(kernel).supports_backward:
+                kernel = None  # training: diffusers' attention has a backward pass
             out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask, kernel)
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
@@ -454,6 +477,9 @@ class DraftAttnProcessor:
         dims = [frame_locals.get(n) for n in ("post_patch_num_frames", "post_patch_height", "post_patch_width")]
         grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
         self._prepare_forward(family_for(transformer), transformer, (), frame_locals, frame, discovered=grid)
+        # This forward runs in diffusers' order; the rest of this pipeline call must too (step caches keep tensors
+        # across its forwards). Tile order starts with the next call.
+        self._untiled_run = self._run_key
         return attn.__dict__[ROLE_ATTR]
 
 
@@ -462,11 +488,25 @@ def _prepare_forward_outside_graph(processor: DraftAttnProcessor, family, transf
     processor._prepare_forward(family, transformer, args, kwargs)
 
 
-def _pick_dense_kernel(x: torch.Tensor, dtype: torch.dtype, head_dim: int) -> str | None:
-    """flash-attn-4 where it can run on these inputs, else None (diffusers' own attention)."""
-    inputs = dataclasses.replace(AttentionInputs.from_tensors(x[..., :1].unsqueeze(-1), x[..., :1].unsqueeze(-1), 128),
-                                 dtype=dtype, head_dim=head_dim, value_dim=head_dim)
-    return None if get_backend("fa4").not_supported_reasons(inputs) else "fa4"
+@torch.compiler.disable  # checks (and imports) kernels: never inside a compiled graph
+def _resolve_sparse_backends(config: DraftAttentionConfig, device: torch.device, dtype: torch.dtype,
+                             head_dim: int) -> None:
+    probe = AttentionInputs.from_tensors(*(torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device),) * 2,
+                                         config.tile_size)
+    for padding in (False, True):
+        for grad in (False, True):
+            try:
+                resolve_backend(config.backend, dataclasses.replace(probe, has_key_padding=padding, needs_grad=grad))
+            except ValueError:
+                pass  # raised with its reasons by the call that needs it
+
+
+@torch.compiler.disable  # checks (and imports) flash-attn-4: never inside a compiled graph
+def _pick_dense_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """flash-attn-4 where it can run on such inputs, else None (diffusers' own attention)."""
+    probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
+    return None if get_backend("fa4").not_supported_reasons(AttentionInputs.from_tensors(probe, probe, 128)) \
+        else "fa4"
 
 
 def _one_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

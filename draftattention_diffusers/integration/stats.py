@@ -69,6 +69,7 @@ class DraftStats:
 
     def __init__(self) -> None:
         self._layers: dict[str, torch.nn.Module] = {}  # layer name -> module holding its counters
+        self._retired: dict[str, torch.Tensor] = {}  # counters of layers no longer attached (read after disable)
         self.reset()
 
     def reset(self) -> None:
@@ -77,6 +78,7 @@ class DraftStats:
         self.fallbacks: dict[str, int] = {}
         self.draft_timer = StageTimer()
         self._marks: list[torch.Tensor] = []  # total calls at the start of each forward
+        self._retired.clear()
         for module in self._layers.values():
             getattr(module, COUNTERS_ATTR).zero_()
 
@@ -91,6 +93,7 @@ class DraftStats:
         for name in [n for n, m in self._layers.items() if m in modules]:
             module = self._layers.pop(name)
             if hasattr(module, COUNTERS_ATTR):
+                self._retired[name] = getattr(module, COUNTERS_ATTR)
                 delattr(module, COUNTERS_ATTR)
 
     def to_device(self, device: torch.device) -> None:
@@ -111,8 +114,11 @@ class DraftStats:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
         warn_once(message)
 
+    def _counters(self) -> dict[str, torch.Tensor]:
+        return {**self._retired, **{n: getattr(m, COUNTERS_ATTR) for n, m in self._layers.items()}}
+
     def _total_calls(self) -> torch.Tensor:
-        counters = [getattr(m, COUNTERS_ATTR) for m in self._layers.values()]
+        counters = list(self._counters().values())
         device = counters[0].device
         return torch.stack([c[:2].sum().to(device) for c in counters]).sum()
 
@@ -120,8 +126,8 @@ class DraftStats:
     def layer_sparsity(self) -> dict[str, float]:
         """Mean achieved sparsity of each layer over its sparse calls."""
         out = {}
-        for name, module in self._layers.items():
-            sparse_calls, _, total = getattr(module, COUNTERS_ATTR).tolist()
+        for name, counters in self._counters().items():
+            sparse_calls, _, total = counters.tolist()
             if sparse_calls:
                 out[name] = total / sparse_calls
         return out
@@ -130,7 +136,7 @@ class DraftStats:
         """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, ``forwards``, ``skipped_forwards`` (no
         self-attention ran: a step cache skipped every block), call counts, ``mean_sparsity`` (over sparse calls),
         ``layer_sparsity``, ``draft_seconds`` (time in the draft step) and ``fallbacks``."""
-        counts = {n: getattr(m, COUNTERS_ATTR).tolist() for n, m in self._layers.items()}
+        counts = {n: c.tolist() for n, c in self._counters().items()}
         sparse_calls = int(sum(c[0] for c in counts.values()))
         dense_calls = int(sum(c[1] for c in counts.values()))
         total = sum(c[2] for c in counts.values())

@@ -3,6 +3,7 @@ a forward call, the model's own dense processor, and how to compute q, k, v arou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -82,15 +83,10 @@ class TileOrder:
         return x.index_select(dim, self._inv.to(x.device))
 
 
-class DraftHook:
+class DraftHook(functools.partial):
     """A torch module hook that belongs to draft attention. Hooks are found and removed by this type, not by
-    handles: a handle of a deep-copied transformer would point at the original's hook table."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+    handles: a handle of a deep-copied transformer would point at the original's hook table. (A ``partial``: under
+    torch.compile each hook then runs its own code, not one shared ``__call__`` that dynamo would recompile.)"""
 
 
 def register_hook(module: torch.nn.Module, kind: str, fn: Callable, with_kwargs: bool = False) -> None:

@@ -67,9 +67,11 @@ class WanFamily(ModelFamily):
         def rope(module, args, out):  # (cos, sin), each [1, S, 1, D]
             return tuple(order.to_tiles(t, 1) for t in out) if order.active else None
 
-        def per_token_timestep(module, args, kwargs):  # Wan2.2 TI2V: timestep [B, S]
+        def per_token_timestep(module, args, kwargs=None):  # Wan2.2 TI2V: timestep [B, S]
+            if not order.active or kwargs is None:  # (None: removed while this forward's hooks were running)
+                return None
             t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            if not order.active or t is None or t.ndim != 2:
+            if t is None or t.ndim != 2:
                 return None
             t = order.to_tiles(t, 1)
             if "timestep" in kwargs:

@@ -1,0 +1,33 @@
+"""Shared helpers for the tests that run tiny pipelines (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+from draftattention_diffusers.tiny import tiny_prompt_kwargs
+
+# 128 x 512 pixels -> 8 x 32 tokens per frame: two 8x16 regions side by side, so the tile order is NOT the identity
+# (a grid with one region per frame would hide token-order bugs). 5 frames -> 2 latent frames -> 4 tiles.
+REORDERING_SIZE = dict(height=128, width=512, num_frames=5)
+
+
+def run(pipe, steps: int = 6, seed: int = 0, size: dict = REORDERING_SIZE, **kwargs):
+    """Run a tiny pipeline; returns (final latents, latents after each step)."""
+    per_step = []
+
+    def keep(p, i, t, cb):
+        per_step.append(cb["latents"].clone())
+        return cb
+
+    kw = dict(tiny_prompt_kwargs(pipe), **size, num_inference_steps=steps, output_type="latent",
+              generator=torch.Generator().manual_seed(seed), callback_on_step_end=keep)
+    kw.update(kwargs)
+    return pipe(**kw).frames, per_step
+
+
+def is_wan(pipe) -> bool:
+    return type(pipe).__name__.startswith("Wan")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()

@@ -96,12 +96,10 @@ def make_block_mask(tiles: TileMask, key_lengths: torch.Tensor | None, needs_gra
         cut = (key_lengths.to(device=kept.device, dtype=torch.int32) // t).clamp_max(Tk - 1)
         indices = full_indices.new_zeros(B, H, Tq, Tk)
         indices[..., 0] = cut.view(B, 1, 1)
-        # live keys as a [B, S] table: indexed like `kept` (a comparison with a captured [B] tensor failed to lower
-        # inside torch.compile'd blocks with inductor)
-        live = torch.arange(S, device=kept.device).view(1, S) < key_lengths.to(kept.device).view(B, 1)
+        lengths = key_lengths.to(device=kept.device, dtype=torch.int32)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            return kept[b, h, q_idx // t, kv_idx // t] & live[b, kv_idx]
+            return kept[b, h, q_idx // t, kv_idx // t] & (kv_idx < lengths[b])
 
     return BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=t, mask_mod=mask_mod,
                                     seq_lengths=(S, S), **_from_kv_blocks_kwargs(needs_grad))

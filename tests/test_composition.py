@@ -390,32 +390,35 @@ def test_few_step_distilled_schedule(pipe):
 
 # ----------------------------------------------------------------------------- offloading, fp8 weight storage
 def offload(kind):
-    def apply(transformer):
+    def apply(pipe):
+        transformer = pipe.transformer
         if kind == "fp8":  # the paper's fp8-weights setting, on a bf16 model as users load it
             transformer.to(torch.bfloat16)
             transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        elif kind == "model_cpu_offload":  # accelerate's hooks; "cpu" as the execution device on this machine
+            pipe.enable_model_cpu_offload(device="cpu")
         else:
             transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
                                              offload_type=kind, num_blocks_per_group=1)
     return apply
 
 
-@pytest.mark.parametrize("kind", ["block_level", "leaf_level", "fp8"])
+@pytest.mark.parametrize("kind", ["block_level", "leaf_level", "model_cpu_offload", "fp8"])
 def test_offloading_and_fp8_casting_in_both_orders(pipe, kind):
     family = "wan" if is_wan(pipe) else "hunyuan"
     base = build_tiny_pipeline(family)
-    offload(kind)(base.transformer)
+    offload(kind)(base)
     want, _ = run(base, steps=2)
     for order in ("model_first", "draft_first"):
         for cfg, exact in ((dict(dense_steps_fraction=1.0), True),
                            (dict(sparsity=0.0, dense_steps_fraction=0.0, backend="reference"), False)):
             p = build_tiny_pipeline(family)
             if order == "model_first":
-                offload(kind)(p.transformer)
+                offload(kind)(p)
                 enable_draft_attention(p, **cfg)
             else:
                 enable_draft_attention(p, **cfg)
-                offload(kind)(p.transformer)
+                offload(kind)(p)
             got, _ = run(p, steps=2)
             if exact:
                 assert torch.equal(got, want), (order, cfg)

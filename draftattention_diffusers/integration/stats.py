@@ -85,7 +85,8 @@ class DraftStats:
     # ------------------------------------------------------------------------------------ bookkeeping (eager)
     def track(self, name: str, module: torch.nn.Module) -> None:
         """Give ``module`` (a video self-attention module) its counters, listed under ``name``."""
-        setattr(module, COUNTERS_ATTR, torch.zeros(3))
+        with torch.inference_mode(False):  # a normal tensor: an inference tensor could not be updated outside one
+            setattr(module, COUNTERS_ATTR, torch.zeros(3))
         self._layers[name] = module
 
     def untrack(self, modules) -> None:
@@ -101,7 +102,8 @@ class DraftStats:
         for module in self._layers.values():
             c = getattr(module, COUNTERS_ATTR)
             if c.device != device:
-                setattr(module, COUNTERS_ATTR, c.to(device))
+                with torch.inference_mode(False):
+                    setattr(module, COUNTERS_ATTR, c.clone().to(device))
 
     def record_step(self, step: int | None, mode: str) -> None:
         self.forwards += 1

@@ -440,3 +440,4 @@ def test_processor_api_with_cache_and_set_attn_processor(pipe):
         pipe.transformer.disable_cache()
         disable_draft_attention(pipe)
     assert max_diff(out, alone) < 1e-5 * max(1.0, alone.abs().max().item())
+

@@ -6,6 +6,7 @@ import torch
 from draftattention_diffusers import DraftAttentionConfig, VideoGrid, draft_attention
 from draftattention_diffusers.backends import (BACKEND_NAMES, AttentionInputs, backend_report, get_backend,
                                                resolve_backend)
+from draftattention_diffusers.backends.base import SparseAttentionBackend
 from draftattention_diffusers.backends.bsa import BlockSparseAttnBackend
 from draftattention_diffusers.backends.fa4 import FA4Backend
 from draftattention_diffusers.backends.flex import FlexBackend, make_block_mask
@@ -88,6 +89,133 @@ def test_bsa_reasons(monkeypatch):
     assert _reasons_without_package(bsa, H100, monkeypatch) == []
     text = " | ".join(bsa.not_supported_reasons(AttentionInputs("cuda", (9, 0), torch.float16, 80, 80, 128, False)))
     assert "head_dim=80" in text
+
+
+class _DataOnly(SparseAttentionBackend):
+    """A backend declared only with data: every limit the base class knows."""
+
+    name = "data-only"
+    package, requires, install_hint = "fakepkg", ("draftattention_no_such_module",), "pip install fakepkg"
+    devices = ("cuda", "cpu")
+    min_compute_capability, max_compute_capability = (8, 0), (9, 0)
+    capability_note = "; the kernel needs TMA"
+    dtypes = (torch.float16,)
+    head_dims = (64, 128)
+    tile_sizes = (64, 128)
+    tile_size_note = ", its block size"
+
+
+def test_data_only_backend_reasons_are_worded_by_the_base_class(monkeypatch):
+    fake = _DataOnly()
+    (missing,) = fake.not_supported_reasons(AttentionInputs("cpu", None, torch.float16, 64, 64, 128, False))
+    assert missing.startswith("fakepkg is not importable (ModuleNotFoundError: ")
+    assert missing.endswith("; install: pip install fakepkg")
+    monkeypatch.setattr(_DataOnly, "package_missing", lambda self: None)
+
+    def reasons(device="cuda", cc=(9, 0), dtype=torch.float16, hd=128, vd=128, tile=128, grad=False):
+        return fake.not_supported_reasons(AttentionInputs(device, cc, dtype, hd, vd, tile, False, grad))
+
+    assert reasons() == [] and reasons(cc=(8, 6)) == [] and reasons("cpu", None) == []  # no capability on CPU
+    assert reasons("mps", None) == ["device=mps (supported: cuda, cpu)"]
+    for cc, sm in (((7, 5), "sm75"), ((10, 0), "sm100"), (None, "sm00")):
+        assert reasons(cc=cc) == [f"GPU {sm} (supported: sm80 to sm90; the kernel needs TMA)"]
+    assert reasons(dtype=torch.bfloat16) == ["dtype=bfloat16 (supported: float16)"]
+    assert reasons(hd=96) == ["head_dim=96 (supported: 64, 128)"]
+    assert reasons(vd=80) == ["value head_dim=80 (supported: 64, 128)"]
+    assert reasons(tile=256) == ["tile_size=256 (supported: 64, 128, its block size)"]
+    assert reasons(grad=True) == ["no backward pass (training needs gradients): use backend 'flex' (CUDA) or "
+                                  "'reference'"]
+    # every reason at once, in the documented order
+    assert reasons(cc=(7, 0), dtype=torch.float32, hd=32, vd=48, tile=32, grad=True) == [
+        "no backward pass (training needs gradients): use backend 'flex' (CUDA) or 'reference'",
+        "GPU sm70 (supported: sm80 to sm90; the kernel needs TMA)",
+        "dtype=float32 (supported: float16)",
+        "head_dim=32 (supported: 64, 128)",
+        "value head_dim=48 (supported: 64, 128)",
+        "tile_size=32 (supported: 64, 128, its block size)",
+    ]
+    assert _DataOnly.limits() == {"device": "cuda, cpu", "compute capability": "sm80 to sm90; the kernel needs TMA",
+                                  "dtype": "float16", "head_dim": "64, 128", "tile_size": "64, 128, its block size",
+                                  "backward": "no"}
+
+
+def test_data_only_head_dim_rules_and_capability_bounds():
+    class Ranged(SparseAttentionBackend):
+        head_dim_range = (8, 256, 8)
+        min_compute_capability = (8, 0)
+        supports_backward = True
+
+    class Equal(SparseAttentionBackend):
+        head_dims = (32, 64)
+        value_dim_equals_head_dim = True
+        max_compute_capability = (9, 0)
+
+    def reasons(backend, hd, vd, cc=(9, 0)):
+        return backend.not_supported_reasons(AttentionInputs("cuda", cc, torch.float16, hd, vd, 128, False, True))
+
+    assert reasons(Ranged(), 8, 256) == [] and reasons(Ranged(), 136, 64) == []
+    assert reasons(Ranged(), 260, 12, (7, 5)) == ["GPU sm75 (supported: sm80 or newer)",
+                                                  "head_dim=260 (supported: multiples of 8 from 8 to 256)",
+                                                  "value head_dim=12 (supported: multiples of 8 from 8 to 256)"]
+    assert reasons(Equal(), 64, 64) == ["no backward pass (training needs gradients): use backend 'flex' (CUDA) or "
+                                        "'reference'"]
+    assert reasons(Equal(), 64, 32, (10, 0))[1:] == ["GPU sm100 (supported: sm90 or older)",
+                                                     "head_dim=64, value head_dim=32 (supported: equal, one of 32, 64)"]
+    with pytest.raises(TypeError, match="head_dims or head_dim_range, not both"):
+        class Both(SparseAttentionBackend):
+            head_dims, head_dim_range = (64,), (8, 256, 8)
+    with pytest.raises(TypeError, match="devices must be a tuple, not str"):
+        class Typo(SparseAttentionBackend):
+            devices = "cuda"
+
+
+_BACKWARD = "no backward pass (training needs gradients): use backend 'flex' (CUDA) or 'reference'"
+_FLEX_CPU = ("device=cpu (supported: cuda; on CPU FlexAttention runs eagerly over a dense S x S mask: for tests only, "
+             "call FlexBackend().forward directly)")
+_FA4_SM80 = ("GPU sm80 (supported: sm90 Hopper; flash-attn-4 ignores the block-sparse mask on sm8x and needs 256-row "
+             "query blocks on sm100, not 128)")
+# Every registered backend's reasons as the hand-written checks worded them before limits became data (packages
+# importable, Triton available).
+_REASONS_BEFORE = [
+    (AttentionInputs("cpu", None, torch.float32, 64, 64, 128, False), {
+        "fa4": ["device=cpu (supported: cuda on Hopper sm90)", "dtype=float32 (supported: float16, bfloat16)"],
+        "flex": [_FLEX_CPU],
+        "bsa": ["device=cpu (supported: cuda, sm80 or newer)", "dtype=float32 (supported: float16, bfloat16)"],
+        "reference": []}),
+    (AttentionInputs("cuda", (9, 0), torch.bfloat16, 128, 128, 128, False),
+     {"fa4": [], "flex": [], "bsa": [], "reference": []}),
+    (AttentionInputs("cuda", (8, 0), torch.float16, 96, 96, 128, False), {
+        "fa4": [_FA4_SM80],
+        "flex": ["head_dim=96 (supported: 16, 32, 64, 128, 256)",
+                 "value head_dim=96 (supported: 16, 32, 64, 128, 256)"],
+        "bsa": ["head_dim=96, value head_dim=96 (supported: equal, one of 32, 64, 128)"],
+        "reference": []}),
+    (AttentionInputs("cuda", (9, 0), torch.bfloat16, 128, 128, 128, False, needs_grad=True),
+     {"fa4": [_BACKWARD], "flex": [], "bsa": [_BACKWARD], "reference": []}),
+]
+
+
+@pytest.mark.parametrize("inputs,expected", _REASONS_BEFORE, ids=["cpu-f32-64", "sm90-bf16-128", "sm80-f16-96",
+                                                                  "sm90-bf16-128-grad"])
+def test_registered_backends_reasons_unchanged(inputs, expected, monkeypatch):
+    import draftattention_diffusers.backends.flex as flex_module
+
+    monkeypatch.setattr(flex_module, "_HAS_TRITON", True)
+    for name in BACKEND_NAMES:
+        monkeypatch.setattr(type(get_backend(name)), "package_missing", lambda self: None)
+    assert {name: get_backend(name).not_supported_reasons(inputs) for name in BACKEND_NAMES} == expected
+
+
+def test_special_reasons_stay_special(monkeypatch):
+    import draftattention_diffusers.backends.flex as flex_module
+
+    monkeypatch.setattr(flex_module, "_HAS_TRITON", False)
+    no_triton = FlexBackend().not_supported_reasons(AttentionInputs("cuda", (7, 5), torch.float16, 64, 64, 128, False))
+    assert no_triton[-2:] == ["GPU sm75 (supported: sm80 or newer)",
+                              "Triton is not available (FlexAttention compiles its CUDA kernel with Triton)"]
+    assert FlexBackend().not_supported_reasons(CPU)[-1] == _FLEX_CPU  # Triton is not asked about on CPU
+    integer = AttentionInputs("mps", None, torch.int8, 12, 7, 16, False, needs_grad=True)
+    assert ReferenceBackend().not_supported_reasons(integer) == ["dtype=torch.int8 (supported: floating point)"]
 
 
 def _loop_indices(kept):

@@ -9,11 +9,10 @@ It converts the boolean mask to its own lists on every call (its wrapper's cost,
 
 from __future__ import annotations
 
-
 import torch
 
 from ..core.selection import TileMask
-from .base import AttentionInputs, SparseAttentionBackend
+from .base import SparseAttentionBackend
 
 # It is not on PyPI and we never ship or script its build: point to its own instructions.
 INSTALL = ("build and install it from its upstream source, following the README of "
@@ -45,25 +44,15 @@ class BlockSparseAttnBackend(SparseAttentionBackend):
     install_hint = INSTALL
     package = "block_sparse_attn"
     requires = ('block_sparse_attn',)
+    devices = ("cuda",)
+    device_note = ", sm80 or newer"
+    min_compute_capability = (8, 0)
     dtypes = (torch.float16, torch.bfloat16)
     head_dims = (32, 64, 128)
+    value_dim_equals_head_dim = True
+    tile_sizes = (128,)
+    tile_size_note = ", the kernel's fixed block size"
     tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
-        reasons = super().not_supported_reasons(inputs)
-        if inputs.device_type != "cuda":
-            reasons.append(f"device={inputs.device_type} (supported: cuda, sm80 or newer)")
-        elif (inputs.compute_capability or (0, 0)) < (8, 0):
-            cc = inputs.compute_capability or (0, 0)
-            reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm80 or newer)")
-        if inputs.dtype not in self.dtypes:
-            reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16)")
-        if inputs.head_dim not in self.head_dims or inputs.value_dim != inputs.head_dim:
-            reasons.append(f"head_dim={inputs.head_dim}, value head_dim={inputs.value_dim} (supported: equal, one "
-                           f"of {', '.join(map(str, self.head_dims))})")
-        if inputs.tile_size != 128:
-            reasons.append(f"tile_size={inputs.tile_size} (supported: 128, the kernel's fixed block size)")
-        return reasons
 
     def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
         B, S, H, D = q.shape

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..core.selection import TileMask
-from .base import AttentionInputs, SparseAttentionBackend
+from .base import TILE_128_NOTE, AttentionInputs, SparseAttentionBackend
 from .tiles import compact_tile_lists
 
 FA4_VERSION = "4.0.0b36"
@@ -81,26 +81,16 @@ class FA4Backend(SparseAttentionBackend):
     install_hint = INSTALL
     package = "flash-attn-4"
     requires = ('flash_attn.cute', 'flash_attn.cute.block_sparsity')
+    devices = ("cuda",)
+    device_note = " on Hopper sm90"
+    min_compute_capability = max_compute_capability = (9, 0)  # Hopper (sm90 is the only sm9x)
+    capability_note = (" Hopper; flash-attn-4 ignores the block-sparse mask on sm8x and needs 256-row query blocks on "
+                       "sm100, not 128")
     dtypes = (torch.float16, torch.bfloat16)
+    head_dim_range = (8, 256, 8)  # on sm90
     tile_sizes = (128,)
+    tile_size_note = TILE_128_NOTE
     tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2}
-
-    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
-        reasons = super().not_supported_reasons(inputs)
-        if inputs.device_type != "cuda":
-            reasons.append(f"device={inputs.device_type} (supported: cuda on Hopper sm90)")
-        elif inputs.compute_capability is None or inputs.compute_capability[0] != 9:
-            cc = inputs.compute_capability or (0, 0)
-            reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm90 Hopper; flash-attn-4 ignores the block-sparse "
-                           "mask on sm8x and needs 256-row query blocks on sm100, not 128)")
-        if inputs.dtype not in self.dtypes:
-            reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16)")
-        for label, d in (("head_dim", inputs.head_dim), ("value head_dim", inputs.value_dim)):
-            if not (8 <= d <= 256 and d % 8 == 0):
-                reasons.append(f"{label}={d} (supported on sm90: multiples of 8 from 8 to 256)")
-        if inputs.tile_size not in self.tile_sizes:
-            reasons.append(f"tile_size={inputs.tile_size} (supported: 128, i.e. region_size (8, 16) or (16, 8))")
-        return reasons
 
     def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None) -> FA4Plan:
         """Counts and ascending key-tile lists of ``tiles.kept`` (and the key lengths as int32)."""

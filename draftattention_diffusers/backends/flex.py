@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..core.selection import TileMask
-from .base import AttentionInputs, SparseAttentionBackend
+from .base import TILE_128_NOTE, AttentionInputs, SparseAttentionBackend
 from .tiles import split_boundary_tiles, tile_indices
 
 _compiled_flex = None
@@ -119,29 +119,20 @@ class FlexBackend(SparseAttentionBackend):
     install_hint = "pip install 'torch>=2.5' (FlexAttention is part of PyTorch; it needs Triton on CUDA)"
     package = "FlexAttention"
     requires = ('torch.nn.attention.flex_attention',)
+    devices = ("cuda",)
+    device_note = ("; on CPU FlexAttention runs eagerly over a dense S x S mask: for tests only, call "
+                   "FlexBackend().forward directly")
+    min_compute_capability = (8, 0)
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
     head_dims = (16, 32, 64, 128, 256)
+    tile_sizes = (128,)
+    tile_size_note = TILE_128_NOTE
     tolerance = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 
-    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
-        reasons = super().not_supported_reasons(inputs)
-        if inputs.device_type != "cuda":
-            reasons.append(f"device={inputs.device_type} (supported: cuda; on CPU FlexAttention runs eagerly over a "
-                           "dense S x S mask: for tests only, call FlexBackend().forward directly)")
-        else:
-            cc = inputs.compute_capability or (0, 0)
-            if cc < (8, 0):
-                reasons.append(f"GPU sm{cc[0]}{cc[1]} (supported: sm80 or newer)")
-            if not _has_triton():
-                reasons.append("Triton is not available (FlexAttention compiles its CUDA kernel with Triton)")
-        if inputs.dtype not in self.dtypes:
-            reasons.append(f"dtype={str(inputs.dtype).replace('torch.', '')} (supported: float16, bfloat16, float32)")
-        for label, d in (("head_dim", inputs.head_dim), ("value head_dim", inputs.value_dim)):
-            if d not in self.head_dims:
-                reasons.append(f"{label}={d} (supported: {', '.join(map(str, self.head_dims))})")
-        if inputs.tile_size != 128:
-            reasons.append(f"tile_size={inputs.tile_size} (supported: 128, i.e. region_size (8, 16) or (16, 8))")
-        return reasons
+    def runtime_reasons(self, inputs: AttentionInputs) -> list[str]:
+        if inputs.device_type == "cuda" and not _has_triton():
+            return ["Triton is not available (FlexAttention compiles its CUDA kernel with Triton)"]
+        return []
 
     def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None, needs_grad: bool = False) -> FlexPlan:
         return FlexPlan(make_block_mask(tiles, key_lengths, needs_grad))

@@ -23,10 +23,12 @@ class ReferenceBackend(SparseAttentionBackend):
     supports_backward = True
     tolerance = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 
+    # No declared limits (any device, head dim, tile size); "any floating dtype" is a rule, not a list: checked here.
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
+        reasons = super().not_supported_reasons(inputs)
         if not inputs.dtype.is_floating_point:
-            return [f"dtype={inputs.dtype} (supported: floating point)"]
-        return []
+            reasons.append(f"dtype={inputs.dtype} (supported: floating point)")
+        return reasons
 
     def forward(self, q, k, v, tiles: TileMask, key_lengths, scale):
         B, S, H, _ = q.shape

@@ -11,7 +11,7 @@ from .core import VideoGrid, draft_attention
 from .integration import (AttentionEvent, DraftAttentionWarning, DraftAttnProcessor, DraftStats,
                           HunyuanVideoDraftAttnProcessor, WanDraftAttnProcessor, disable_draft_attention,
                           draft_attention_enabled, enable_draft_attention, get_draft_processor, get_draft_stats)
-from .integration.parallel import hunyuan_video_cp_plan
+from .models.hunyuan_video import hunyuan_video_cp_plan
 
 __version__ = "0.1.0"
 

@@ -39,18 +39,30 @@ import numpy as np
 import torch
 
 from .config import SELECTIONS, DraftAttentionConfig, Preset, load_preset
+from .models import ModelFamily, families, family_for_pipeline, tiny_alias, tiny_models
 
-TINY_MODELS = {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan"}
-"""``--model`` names of the embedded tiny pipelines -> ``build_tiny_pipeline`` family."""
+# Everything model-specific comes from the family table (models/): these names are derived from it.
+TINY_MODELS = {name: tiny_alias(name) for name in tiny_models()}
+"""``--model`` names of the embedded tiny pipelines -> ``build_tiny_pipeline`` name."""
 
-SUPPORTED_PIPELINES = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan"}
-"""Pipeline classes the CLI loads (text-to-video). Others can still use the Python API where it supports them."""
+SUPPORTED_PIPELINES = {cls: f.name for f in families() for cls in f.pipelines}
+"""Pipeline classes the CLI loads (text-to-video) -> family name. Others can still use the Python API where it
+supports them."""
 
 TINY_DEFAULTS = {"height": 256, "width": 512, "num_frames": 9, "num_inference_steps": 6}
 """Small enough for a CPU in seconds; 12 draft regions, so 90% sparsity really skips tiles."""
 
-DEFAULT_FPS = {"wan": 16, "hunyuan": 24}
+DEFAULT_FPS = {f.name: f.default_fps for f in families()}
 DEFAULT_PROMPT = "A cat walks on the grass, realistic style."
+
+
+def _listing(items) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    items = list(items)
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+_MODELS_TITLE = _listing(f.title for f in families() if f.pipelines)  # "Wan2.1 / Wan2.2 and HunyuanVideo"
 
 
 class CLIError(Exception):
@@ -127,7 +139,7 @@ def settings_from_args(args: argparse.Namespace, dense: bool = False) -> RunSett
     preset = _preset(args.preset) if args.preset else None
     model = args.model or (preset.model if preset else None)
     if not model:
-        raise CLIError("no model: pass --model (a hub id, a local folder, or tiny-wan / tiny-wan22 / tiny-hunyuan) "
+        raise CLIError(f"no model: pass --model (a hub id, a local folder, or {' / '.join(TINY_MODELS)}) "
                        "or --preset (names: draftattention_diffusers/configs/)")
     s = RunSettings(model=model)
     if model in TINY_MODELS:
@@ -232,12 +244,12 @@ def check_model_path(model: str) -> None:
                        "holding model_index.json)")
 
 
-def family_of(pipe) -> str:
-    """``"wan"`` or ``"hunyuan"`` for a supported pipeline; ``CLIError`` otherwise."""
-    name = type(pipe).__name__
-    if name not in SUPPORTED_PIPELINES:
-        raise CLIError(f"unsupported pipeline {name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
-    return SUPPORTED_PIPELINES[name]
+def family_of(pipe) -> ModelFamily:
+    """The model family of a pipeline the CLI loads (:data:`SUPPORTED_PIPELINES`); ``CLIError`` otherwise."""
+    family = family_for_pipeline(pipe, loadable=True)
+    if family is None:
+        raise CLIError(f"unsupported pipeline {type(pipe).__name__}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    return family
 
 
 def _first_line(e: BaseException) -> str:
@@ -276,10 +288,10 @@ def _pipeline_class_name(model: str) -> tuple[str, bool]:
 def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool = False):
     """A ready pipeline for ``model``: a tiny one (``tiny-wan`` ...) or a Wan / HunyuanVideo pipeline.
 
-    Real models load as the diffusers docs recommend: Wan transformer(s) in bfloat16 with the VAE in float32;
-    HunyuanVideo transformer in bfloat16, the rest in float16, VAE tiling on. ``offload`` uses
-    ``enable_model_cpu_offload`` (less GPU memory, slower) instead of moving everything to the device; tiny models
-    ignore it.
+    Real models load with their family's recipe (``ModelFamily.pipelines``), as the diffusers docs recommend: Wan
+    transformer(s) in bfloat16 with the VAE in float32; HunyuanVideo transformer in bfloat16, the rest in float16,
+    VAE tiling on. ``offload`` uses ``enable_model_cpu_offload`` (less GPU memory, slower) instead of moving
+    everything to the device; tiny models ignore it.
 
     Raises :class:`CLIError` (one line, with what to do) for an unknown or unreachable model, a folder without
     weights and an unsupported pipeline class.
@@ -290,25 +302,12 @@ def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool
 
         return build_tiny_pipeline(TINY_MODELS[model]).to(dev)
     class_name, local_only = _pipeline_class_name(model)
-    if class_name not in SUPPORTED_PIPELINES:
+    family = family_for_pipeline(class_name, loadable=True)
+    if family is None:
         raise CLIError(f"model {model!r} is a {class_name}; the CLI supports {', '.join(SUPPORTED_PIPELINES)} "
-                       f"(Wan2.1 / Wan2.2 and HunyuanVideo text-to-video) and {', '.join(TINY_MODELS)}")
+                       f"({_MODELS_TITLE} text-to-video) and {', '.join(TINY_MODELS)}")
     try:
-        if SUPPORTED_PIPELINES[class_name] == "wan":
-            from diffusers import AutoencoderKLWan, WanPipeline
-
-            vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", dtype=torch.float32,
-                                                   local_files_only=local_only)
-            pipe = WanPipeline.from_pretrained(model, vae=vae, dtype=torch.bfloat16,
-                                               local_files_only=local_only)
-        else:
-            from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
-
-            transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-                model, subfolder="transformer", dtype=torch.bfloat16, local_files_only=local_only)
-            pipe = HunyuanVideoPipeline.from_pretrained(model, transformer=transformer, dtype=torch.float16,
-                                                        local_files_only=local_only)
-            pipe.vae.enable_tiling()
+        pipe = family.pipelines[class_name].load(class_name, model, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise CLIError(f"could not load {class_name} from {model!r}: weights missing or incomplete "
                        f"({_first_line(e)}); download the complete pipeline and pass its folder") from None
@@ -349,9 +348,8 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
     else:
         kw["prompt"] = s.prompt
     if s.negative_prompt is not None:
-        if family != "wan":  # HunyuanVideoPipeline uses a negative prompt only with true_cfg_scale > 1
-            warn("--negative-prompt is ignored: HunyuanVideo is guidance-distilled and runs without a negative "
-                 "prompt here")
+        if not family.takes_negative_prompt:
+            warn(f"--negative-prompt is ignored: {family.negative_prompt_note}")
         elif s.model in TINY_MODELS:
             warn(f"--negative-prompt is ignored: {s.model} has no text encoder (fixed random embeddings stand in "
                  "for the prompts)")
@@ -364,7 +362,7 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
         if getattr(pipe, "transformer_2", None) is None:
             raise CLIError("guidance_scale_2 needs a Wan2.2 pipeline with two experts (transformer_2)")
         kw["guidance_scale_2"] = s.guidance_scale_2
-    return kw
+    return family.pipeline_kwargs(pipe, kw)
 
 
 def _sync(device: torch.device) -> None:
@@ -399,7 +397,7 @@ def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, d
 
 
 def _default_fps(pipe, s: RunSettings) -> int:
-    return s.fps or DEFAULT_FPS[family_of(pipe)]
+    return s.fps or family_of(pipe).default_fps
 
 
 def _slug(model: str) -> str:
@@ -737,12 +735,13 @@ def add_run_options(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     """The model, video, draft-attention and running options shared by ``generate``, ``compare`` and
     ``scripts/evaluate.py`` (read back with :func:`settings_from_args`); ``outputs`` adds --output and --json."""
     g = p.add_argument_group("model and video")
-    g.add_argument("--model", help="hub id or local folder of a Wan / HunyuanVideo diffusers pipeline, or "
-                                   f"{' / '.join(TINY_MODELS)} (embedded, no download)")
+    g.add_argument("--model", help=f"hub id or local folder of a {' / '.join(SUPPORTED_PIPELINES)} diffusers "
+                                   f"pipeline, or {' / '.join(TINY_MODELS)} (embedded, no download)")
     g.add_argument("--preset", help="a preset name (draftattention_diffusers/configs/, e.g. wan2.1-14b-720p) "
                                     "or a YAML file; flags override its values")
     g.add_argument("--prompt", help=f"text prompt (default: {DEFAULT_PROMPT!r})")
-    g.add_argument("--negative-prompt", help="negative prompt (Wan)")
+    g.add_argument("--negative-prompt", help="negative prompt (" + ", ".join(
+        f.title for f in families() if f.pipelines and f.takes_negative_prompt) + ")")
     g.add_argument("--height", type=int, help="pixels, multiple of 16")
     g.add_argument("--width", type=int, help="pixels, multiple of 16")
     g.add_argument("--frames", type=int, help="number of frames, 4k+1")
@@ -769,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="draftattention", description="Draft attention for diffusers video pipelines (Wan2.1/2.2, "
-                                           "HunyuanVideo): generate, compare with dense, inspect backends.")
+        prog="draftattention", description=f"Draft attention for diffusers video pipelines ({_MODELS_TITLE}): "
+                                           "generate, compare with dense, inspect backends.")
     parser.add_argument("--version", action="version", version=f"draftattention_diffusers {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     debug = argparse.ArgumentParser(add_help=False)

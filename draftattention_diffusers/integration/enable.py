@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import DraftAttentionConfig
-from ..models import family_for, supported_transformers
+from ..models import ModelFamily, family_for, supported_pipelines, supported_transformers
 from .lifecycle import installation, is_draft_processor, set_processors, uninstall
 from .parallel import check_context_parallel
 from .processor import DraftAttnProcessor
@@ -17,20 +17,21 @@ from .stats import DraftStats, warn_once
 _PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")  # Wan2.2 has two experts
 
 
-def _transformers(obj) -> tuple[list[torch.nn.Module], list[str | None]]:
+def _transformers(obj) -> tuple[list[torch.nn.Module], list[str | None], list[ModelFamily]]:
     """The supported transformers of a pipeline (``transformer`` and ``transformer_2``) or a transformer itself,
-    with their pipeline attribute names (None for a bare transformer)."""
+    with their pipeline attribute names (None for a bare transformer) and their families."""
     if isinstance(obj, torch.nn.Module):
         found, names = [obj], [None]
     else:
         names = [n for n in _PIPELINE_TRANSFORMERS if getattr(obj, n, None) is not None]
         found = [getattr(obj, n) for n in names]
-    if not found or any(family_for(t) is None for t in found):
+    families = [family_for(t) for t in found]
+    if not found or any(f is None for f in families):
         what = ", ".join(type(t).__name__ for t in found) or f"no transformer in {type(obj).__name__}"
         raise ValueError(f"draft attention does not support {what}; supported transformers: "
-                         f"{', '.join(supported_transformers())} (WanPipeline, WanImageToVideoPipeline, "
-                         "HunyuanVideoPipeline and other pipelines built on them)")
-    return found, names
+                         f"{', '.join(supported_transformers())} ({', '.join(supported_pipelines())} and other "
+                         "pipelines built on them)")
+    return found, names, families
 
 
 def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = None, **overrides: Any):
@@ -64,13 +65,13 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
             run exactly (ring attention, uneven heads).
         RuntimeError: draft attention is already enabled (disable it first).
     """
-    transformers, names = _transformers(obj)
-    for t in transformers:
+    transformers, names, families = _transformers(obj)
+    for t, family in zip(transformers, families):
         inst = installation(t)
         if inst is not None and inst.via_enable:
             raise RuntimeError(f"draft attention is already enabled on {type(t).__name__}; "
                                "call disable_draft_attention() first")
-        check_context_parallel(t, family_for(t).name, None)  # parallelism enabled first: refuse early
+        check_context_parallel(t, family, None)  # parallelism enabled first: refuse early
     processor = DraftAttnProcessor(config, **overrides)
     for t, name in zip(transformers, names):
         inst = uninstall(t)
@@ -91,13 +92,13 @@ def disable_draft_attention(obj) -> None:
 
     Raises ``RuntimeError`` if draft attention is not enabled on ``obj``.
     """
-    transformers, _ = _transformers(obj)
+    transformers, _, families = _transformers(obj)
     done = False
-    for t in transformers:
+    for t, family in zip(transformers, families):
         inst = installation(t)
         if inst is None:
             if any(is_draft_processor(p) for p in t.attn_processors.values()):  # installed, never called yet
-                roles = family_for(t).roles(t, dict(t.attn_processors))
+                roles = family.roles(t, dict(t.attn_processors))
                 set_processors(t, {f"{r.name}.processor": r.default_processor for r in roles.values()})
                 done = True
             continue
@@ -105,11 +106,8 @@ def disable_draft_attention(obj) -> None:
         set_processors(t, inst.restore)
         done = True
         config = getattr(t, "_parallel_config", None)
-        if config is not None and config.context_parallel_config is not None and family_for(t).name == "hunyuan_video":
-            warn_once("draft attention was disabled on a HunyuanVideo transformer under context parallelism: "
-                      "diffusers' own processor does not rebuild the key mask of a split padded prompt "
-                      "(hunyuan_video_cp_plan), so padded text keys are attended; keep draft attention "
-                      "enabled (dense_steps_fraction=1.0 for dense attention)")
+        if config is not None and config.context_parallel_config is not None and inst.family.cp_disable_warning:
+            warn_once(inst.family.cp_disable_warning)
     if not done:
         raise RuntimeError(f"draft attention is not enabled on {type(obj).__name__}")
 
@@ -126,7 +124,7 @@ def draft_attention_enabled(obj, config: DraftAttentionConfig | dict | None = No
 
 def get_draft_processor(obj) -> DraftAttnProcessor:
     """The :class:`DraftAttnProcessor` serving ``obj`` (a pipeline or transformer), installed either way."""
-    transformers, _ = _transformers(obj)
+    transformers, _, _ = _transformers(obj)
     for t in transformers:
         inst = installation(t)
         if inst is not None:

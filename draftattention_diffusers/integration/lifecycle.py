@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..models.base import remove_draft_hooks
+from ..models.base import ModelFamily, remove_draft_hooks
 
 STATE_ATTR = "_draftattention"
 ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an installed transformer
@@ -39,12 +39,14 @@ class Installation:
 
     ``restore``: ``{"<module>.processor": processor}`` for every attention module, what ``disable`` puts back (the
     processors from before draft attention; the model's own class where that was a draft processor).
+    ``family``: the transformer's model family, resolved once when the processor is attached; everything later
+    (forwards, context parallelism, disable) asks it instead of looking the family up again.
     ``watch``: a video self-attention module whose processor tells, at each forward, whether ours is still there.
     ``via_enable``: installed by ``enable_draft_attention`` (a second enable then raises, as diffusers' do).
     """
 
     processor: Any
-    family: Any
+    family: ModelFamily
     restore: dict[str, Any]
     watch: torch.nn.Module | None
     via_enable: bool = False

@@ -5,9 +5,11 @@ the token sequence between attention calls. Around attention, diffusers' Ulysses
 ``[B, S/P, H, D]`` into the *full* sequence for ``H/P`` heads (rank ``r``: heads ``r*H/P .. (r+1)*H/P - 1``), runs a
 ``forward_op`` and turns the result back. Draft attention is per head (pooling, draft map, tile selection and the
 sparse kernel never mix heads), so running it inside that ``forward_op`` on the gathered sequence gives exactly the
-tiles and output of a single GPU. This module supplies that ``forward_op`` (:class:`ContextParallelState`), the
-plan HunyuanVideo lacks in diffusers 0.42.1 (:func:`hunyuan_video_cp_plan`) and the checks that refuse what cannot
-be exact (ring attention, uneven splits outside diffusers' ``ulysses_anything`` mode, a changed private API).
+tiles and output of a single GPU. This module supplies that ``forward_op`` (:class:`ContextParallelState`) and the
+checks that refuse what cannot be exact (ring attention, uneven splits outside diffusers' ``ulysses_anything`` mode,
+a model its family refuses, a changed private API). What differs per model family (its plan, whether the plan splits
+text, what it refuses) comes from the family (``models/``); HunyuanVideo's plan, which diffusers 0.42.1 lacks, is
+``models.hunyuan_video.hunyuan_video_cp_plan``.
 
 HunyuanVideo appends text tokens to the video tokens. Its plan splits both, so rank ``r`` holds
 ``[video_r, text_r]`` and the all-to-all yields ``[video_0, text_0, video_1, text_1, ...]``: the ``forward_op``
@@ -28,6 +30,8 @@ import torch.distributed._functional_collectives as funcol
 
 from ..core.layout import VideoGrid
 from ..core.selection import TileMask
+from ..models import ModelFamily
+from ..models.hunyuan_video import hunyuan_video_cp_plan  # noqa: F401 (public here before models/ owned it)
 from .stats import warn_once
 
 TESTED_DIFFUSERS = ("0.42",)
@@ -85,40 +89,6 @@ def check_diffusers_cp_api() -> Callable:
     return fn
 
 
-def hunyuan_video_cp_plan() -> dict[str, Any]:
-    """The context-parallel plan ``HunyuanVideoTransformer3DModel`` lacks in diffusers 0.42.1, for use with draft
-    attention.
-
-    It splits the video tokens (output of ``x_embedder``, ``[B, S_video, C]``), their RoPE tables (output of
-    ``rope``, two ``[S_video, D]``) and the refined text tokens (output of ``context_embedder``, ``[B, S_text, C]``)
-    along the sequence, and gathers the output of ``proj_out``. The token refiner still sees the whole prompt.
-
-    Use it only with draft attention enabled on the transformer (any sparsity, or ``dense_steps_fraction=1.0`` for
-    plain dense attention): the model's own key mask is wrong under this split when the prompt is padded, and
-    :class:`~draftattention_diffusers.DraftAttnProcessor` rebuilds it (diffusers' own processor does not).
-
-    Example:
-        >>> from diffusers import ContextParallelConfig                                    # doctest: +SKIP
-        >>> enable_draft_attention(pipe, sparsity=0.9)                                     # doctest: +SKIP
-        >>> pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2),
-        ...                                     cp_plan=hunyuan_video_cp_plan())           # doctest: +SKIP
-
-    Requirements (checked at the first forward, ``ValueError`` otherwise): video tokens, the 256 text slots and the
-    24 heads divisible by the Ulysses degree, unless ``ContextParallelConfig(ulysses_anything=True)``; not
-    ``image_condition_type="token_replace"`` (its blocks slice the first frame by position).
-    """
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    seq = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
-    rope = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
-    return {
-        "x_embedder": {0: seq},
-        "context_embedder": {0: seq},
-        "rope": {0: rope, 1: rope},
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
-
-
 def _split_sizes(n: int, parts: int) -> list[int]:
     """Sizes of ``tensor.tensor_split(parts)`` along a dimension of ``n`` (diffusers' uneven mode; equal to
     ``chunk`` when ``parts`` divides ``n``, the only case its even mode allows)."""
@@ -132,10 +102,11 @@ def _context_parallel_config(transformer: torch.nn.Module, processor_config: Any
     return getattr(config, "context_parallel_config", None), config
 
 
-def check_context_parallel(transformer: torch.nn.Module, family_name: str, grid: VideoGrid | None,
+def check_context_parallel(transformer: torch.nn.Module, family: ModelFamily, grid: VideoGrid | None,
                            text_len: int = 0, processor_config: Any = None) -> None:
     """Raise ``ValueError`` for a context-parallel setting draft attention cannot run exactly (see
-    :func:`begin_forward`); do nothing without context parallelism."""
+    :func:`begin_forward`); do nothing without context parallelism. ``family``: the transformer's, which may
+    refuse a model (:meth:`ModelFamily.cp_refusal`)."""
     cp, _ = _context_parallel_config(transformer, processor_config)
     if cp is None:
         return
@@ -147,10 +118,9 @@ def check_context_parallel(transformer: torch.nn.Module, family_name: str, grid:
             "whole head. Use ContextParallelConfig(ulysses_degree=N) (ring_degree=1).")
     p = cp.ulysses_degree
     heads = transformer.config.num_attention_heads
-    if family_name == "hunyuan_video" and getattr(transformer.config, "image_condition_type", None) == "token_replace":
-        raise ValueError("draft attention under context parallelism does not support HunyuanVideo with "
-                         "image_condition_type='token_replace': its blocks slice the first frame's tokens by "
-                         "position, which a rank's share of the sequence does not hold")
+    refusal = family.cp_refusal(transformer)
+    if refusal is not None:
+        raise ValueError(refusal)
     if cp.ulysses_anything:
         pad = (-heads) % p
         if pad and pad >= (heads + pad) // p:
@@ -180,31 +150,33 @@ def _forward_argument(transformer: torch.nn.Module, name: str, args: tuple, kwar
     return args[i] if i < len(args) else None
 
 
-def begin_forward(processor, transformer: torch.nn.Module, family_name: str, grid: VideoGrid | None,
+def begin_forward(processor, transformer: torch.nn.Module, family: ModelFamily, grid: VideoGrid | None,
                   args: tuple, kwargs: dict) -> "ContextParallelState | None":
     """Called by the processor at the start of every transformer forward. Without context parallelism returns None;
     with it, records the model's parallel config on the processor (either install order works) and returns the
     per-forward state after checking that the setting can run exactly.
 
-    ``args, kwargs``: the transformer's forward arguments (HunyuanVideo: its ``encoder_attention_mask`` is read).
+    ``family``: the transformer's. ``args, kwargs``: the transformer's forward arguments (where the family's plan
+    splits text, its prompt mask ``family.text_mask_argument`` is read).
 
     Raises:
         ValueError: ring attention, sizes not divisible by the Ulysses degree (outside ``ulysses_anything``),
-            HunyuanVideo token-replace I2V, an unknown grid.
+            a model the family refuses (HunyuanVideo token-replace I2V), an unknown grid.
         RuntimeError: diffusers' private context-parallel API changed.
     """
     cp, config = _context_parallel_config(transformer, processor._parallel_config)
     if cp is None:
         return None
     processor._parallel_config = config  # passed on to the model's own processors (cross-attention, dense steps)
-    text_mask = (_forward_argument(transformer, "encoder_attention_mask", args, kwargs)
-                 if family_name == "hunyuan_video" else None)
+    text_mask = (_forward_argument(transformer, family.text_mask_argument, args, kwargs)
+                 if family.cp_splits_text else None)
     text_len = int(text_mask.shape[1]) if text_mask is not None else 0
     if grid is None:
         raise ValueError("draft attention under context parallelism needs the video token grid of the forward "
                          "(install it with enable_draft_attention before the first call)")
-    check_context_parallel(transformer, family_name, grid, text_len, config)
-    return ContextParallelState(config, grid, transformer.config.num_attention_heads, text_mask)
+    check_context_parallel(transformer, family, grid, text_len, config)
+    return ContextParallelState(config, grid, transformer.config.num_attention_heads, text_mask,
+                                family.cp_plan_hint)
 
 
 class ContextParallelState:
@@ -215,9 +187,11 @@ class ContextParallelState:
     inside the ``forward_op`` the gathered sequence is ``[B, S_video + S_text, H_local, D]``.
     """
 
-    def __init__(self, config, grid: VideoGrid, heads: int, text_mask: torch.Tensor | None) -> None:
+    def __init__(self, config, grid: VideoGrid, heads: int, text_mask: torch.Tensor | None,
+                 plan_hint: str = "") -> None:
         cp = config.context_parallel_config
         self.config = config
+        self.plan_hint = plan_hint  # which plan to pass, for the error message of a plan that splits otherwise
         self.group = cp._ulysses_mesh.get_group()
         self.world = cp.ulysses_degree
         self.rank = torch.distributed.get_rank(self.group)
@@ -303,7 +277,7 @@ class ContextParallelState:
 
     def _plan_message(self, got: int) -> str:
         what = "video and text tokens" if self.text_len else "video tokens"
+        hint = f" ({self.plan_hint})" if getattr(self, "plan_hint", "") else ""
         return (f"rank {self.rank} holds {got} tokens in self-attention, expected its share of the {what} "
                 f"({self.video_sizes[self.rank]} video + {self.text_sizes[self.rank]} text): the context-parallel "
-                "plan must split exactly these (for HunyuanVideo pass cp_plan=hunyuan_video_cp_plan() to "
-                "enable_parallelism)")
+                f"plan must split exactly these{hint}")

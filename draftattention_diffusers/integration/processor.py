@@ -38,6 +38,8 @@ from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
 from ..models.base import AttentionRole, TileOrder, register_hook
+from ..models.hunyuan_video import HunyuanVideoFamily
+from ..models.wan import WanFamily
 from . import parallel
 from .lifecycle import ROLE_ATTR, Installation, install, installation, uninstall
 from .stats import AttentionEvent, DraftStats, count_call, warn_once
@@ -99,7 +101,7 @@ class DraftAttnProcessor:
     """
 
     _is_draft_attention = True
-    families: tuple[str, ...] | None = None  # None: every supported family
+    families: tuple[str, ...] | None = None  # names (ModelFamily.name) of the families it serves; None: every one
 
     def __init__(self, config: DraftAttentionConfig | dict | None = None, **overrides: Any) -> None:
         self.config = make_config(config, **overrides)
@@ -188,10 +190,12 @@ class DraftAttnProcessor:
 
         Raises ``ValueError`` for an unsupported transformer or ``dense_layers`` beyond its blocks.
         """
-        family = require_family(transformer)
+        family = require_family(transformer)  # once per attach: kept on the installation and every role entry
         if self.families is not None and family.name not in self.families:
             raise ValueError(f"{type(self).__name__} supports {self.families}, not {type(transformer).__name__}; "
                              "use DraftAttnProcessor for any supported family")
+        if family.text_position == "leading":  # core/ lays text out after the video tokens only
+            raise NotImplementedError(f"{type(family).__name__}: text before the video tokens is not supported yet")
         current = dict(transformer.attn_processors) if dense_processors is None else dense_processors
         roles = family.roles(transformer, current)
         blocks = 1 + max((r.block_index for r in roles.values() if r.video_self), default=-1)
@@ -290,7 +294,7 @@ class DraftAttnProcessor:
             grid, device = discovered, kwargs["hidden_states"].device
         self.stats.to_device(device)
         self._kernel = self._forward_kernel(transformer, kwargs["hidden_states"] if discovered is not False else latents)
-        self._cp = parallel.begin_forward(self, transformer, family.name, grid, args, kwargs)
+        self._cp = parallel.begin_forward(self, transformer, family, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
                       "parallelism, so its masks differ from one GPU; use 'topk' for results identical to one GPU")
@@ -473,10 +477,10 @@ class DraftAttnProcessor:
         pipe = _calling_pipeline(frame)
         owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
         self.attach(transformer, prefix=owner)
+        family = installation(transformer).family
         # This forward began before the hooks existed: read its grid from the transformer's forward locals.
-        dims = [frame_locals.get(n) for n in ("post_patch_num_frames", "post_patch_height", "post_patch_width")]
-        grid = VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
-        self._prepare_forward(family_for(transformer), transformer, (), frame_locals, frame, discovered=grid)
+        grid = family.grid_from_locals(transformer, frame_locals)
+        self._prepare_forward(family, transformer, (), frame_locals, frame, discovered=grid)
         # This forward runs in diffusers' order; the rest of this pipeline call must too (step caches keep tensors
         # across its forwards). Tile order starts with the next call.
         self._untiled_run = self._run_key
@@ -527,10 +531,10 @@ def _is_key_suffix(mask: torch.Tensor, lengths: torch.Tensor, video_tokens: int)
 class WanDraftAttnProcessor(DraftAttnProcessor):
     """:class:`DraftAttnProcessor` restricted to ``WanTransformer3DModel`` (Wan2.1 / Wan2.2)."""
 
-    families = ("wan",)
+    families = (WanFamily.name,)
 
 
 class HunyuanVideoDraftAttnProcessor(DraftAttnProcessor):
     """:class:`DraftAttnProcessor` restricted to ``HunyuanVideoTransformer3DModel``."""
 
-    families = ("hunyuan_video",)
+    families = (HunyuanVideoFamily.name,)

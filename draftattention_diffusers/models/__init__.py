@@ -1,19 +1,32 @@
-"""Supported model families, found by transformer class. Adding one: a module with a ModelFamily subclass and a
-line in ``_FAMILIES``."""
+"""Supported model families: the one table (``_FAMILIES``) everything else derives from (processor, enable,
+context parallelism, command line, tiny pipelines). Adding a family: a module with a :class:`ModelFamily` subclass
+and a line in ``_FAMILIES``."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import AttentionRole, ModelFamily
+from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
 from .hunyuan_video import HunyuanVideoFamily
 from .wan import WanFamily
 
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily())
 
+_TINY_PREFIX = "tiny-"
+
+
+def families() -> tuple[ModelFamily, ...]:
+    """Every supported family, in table order."""
+    return _FAMILIES
+
 
 def supported_transformers() -> list[str]:
     return [c for f in _FAMILIES for c in f.transformer_classes]
+
+
+def supported_pipelines() -> list[str]:
+    """Pipeline class names the families serve (text-to-video first, then the others of each family)."""
+    return [p for f in _FAMILIES for p in (*f.pipelines, *f.other_pipelines)]
 
 
 def family_for(transformer: torch.nn.Module) -> ModelFamily | None:
@@ -33,4 +46,46 @@ def require_family(transformer: torch.nn.Module) -> ModelFamily:
     return family
 
 
-__all__ = ["AttentionRole", "ModelFamily", "family_for", "require_family", "supported_transformers"]
+def family_for_pipeline(pipe, loadable: bool = False) -> ModelFamily | None:
+    """The family serving a pipeline (an instance, or a class name as in ``model_index.json``), by class name,
+    subclasses included; ``loadable``: only the pipelines with a load recipe (``family.pipelines``). None if
+    no family serves it."""
+    names = {pipe} if isinstance(pipe, str) else {c.__name__ for c in type(pipe).__mro__}
+    for family in _FAMILIES:
+        served = set(family.pipelines) if loadable else {*family.pipelines, *family.other_pipelines}
+        if names & served:
+            return family
+    return None
+
+
+def tiny_models() -> dict[str, tuple[ModelFamily, TinyBuilder]]:
+    """The embedded tiny random-weight pipelines: ``--model`` name ("tiny-wan") -> (family, builder)."""
+    return {name: (f, builder) for f in _FAMILIES for name, builder in f.tiny_variants.items()}
+
+
+def tiny_alias(name: str) -> str:
+    """The short name a tiny model also goes by: ``"tiny-wan22"`` -> ``"wan22"``."""
+    return name[len(_TINY_PREFIX):] if name.startswith(_TINY_PREFIX) else name
+
+
+def tiny_builder(name: str) -> tuple[ModelFamily, TinyBuilder]:
+    """(family, builder) of a tiny pipeline named by its ``--model`` name (``"tiny-hunyuan"``), the same without
+    ``"tiny-"`` (``"hunyuan"``, what the tests and docs use) or a family name (``"hunyuan_video"``: the family's
+    first tiny pipeline). The aliases follow from the family table: no separate list to keep in step.
+
+    Raises ``ValueError`` naming the accepted names."""
+    aliases: dict[str, tuple[ModelFamily, TinyBuilder]] = {}
+    for full, entry in tiny_models().items():
+        aliases.setdefault(full, entry)
+        aliases.setdefault(tiny_alias(full), entry)
+    for f in _FAMILIES:
+        if f.tiny_variants:
+            aliases.setdefault(f.name, (f, next(iter(f.tiny_variants.values()))))
+    if name not in aliases:
+        raise ValueError(f"family={name!r}: expected one of {tuple(aliases)}")
+    return aliases[name]
+
+
+__all__ = ["AttentionRole", "LoadRecipe", "ModelFamily", "families", "family_for", "family_for_pipeline",
+           "require_family", "supported_pipelines", "supported_transformers", "tiny_alias", "tiny_builder",
+           "tiny_models"]

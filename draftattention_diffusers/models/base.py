@@ -1,5 +1,7 @@
-"""What a model family tells the processor: which attention modules are video self-attention, the token grid of
-a forward call, the model's own dense processor, and how to compute q, k, v around our attention call."""
+"""What a model family is (:class:`ModelFamily`): which attention modules are video self-attention, the token grid
+of a forward call, the model's own dense processor, how to compute q, k, v around our attention call, the tile-order
+hooks, its context-parallel plan, the pipelines it serves and how the command line loads them, and its tiny
+random-weight pipelines."""
 
 from __future__ import annotations
 
@@ -33,15 +35,107 @@ class AttentionRole:
     custom: bool = False
 
 
+TEXT_POSITIONS = ("none", "trailing", "leading")
+"""Where text tokens sit in a family's video self-attention sequence: none (text only in cross-attention), after
+the video tokens, before them. ``core`` handles ``none`` and ``trailing``."""
+
+TINY_TEXT_DIM = 32
+"""Text-embedding width of every tiny random-weight pipeline (its fixed random prompts have this width)."""
+
+
+@dataclass(frozen=True)
+class LoadRecipe:
+    """How the command line loads one pipeline class of a family from a hub id or a local folder: the dtypes
+    of the transformer(s) (``transformer``, ``transformer_2``), the VAE and every other component, and whether
+    the VAE decodes in tiles."""
+
+    transformer_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    rest_dtype: torch.dtype
+    vae_tiling: bool = False
+
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """The per-component ``dtype`` mapping of diffusers' ``DiffusionPipeline.from_pretrained``."""
+        return {"transformer": self.transformer_dtype, "transformer_2": self.transformer_dtype,
+                "vae": self.vae_dtype, "default": self.rest_dtype}
+
+    def load(self, pipeline_class: str, model: str, **kwargs: Any):
+        """``diffusers.<pipeline_class>.from_pretrained(model, dtype=..., **kwargs)`` with this recipe."""
+        import diffusers
+
+        pipe = getattr(diffusers, pipeline_class).from_pretrained(model, dtype=self.dtypes(), **kwargs)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        return pipe
+
+
+TinyBuilder = Callable[[int, int, int], Any]  # (seed, num_layers, heads) -> a tiny random-weight pipeline
+
+
 class ModelFamily:
-    """One supported model family (a plug-in): subclasses fill the class attributes and the four methods."""
+    """One supported model family (a plug-in): everything draft attention, the command line and the tests know
+    about its models. A family is a module in ``models/`` with a subclass of this class, and one line in
+    ``models/__init__.py::_FAMILIES``; nothing outside ``models/`` names a family.
+
+    Subclasses set the class attributes and implement ``grid``, ``roles``, ``self_attention`` and
+    ``call_default``; the other methods have defaults that fit a family without text in self-attention and with
+    diffusers' own context-parallel plan.
+    """
 
     name: ClassVar[str] = ""
+    """Internal name, the one vocabulary for families ("wan", "hunyuan_video")."""
+    title: ClassVar[str] = ""
+    """The models in messages ("Wan2.1 / Wan2.2")."""
     transformer_classes: ClassVar[tuple[str, ...]] = ()
+    """diffusers transformer class names (subclasses are found too)."""
+    text_position: ClassVar[str] = "none"
+    """Text tokens in the video self-attention sequence: one of :data:`TEXT_POSITIONS`."""
+    grid_locals: ClassVar[tuple[str, str, str] | None] = None
+    """Names of the token-grid sizes (frames, height, width after patching) among the transformer forward's
+    locals: the grid of a forward that began before draft attention's hooks existed."""
 
+    pipelines: ClassVar[dict[str, LoadRecipe]] = {}
+    """Text-to-video pipeline class names it serves, each with how the command line loads it."""
+    other_pipelines: ClassVar[tuple[str, ...]] = ()
+    """Further pipeline classes built on its transformers that the Python API serves (named in messages)."""
+    default_fps: ClassVar[int] = 16
+    """Frames per second of a written video when neither a preset nor ``--fps`` says."""
+    takes_negative_prompt: ClassVar[bool] = True
+    """Whether its pipelines use ``negative_prompt`` as the command line calls them."""
+    negative_prompt_note: ClassVar[str] = ""
+    """Why not, when they do not (the command line warns with it and drops the negative prompt)."""
+    tiny_variants: ClassVar[dict[str, TinyBuilder]] = {}
+    """Embedded tiny random-weight pipelines: ``--model`` name ("tiny-wan") -> builder ``(seed, num_layers,
+    heads)``. The first is the family's default tiny pipeline."""
+
+    cp_splits_text: ClassVar[bool] = False
+    """Context parallelism: the plan splits text tokens of the self-attention sequence over the ranks."""
+    text_mask_argument: ClassVar[str | None] = None
+    """The transformer forward's argument holding the prompt's key mask ``[B, S_text]`` (1 = real token)."""
+    cp_plan_hint: ClassVar[str] = "enable_parallelism without cp_plan uses diffusers' own plan"
+    """Which context-parallel plan to pass, for error messages."""
+    cp_disable_warning: ClassVar[str | None] = None
+    """Warning when draft attention is disabled under context parallelism (None: nothing to warn about)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.text_position not in TEXT_POSITIONS:
+            raise ValueError(f"{cls.__name__}.text_position={cls.text_position!r}: expected one of {TEXT_POSITIONS}")
+        if cls.cp_splits_text and (cls.text_mask_argument is None or cls.text_position == "none"):
+            raise ValueError(f"{cls.__name__}.cp_splits_text needs text in self-attention (text_position) and the "
+                             "forward argument of its key mask (text_mask_argument)")
+
+    # ------------------------------------------------------------------------------------ model structure
     def grid(self, transformer: torch.nn.Module, latents: torch.Tensor) -> VideoGrid:
         """The token grid of a forward call, from its latent input ``[B, C, T, H, W]``."""
         raise NotImplementedError
+
+    def grid_from_locals(self, transformer: torch.nn.Module, frame_locals: dict[str, Any]) -> VideoGrid | None:
+        """The token grid of a running forward from its local variables (:attr:`grid_locals`), or None."""
+        if self.grid_locals is None:
+            return None
+        dims = [frame_locals.get(n) for n in self.grid_locals]
+        return VideoGrid(*dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
     def roles(self, transformer: torch.nn.Module, current: dict[str, Any]) -> dict[torch.nn.Module, AttentionRole]:
         """Role of every attention module; ``current`` maps ``"<module name>.processor"`` to its processor now
@@ -62,6 +156,27 @@ class ModelFamily:
         output projection. Returns False (registering nothing) where the model cannot run reordered; every call
         then gathers instead."""
         return False
+
+    # --------------------------------------------------------------------------------- context parallelism
+    def cp_plan(self) -> dict[str, Any] | None:
+        """The context-parallel plan to pass to ``enable_parallelism`` (None: diffusers' own plan of the model)."""
+        return None
+
+    def cp_refusal(self, transformer: torch.nn.Module) -> str | None:
+        """Why draft attention cannot run ``transformer`` under context parallelism, or None."""
+        return None
+
+    # ----------------------------------------------------------------------------- pipelines and the CLI
+    def pipeline_kwargs(self, pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The command line's keyword arguments of ``pipe(...)``, adjusted for this family (default: as given)."""
+        return kwargs
+
+    def tiny_prompt_kwargs(self, pipe, emb: Callable[..., torch.Tensor], text_len: int, valid_len: int | None,
+                           negative: bool) -> dict[str, Any]:
+        """Prompt keyword arguments of a tiny pipeline of this family: ``emb(*shape)`` draws fixed random
+        embeddings; ``valid_len`` of ``text_len`` text tokens are real (where the family masks text); ``negative``
+        adds negative-prompt embeddings where the pipeline takes them."""
+        raise NotImplementedError
 
 
 class TileOrder:

@@ -9,6 +9,7 @@ published model)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -16,7 +17,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import AttentionRole, ModelFamily, keep_or_default, register_hook
+from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
@@ -29,9 +30,94 @@ def _qkv(attn, x, projections, norms):
     return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v
 
 
+def hunyuan_video_cp_plan() -> dict[str, Any]:
+    """The context-parallel plan ``HunyuanVideoTransformer3DModel`` lacks in diffusers 0.42.1, for use with draft
+    attention.
+
+    It splits the video tokens (output of ``x_embedder``, ``[B, S_video, C]``), their RoPE tables (output of
+    ``rope``, two ``[S_video, D]``) and the refined text tokens (output of ``context_embedder``, ``[B, S_text, C]``)
+    along the sequence, and gathers the output of ``proj_out``. The token refiner still sees the whole prompt.
+
+    Use it only with draft attention enabled on the transformer (any sparsity, or ``dense_steps_fraction=1.0`` for
+    plain dense attention): the model's own key mask is wrong under this split when the prompt is padded, and
+    :class:`~draftattention_diffusers.DraftAttnProcessor` rebuilds it (diffusers' own processor does not).
+
+    Example:
+        >>> from diffusers import ContextParallelConfig                                    # doctest: +SKIP
+        >>> enable_draft_attention(pipe, sparsity=0.9)                                     # doctest: +SKIP
+        >>> pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2),
+        ...                                     cp_plan=hunyuan_video_cp_plan())           # doctest: +SKIP
+
+    Requirements (checked at the first forward, ``ValueError`` otherwise): video tokens, the 256 text slots and the
+    24 heads divisible by the Ulysses degree, unless ``ContextParallelConfig(ulysses_anything=True)``; not
+    ``image_condition_type="token_replace"`` (its blocks slice the first frame by position).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    seq = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
+    rope = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    return {
+        "x_embedder": {0: seq},
+        "context_embedder": {0: seq},
+        "rope": {0: rope, 1: rope},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+_TINY_POOLED_DIM = 16
+
+
+def build_tiny_hunyuan_video(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``HunyuanVideoPipeline``, float32 on CPU, no text encoders: ``num_layers`` blocks
+    split between dual-stream (half, at least 1) and single-stream (the rest, at least 1). Head dim 32; the VAE
+    compresses 8x spatially and 4x temporally."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+
+    torch.manual_seed(seed + 1)
+    tr = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=32,
+        num_layers=max(1, num_layers // 2), num_single_layers=max(1, num_layers - num_layers // 2),
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+        guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=_TINY_POOLED_DIM,
+        rope_theta=256.0, rope_axes_dim=(8, 12, 12),
+    ).eval()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=False,
+    ).eval()
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=tr, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                text_encoder_2=None, tokenizer_2=None)
+
+
 class HunyuanVideoFamily(ModelFamily):
+    """HunyuanVideo: text tokens appended to the video tokens in every block's self-attention (padded prompts
+    masked), and a context-parallel plan of our own (:func:`hunyuan_video_cp_plan`)."""
+
     name = "hunyuan_video"
+    title = "HunyuanVideo"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    text_position = "trailing"
+    grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
+    # as diffusers' HunyuanVideo docs load it: bfloat16 transformer, float16 rest, VAE tiling
+    pipelines = {"HunyuanVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True)}
+    default_fps = 24
+    # HunyuanVideoPipeline uses a negative prompt only with true_cfg_scale > 1
+    takes_negative_prompt = False
+    negative_prompt_note = "HunyuanVideo is guidance-distilled and runs without a negative prompt here"
+    tiny_variants = {"tiny-hunyuan": build_tiny_hunyuan_video}
+    cp_splits_text = True
+    text_mask_argument = "encoder_attention_mask"
+    cp_plan_hint = "for HunyuanVideo pass cp_plan=hunyuan_video_cp_plan() to enable_parallelism"
+    cp_disable_warning = ("draft attention was disabled on a HunyuanVideo transformer under context parallelism: "
+                          "diffusers' own processor does not rebuild the key mask of a split padded prompt "
+                          "(hunyuan_video_cp_plan), so padded text keys are attended; keep draft attention "
+                          "enabled (dense_steps_fraction=1.0 for dense attention)")
 
     def grid(self, transformer, latents):
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
@@ -108,3 +194,19 @@ class HunyuanVideoFamily(ModelFamily):
         register_hook(transformer.rope, "post", rope)
         register_hook(transformer.proj_out, "pre", back)
         return True
+
+    def cp_plan(self):
+        return hunyuan_video_cp_plan()
+
+    def cp_refusal(self, transformer):
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            return ("draft attention under context parallelism does not support HunyuanVideo with "
+                    "image_condition_type='token_replace': its blocks slice the first frame's tokens by position, "
+                    "which a rank's share of the sequence does not hold")
+        return None
+
+    def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
+        mask = torch.zeros(1, text_len, dtype=torch.long)
+        mask[:, : text_len if valid_len is None else valid_len] = 1
+        return dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), pooled_prompt_embeds=emb(1, _TINY_POOLED_DIM),
+                    prompt_attention_mask=mask)

@@ -4,12 +4,13 @@ becomes sparse; ``attn2`` (text, and I2V image tokens) runs diffusers' ``WanAttn
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, _get_qkv_projections
 
 from ..core.layout import VideoGrid
-from .base import AttentionRole, ModelFamily, keep_or_default, register_hook
+from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
 
 _SELF = re.compile(r"^blocks\.(\d+)\.attn1$")
 
@@ -25,9 +26,41 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
     return out.type_as(x)
 
 
+def build_tiny_wan(seed: int = 0, num_layers: int = 2, heads: int = 2, two_experts: bool = False):
+    """A tiny random-weight ``WanPipeline`` (Wan2.1 T2V; ``two_experts``: Wan2.2 A14B-style, two transformers with
+    a boundary), float32 on CPU, no text encoder. Head dim 32; the VAE compresses 8x spatially and 4x temporally."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    def transformer(s):
+        torch.manual_seed(s)
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16,
+            out_channels=16, text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+        ).eval()
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    kwargs = dict(transformer=transformer(seed + 1))
+    if two_experts:
+        kwargs.update(transformer_2=transformer(seed + 2), boundary_ratio=0.5)
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **kwargs)
+
+
 class WanFamily(ModelFamily):
+    """Wan2.1 and Wan2.2 (both experts): text only in cross-attention, diffusers' own context-parallel plan."""
+
     name = "wan"
+    title = "Wan2.1 / Wan2.2"
     transformer_classes = ("WanTransformer3DModel",)
+    grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
+    # as diffusers' Wan docs load it: bfloat16 transformer(s) and text encoder, float32 VAE
+    pipelines = {"WanPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
+    other_pipelines = ("WanImageToVideoPipeline",)
+    default_fps = 16
+    tiny_variants = {"tiny-wan": build_tiny_wan, "tiny-wan22": partial(build_tiny_wan, two_experts=True)}
 
     def grid(self, transformer, latents):
         p_t, p_h, p_w = transformer.config.patch_size
@@ -86,3 +119,9 @@ class WanFamily(ModelFamily):
         register_hook(transformer, "pre", per_token_timestep, with_kwargs=True)
         register_hook(transformer.proj_out, "pre", back)
         return True
+
+    def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
+        out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM))
+        if negative:
+            out["negative_prompt_embeds"] = emb(1, text_len, TINY_TEXT_DIM)
+        return out

@@ -1,0 +1,84 @@
+"""The model-family table (``models/``) is the one owner of everything per family: what the CLI, ``tiny.py`` and the
+integration derive from it, and that nothing outside ``models/`` names a family."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from draftattention_diffusers import cli, enable_draft_attention
+from draftattention_diffusers.integration.lifecycle import installation
+from draftattention_diffusers.models import (ModelFamily, families, family_for, family_for_pipeline, tiny_alias,
+                                             tiny_models)
+from draftattention_diffusers.models.base import LoadRecipe
+from draftattention_diffusers.tiny import TINY_FAMILIES, build_tiny_pipeline, tiny_prompt_kwargs
+
+PACKAGE = Path(__file__).resolve().parents[1] / "draftattention_diffusers"
+
+
+def test_cli_tables_derive_from_the_families():
+    assert cli.TINY_MODELS == {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan"}
+    assert TINY_FAMILIES == ("wan", "wan22", "hunyuan")
+    assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video"}
+    assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24}
+    assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
+    with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):
+        cli.family_of(type("FluxPipeline", (), {})())
+
+
+def test_load_recipes_as_documented():
+    wan = family_for_pipeline("WanPipeline", loadable=True).pipelines["WanPipeline"]
+    assert wan.dtypes() == {"transformer": torch.bfloat16, "transformer_2": torch.bfloat16, "vae": torch.float32,
+                            "default": torch.bfloat16} and not wan.vae_tiling
+    hunyuan = family_for_pipeline("HunyuanVideoPipeline", loadable=True).pipelines["HunyuanVideoPipeline"]
+    assert hunyuan == LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True)
+    assert family_for_pipeline("WanImageToVideoPipeline").name == "wan"  # served by the Python API ...
+    assert family_for_pipeline("WanImageToVideoPipeline", loadable=True) is None  # ... not loaded by the CLI
+
+
+@pytest.mark.parametrize("name, pipeline, experts", [
+    ("wan", "WanPipeline", 1), ("tiny-wan22", "WanPipeline", 2), ("hunyuan", "HunyuanVideoPipeline", 1),
+    ("hunyuan_video", "HunyuanVideoPipeline", 1),
+])
+def test_tiny_names_and_aliases(name, pipeline, experts):
+    pipe = build_tiny_pipeline(name, num_layers=1)
+    assert type(pipe).__name__ == pipeline
+    assert 1 + (getattr(pipe, "transformer_2", None) is not None) == experts
+    assert family_for(pipe.transformer) is family_for_pipeline(pipe)
+
+
+def test_unknown_tiny_name_and_pipeline_raise():
+    with pytest.raises(ValueError, match=r"family='flux': expected one of \('tiny-wan', 'wan'"):
+        build_tiny_pipeline("flux")
+    with pytest.raises(ValueError, match="not a pipeline of a supported family"):
+        tiny_prompt_kwargs(object())
+
+
+def test_family_declarations_are_checked():
+    with pytest.raises(ValueError, match="text_position='middle': expected one of"):
+        type("Bad", (ModelFamily,), {"text_position": "middle"})
+    with pytest.raises(ValueError, match="cp_splits_text needs text in self-attention"):
+        type("Bad", (ModelFamily,), {"cp_splits_text": True})
+
+
+def test_family_is_resolved_once_and_kept_on_the_installation():
+    pipe = enable_draft_attention(build_tiny_pipeline("wan22", num_layers=1))
+    for t in (pipe.transformer, pipe.transformer_2):
+        assert installation(t).family is family_for(t)
+
+
+def _names_outside_docstrings(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
+def test_no_family_name_outside_models():
+    names = {f.name for f in families()} | set(tiny_models()) | {tiny_alias(n) for n in tiny_models()}
+    found = {str(p.relative_to(PACKAGE)): _names_outside_docstrings(p) & names for p in PACKAGE.rglob("*.py")
+             if p.parent.name != "models"}
+    assert not {p: n for p, n in found.items() if n}

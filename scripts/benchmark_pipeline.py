@@ -69,6 +69,7 @@ from benchmark_e2e import MODELS  # noqa: E402  (the transformer configs, shapes
 
 from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention,  # noqa: E402
                                       enable_draft_attention, get_draft_stats, load_preset)
+from draftattention_diffusers.integration.stats import format_ranges as ranges  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------- models
 # benchmark_e2e.MODELS name -> the preset of the `preset` setting (its draft-attention fields). The tiny configs use
@@ -189,21 +190,6 @@ def magcache_schedule(ratios: list[float], steps: int, threshold: float, max_ski
         have_residual = have_residual or compute
         out.append(compute)
     return out
-
-
-def ranges(xs: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    if not xs:
-        return "-"
-    out, start, prev = [], xs[0], xs[0]
-    for x in xs[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
 
 
 def sync(device: torch.device) -> None:

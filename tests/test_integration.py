@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from pipeline_utils import run as run_pipeline
 
 from draftattention_diffusers import (DraftAttentionWarning, DraftAttnProcessor, HunyuanVideoDraftAttnProcessor,
                                       WanDraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
@@ -18,16 +19,7 @@ SIZE = dict(height=128, width=256, num_frames=9)
 
 def run(pipe, steps=8, seed=0, size=SIZE, **kwargs):
     """Run a tiny pipeline; returns (final latents, latents after each step)."""
-    per_step = []
-
-    def keep(p, i, t, cb):
-        per_step.append(cb["latents"].clone())
-        return cb
-
-    kw = dict(tiny_prompt_kwargs(pipe), **size, num_inference_steps=steps, output_type="latent",
-              generator=torch.Generator().manual_seed(seed), callback_on_step_end=keep)
-    kw.update(kwargs)
-    return pipe(**kw).frames, per_step
+    return run_pipeline(pipe, steps, seed, size, **kwargs)
 
 
 @pytest.fixture(scope="module", params=["wan", "hunyuan"])

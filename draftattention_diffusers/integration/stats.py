@@ -164,8 +164,8 @@ class DraftStats:
         sparse = [k for k, m in s["steps"].items() if m == "sparse"]
         skipped = f" ({s['skipped_forwards']} skipped by a step cache)" if s["skipped_forwards"] else ""
         lines = [
-            f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {_ranges(dense)}; "
-            f"{len(sparse)} sparse: {_ranges(sparse)}), {s['forwards']} transformer forwards{skipped}",
+            f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {format_ranges(dense)}; "
+            f"{len(sparse)} sparse: {format_ranges(sparse)}), {s['forwards']} transformer forwards{skipped}",
             f"  self-attention calls: {s['sparse_calls']} sparse, {s['dense_calls']} dense",
         ]
         if s["mean_sparsity"] is not None:
@@ -190,7 +190,8 @@ def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
         counters[2].add_(sparsity.float().mean().to(counters.device))
 
 
-def _ranges(xs: list[int]) -> str:
+def format_ranges(xs: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (sorted step indices as ranges; ``"-"`` for none)."""
     if not xs:
         return "-"
     out, start, prev = [], xs[0], xs[0]

@@ -6,8 +6,9 @@ Example:
     (8, 16)
 """
 
+from .attention import draft_attention
 from .config import DraftAttentionConfig, load_preset
-from .core import VideoGrid, draft_attention
+from .core import VideoGrid
 from .integration import (AttentionEvent, DraftAttentionWarning, DraftAttnProcessor, DraftStats,
                           HunyuanVideoDraftAttnProcessor, WanDraftAttnProcessor, disable_draft_attention,
                           draft_attention_enabled, enable_draft_attention, get_draft_processor, get_draft_stats)

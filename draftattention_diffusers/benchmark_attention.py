@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .attention import draft_attention
 from .backends import BACKEND_NAMES, AttentionInputs, get_backend
 from .config import DraftAttentionConfig
-from .core import VideoGrid, draft_attention, get_layout, select_tiles
+from .core import VideoGrid, get_layout, select_tiles
 
 # name: (heads, (frames, height, width) latent tokens after patching, text tokens)
 SHAPES = {

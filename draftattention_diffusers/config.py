@@ -15,6 +15,11 @@ SELECTIONS = ("topk", "paper", "row_topk", "topk_heads")
 POOLINGS = ("avg", "max")
 REORDERS = ("per_forward", "per_call")
 
+BACKEND_NAMES: tuple[str, ...] = ("fa4", "flex", "bsa", "reference")
+"""Sparse-attention backends, fastest first (the order ``"auto"`` tries them in). Here, in a module with no package
+imports, so that the config validates names without importing the kernels; ``backends/__init__.py::_BACKENDS`` maps
+each name to its class (and checks at import that the two agree)."""
+
 
 def _plain_number(x: Any) -> Any:
     """numpy (or other ``numbers``) scalars as Python ``int`` / ``float``; anything else unchanged for validation.
@@ -141,8 +146,6 @@ class DraftAttentionConfig:
             raise ValueError(f"dense_layers={self.dense_layers!r}: expected non-negative block indices")
         if not isinstance(self.backend, str) or not self.backend:
             raise ValueError(f"backend={self.backend!r}: expected 'auto' or a backend name")
-        from .backends import BACKEND_NAMES  # late import: backends import this module
-
         if self.backend != "auto" and self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend={self.backend!r}: expected 'auto' or one of {BACKEND_NAMES}")
         if self.dense_backend not in ("auto", "diffusers") and self.dense_backend not in BACKEND_NAMES:

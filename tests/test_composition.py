@@ -288,7 +288,8 @@ def test_gradients_equal_diffusers_at_sparsity_zero(family, autocast):
 
 def test_a_kernel_without_backward_refuses_training():
     from draftattention_diffusers.config import DraftAttentionConfig
-    from draftattention_diffusers.core import VideoGrid, draft_attention
+    from draftattention_diffusers import draft_attention
+    from draftattention_diffusers.core import VideoGrid
 
     grid = VideoGrid(1, 8, 32)
     q = torch.randn(1, grid.num_tokens, 2, 32, requires_grad=True)

@@ -1,7 +1,12 @@
 """Sparse-attention backends behind one interface, and the choice among them.
 
-Adding a kernel: write one module with a :class:`SparseAttentionBackend` subclass and add it to ``_BACKENDS``.
-``"auto"`` walks ``_BACKENDS`` in order and takes the first backend with no reason against the inputs.
+Adding a kernel: write one module with a :class:`SparseAttentionBackend` subclass, add it to ``_BACKENDS`` and its
+name to :data:`draftattention_diffusers.config.BACKEND_NAMES` (the config validates names against that list without
+importing kernels). ``"auto"`` walks ``BACKEND_NAMES`` in order and takes the first backend with no reason against the
+inputs.
+
+Imports: ``core`` (tiles, layout) and ``config.BACKEND_NAMES`` only; the entry point that calls a backend,
+:func:`draftattention_diffusers.draft_attention`, lives above this package.
 """
 
 from __future__ import annotations
@@ -10,21 +15,25 @@ import importlib
 
 import torch
 
+from ..config import BACKEND_NAMES
 from .base import AttentionInputs, SparseAttentionBackend
 
-# name -> "module:Class", fastest first (the order "auto" tries them in; measured in docs/benchmarks.md).
+# name -> "module:Class"; the order "auto" tries them in is BACKEND_NAMES' (fastest first, see docs/benchmarks.md).
 _BACKENDS: dict[str, str] = {
     "fa4": "draftattention_diffusers.backends.fa4:FA4Backend",
     "flex": "draftattention_diffusers.backends.flex:FlexBackend",
     "bsa": "draftattention_diffusers.backends.bsa:BlockSparseAttnBackend",
     "reference": "draftattention_diffusers.backends.reference:ReferenceBackend",
 }
-BACKEND_NAMES: tuple[str, ...] = tuple(_BACKENDS)
+if set(_BACKENDS) != set(BACKEND_NAMES):
+    raise ImportError(f"backends/__init__.py::_BACKENDS {sorted(_BACKENDS)} and config.BACKEND_NAMES "
+                      f"{sorted(BACKEND_NAMES)} must name the same backends")
 
 # Backend modules are light (their kernels' packages are imported only when checked): load them all now, so that no
 # import happens inside a torch.compile'd forward (an import is a graph break).
 _instances: dict[str, SparseAttentionBackend] = {
-    name: getattr(importlib.import_module(path.split(":")[0]), path.split(":")[1])() for name, path in _BACKENDS.items()
+    name: getattr(importlib.import_module(_BACKENDS[name].split(":")[0]), _BACKENDS[name].split(":")[1])()
+    for name in BACKEND_NAMES
 }
 # (name, *AttentionInputs.key) -> the backend that passed its checks (plain tuples: traceable under torch.compile)
 _resolved: dict[tuple, SparseAttentionBackend] = {}

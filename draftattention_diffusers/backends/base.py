@@ -1,9 +1,10 @@
 """What every sparse-attention backend is: a name, its limits (as data), and one forward over a tile mask.
 
 Adding a kernel is one module with a :class:`SparseAttentionBackend` subclass, mostly data, plus one line in
-``backends/__init__.py::_BACKENDS``. The subclass declares what its kernel supports; the base class checks every
-declared limit in :meth:`~SparseAttentionBackend.not_supported_reasons` and words each reason the same way,
-``"<what>=<actual> (supported: <allowed>)"``. A ``*_note`` adds the why after the generated list::
+``backends/__init__.py::_BACKENDS`` and its name in ``config.py::BACKEND_NAMES``. The subclass declares what its
+kernel supports; the base class checks every declared limit in :meth:`~SparseAttentionBackend.not_supported_reasons`
+and words each reason the same way, ``"<what>=<actual> (supported: <allowed>)"``. A ``*_note`` adds the why after
+the generated list::
 
     class MyBackend(SparseAttentionBackend):
         name = "mine"

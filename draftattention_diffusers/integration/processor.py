@@ -32,9 +32,9 @@ from diffusers import DiffusionPipeline
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.utils.constants import DIFFUSERS_ATTN_BACKEND
 
+from ..attention import draft_attention
 from ..backends import AttentionInputs, get_backend, resolve_backend
 from ..config import DraftAttentionConfig, make_config
-from ..core.attention import draft_attention
 from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
 from ..models.base import AttentionRole, TileOrder, register_hook

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..core.attention import StageTimer
+from ..attention import StageTimer
 from ..core.layout import VideoGrid
 from ..core.selection import TileMask
 

@@ -1,4 +1,9 @@
-"""The one entry point every processor calls: q, k, v in diffusers' layout -> draft attention output."""
+"""The one entry point every processor calls: q, k, v in diffusers' layout -> draft attention output.
+
+Layering (no cycle): ``config`` and ``core`` (token layout, tile selection: model- and kernel-independent) <-
+``backends`` (kernels) <- this module (the entry point, and :class:`StageTimer`, the draft-step timer it drives) <-
+``integration`` / ``models``. ``core`` knows nothing of backends or timing.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import time
 
 import torch
 
-from ..backends import AttentionInputs, resolve_backend
-from ..config import DraftAttentionConfig
-from .layout import VideoGrid, get_layout
-from .selection import TileMask, select_tiles
+from .backends import AttentionInputs, resolve_backend
+from .config import DraftAttentionConfig
+from .core.layout import VideoGrid, get_layout
+from .core.selection import TileMask, select_tiles
 
 
 class StageTimer:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from draftattention_diffusers.cli import (CLIError, add_run_options, apply_flow_shift, compare,  # noqa: E402
-                                          load_pipeline, settings_from_args)
+from draftattention_diffusers.runner import (CLIError, add_run_options, apply_flow_shift, compare,  # noqa: E402
+                                             load_pipeline, settings_from_args)
 
 COLUMNS = ["prompt", "seed", "sparsity", "selection", "dense_s", "draft_s", "dense_denoise_s", "draft_denoise_s",
            "speedup", "psnr", "ssim", "lpips", "achieved_sparsity"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from draftattention_diffusers import cli
+from draftattention_diffusers import cli, runner
 from draftattention_diffusers.video import read_video, render_draft_png, side_by_side, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,14 +138,14 @@ def test_compare_tiny_wan(capsys, tmp_path):
 
 
 def test_compare_function_reuses_one_pipeline(tmp_path):
-    pipe = cli.load_pipeline("tiny-hunyuan", "cpu")
+    pipe = runner.load_pipeline("tiny-hunyuan", "cpu")
     pipe.set_progress_bar_config(disable=True)
-    s = cli.RunSettings(model="tiny-hunyuan", height=128, width=256, num_frames=5, num_inference_steps=3)
-    r = cli.compare(pipe, s, warmup=1, with_lpips=False)
+    s = runner.RunSettings(model="tiny-hunyuan", height=128, width=256, num_frames=5, num_inference_steps=3)
+    r = runner.compare(pipe, s, warmup=1, with_lpips=False)
     assert r["dense"].shape == r["draft"].shape == (5, 128, 256, 3)
     assert r["metrics"]["lpips_skipped"] == "LPIPS skipped: not requested"
     assert not hasattr(pipe.transformer, "_draftattention")  # disabled again afterwards
-    again, _ = cli.run_pipeline(pipe, cli.call_kwargs(pipe, s), s.seed)
+    again, _ = runner.run_pipeline(pipe, runner.call_kwargs(pipe, s), s.seed)
     np.testing.assert_array_equal(again, r["dense"])  # dense run is reproducible with the same seed
 
 
@@ -246,7 +246,7 @@ def saved_tiny_wan(tmp_path_factory):
 def test_local_pipeline_loads_the_documented_way(saved_tiny_wan):
     import torch
 
-    pipe = cli.load_pipeline(str(saved_tiny_wan), "cpu")
+    pipe = runner.load_pipeline(str(saved_tiny_wan), "cpu")
     assert type(pipe).__name__ == "WanPipeline"
     assert pipe.vae.dtype == torch.float32 and pipe.transformer.dtype == torch.bfloat16
 
@@ -316,9 +316,9 @@ def never_load(monkeypatch):
 
     def loader(*args, **kwargs):
         calls.append(args)
-        raise cli.CLIError("the model was loaded")
+        raise runner.CLIError("the model was loaded")
 
-    monkeypatch.setattr(cli, "load_pipeline", loader)
+    monkeypatch.setattr(runner, "load_pipeline", loader)  # the commands look it up on the runner
     return calls
 
 
@@ -403,7 +403,7 @@ def test_cuda_device_without_cuda(capsys, tmp_path, never_load):
 def test_unwritable_json_folder(capsys, tmp_path, never_load, monkeypatch):
     # as root, chmod does not stop writing: ask os.access for the answer a normal user would get
     locked = _folder(tmp_path / "locked")
-    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != locked)
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked)
     rc, _, err = run(capsys, "generate", "--model", "tiny-wan", "--output", tmp_path / "x.mp4",
                      "--json", locked / "sub" / "r.json")
     one_line_error(rc, err, f"cannot be written: no write permission in {str(locked)!r}")
@@ -430,17 +430,26 @@ def test_offload_warns_for_a_tiny_model_before_loading(capsys, tmp_path, never_l
 
 
 def test_negative_prompt_warns_for_hunyuan_and_is_not_passed(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_warned", set())  # a fresh run (main() clears it; this test calls call_kwargs alone)
+    monkeypatch.setattr(runner, "_warned", set())  # a fresh run (main() clears it; this test calls call_kwargs alone)
     hunyuan = type("HunyuanVideoPipeline", (), {})()  # call_kwargs needs only the class name for a real model
-    s = cli.RunSettings(model="some-org/hunyuan", negative_prompt="blurry")
-    kw = cli.call_kwargs(hunyuan, s)
+    s = runner.RunSettings(model="some-org/hunyuan", negative_prompt="blurry")
+    kw = runner.call_kwargs(hunyuan, s)
     assert "negative_prompt" not in kw and kw["prompt"] == s.prompt
-    cli.call_kwargs(hunyuan, s)  # once per run, not once per call (evaluate.py calls compare per prompt)
+    runner.call_kwargs(hunyuan, s)  # once per run, not once per call (evaluate.py calls compare per prompt)
     err = capsys.readouterr().err
     assert err.count("draftattention: warning: --negative-prompt is ignored: HunyuanVideo") == 1, err
     wan = type("WanPipeline", (), {})()
-    assert cli.call_kwargs(wan, s)["negative_prompt"] == "blurry"
+    assert runner.call_kwargs(wan, s)["negative_prompt"] == "blurry"
     assert capsys.readouterr().err == ""
+
+
+def test_runner_resolves_settings_without_argparse():
+    """The runner is a library: keyword settings, the same checks and messages as the flags; the CLI re-exports it."""
+    s = runner.resolve_settings(model="tiny-wan", num_frames=5, sparsity=0.5, device="cpu")
+    assert (s.height, s.num_frames, s.config.sparsity, s.seed) == (256, 5, 0.5, 42)
+    with pytest.raises(runner.CLIError, match="--frames 8: expected 4k\\+1 frames"):
+        runner.resolve_settings(model="tiny-wan", num_frames=8)
+    assert cli.load_pipeline is runner.load_pipeline and cli.CLIError is runner.CLIError
 
 
 @pytest.mark.parametrize("model,local", [
@@ -449,7 +458,7 @@ def test_negative_prompt_warns_for_hunyuan_and_is_not_passed(capsys, monkeypatch
     ("Wan-AI/Wan2.1-T2V-14B-Diffusers", False), ("hunyuanvideo-community/HunyuanVideo", False), ("gpt2", False),
 ])
 def test_looks_like_local_path(model, local):
-    assert cli.looks_like_local_path(model) is local
+    assert runner.looks_like_local_path(model) is local
 
 
 def test_hub_id_with_an_existing_owner_folder_says_both(capsys, tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ from draftattention_diffusers.core import VideoGrid, get_layout
 from draftattention_diffusers.core.selection import (build_tile_mask, keep_budget, select_tiles,
                                                      select_video_tiles, tile_mask_to_token_mask)
 from draftattention_diffusers.quality import metrics
-from draftattention_diffusers.quality.capture import (analyze, capture, format_rows, load_capture, save_capture,
-                                                      summarize_rows)
+from draftattention_diffusers.quality.analyze import analyze, format_rows, summarize_rows
+from draftattention_diffusers.quality.capture import capture, load_capture, save_capture
 from draftattention_diffusers.quality.metrics import (attention_recall, oracle_tile_mask, output_error,
                                                       recall_from_mass, static_tile_mask, tile_centroids, tile_mass)
 from draftattention_diffusers.quality.synthetic import HEAD_KINDS, HeadKind, synthetic_qkv

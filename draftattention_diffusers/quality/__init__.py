@@ -11,7 +11,8 @@ See docs/quality.md. Example:
     True
 """
 
-from .capture import Capture, analyze, capture, format_rows, load_capture, save_capture, summarize_rows
+from .analyze import analyze, format_rows, summarize_rows
+from .capture import Capture, capture, load_capture, save_capture
 from .metrics import (HeadMetric, attention_recall, oracle_tile_mask, output_error, recall_from_mass,
                       static_tile_mask, tile_mass)
 from .synthetic import HEAD_KINDS, HeadKind, synthetic_qkv

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from draftattention_diffusers import metrics
+from draftattention_diffusers import video_metrics
 
 
 def _video(seed=0, shape=(4, 32, 48, 3), lo=0.2, hi=0.8):
@@ -15,9 +15,9 @@ def _video(seed=0, shape=(4, 32, 48, 3), lo=0.2, hi=0.8):
 
 def test_identical_videos_psnr_inf_ssim_one():
     a = _video()
-    assert metrics.psnr(a, a) == math.inf
-    assert metrics.ssim_builtin(a, a) == pytest.approx(1.0, abs=1e-12)
-    assert metrics.ssim(a, a) == pytest.approx(1.0, abs=1e-9)
+    assert video_metrics.psnr(a, a) == math.inf
+    assert video_metrics.ssim_builtin(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert video_metrics.ssim(a, a) == pytest.approx(1.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("d", [0.1, 0.02, 0.004])
@@ -25,23 +25,24 @@ def test_known_error_gives_exact_psnr(d):
     # Every pixel off by exactly +-d (no clipping: values stay in [0.2 - d, 0.8 + d]) -> mse = d^2.
     a = _video(1)
     signs = np.where(np.random.default_rng(2).random(a.shape) < 0.5, -1.0, 1.0)
-    assert metrics.psnr(a, a + d * signs) == pytest.approx(20 * math.log10(1 / d), abs=1e-9)
+    assert video_metrics.psnr(a, a + d * signs) == pytest.approx(20 * math.log10(1 / d), abs=1e-9)
 
 
 def test_gaussian_noise_psnr_close_to_expected():
     a = _video(3, shape=(8, 64, 64, 3))
     sigma = 0.05
     noisy = a + np.random.default_rng(4).normal(0, sigma, a.shape)
-    assert metrics.psnr(a, noisy) == pytest.approx(-20 * math.log10(sigma), abs=0.05)
+    assert video_metrics.psnr(a, noisy) == pytest.approx(-20 * math.log10(sigma), abs=0.05)
 
 
 def test_uint8_and_float_inputs_agree_and_torch_tensors_work():
     a8 = np.random.default_rng(5).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
     b8 = np.clip(a8.astype(int) + 3, 0, 255).astype(np.uint8)
     af, bf = a8 / 255.0, b8 / 255.0
-    assert metrics.psnr(a8, b8) == pytest.approx(metrics.psnr(af, bf), rel=1e-12)
-    assert metrics.ssim_builtin(a8, b8) == pytest.approx(metrics.ssim_builtin(af, bf), rel=1e-12)
-    assert metrics.psnr(torch.from_numpy(af)[None], bf) == pytest.approx(metrics.psnr(af, bf))  # [1, F, H, W, C]
+    assert video_metrics.psnr(a8, b8) == pytest.approx(video_metrics.psnr(af, bf), rel=1e-12)
+    assert video_metrics.ssim_builtin(a8, b8) == pytest.approx(video_metrics.ssim_builtin(af, bf), rel=1e-12)
+    # [1, F, H, W, C]
+    assert video_metrics.psnr(torch.from_numpy(af)[None], bf) == pytest.approx(video_metrics.psnr(af, bf))
 
 
 def test_ssim_of_constant_frames_matches_formula():
@@ -49,13 +50,13 @@ def test_ssim_of_constant_frames_matches_formula():
     a, b = np.full((2, 16, 16, 3), 0.3), np.full((2, 16, 16, 3), 0.5)
     c1 = 0.01**2
     expected = (2 * 0.3 * 0.5 + c1) / (0.3**2 + 0.5**2 + c1)
-    assert metrics.ssim_builtin(a, b) == pytest.approx(expected, rel=1e-9)
+    assert video_metrics.ssim_builtin(a, b) == pytest.approx(expected, rel=1e-9)
 
 
 def test_ssim_falls_with_more_noise():
     a = _video(6, shape=(2, 48, 48, 3))
     rng = np.random.default_rng(7)
-    small, large = (metrics.ssim_builtin(a, a + rng.normal(0, s, a.shape)) for s in (0.01, 0.1))
+    small, large = (video_metrics.ssim_builtin(a, a + rng.normal(0, s, a.shape)) for s in (0.01, 0.1))
     assert 1.0 > small > large > 0.0
 
 
@@ -67,35 +68,36 @@ def test_ssim_builtin_matches_torchmetrics():
     b = np.clip(a + np.random.default_rng(9).normal(0, 0.1, a.shape), 0, 1)
     ref = float(structural_similarity_index_measure(torch.from_numpy(b).permute(0, 3, 1, 2),
                                                     torch.from_numpy(a).permute(0, 3, 1, 2), data_range=1.0))
-    assert metrics.ssim_builtin(a, b) == pytest.approx(ref, abs=1e-10)
-    assert metrics.ssim_backend() == "torchmetrics" and metrics.ssim(a, b) == pytest.approx(ref, abs=1e-10)
+    assert video_metrics.ssim_builtin(a, b) == pytest.approx(ref, abs=1e-10)
+    assert video_metrics.ssim_backend() == "torchmetrics"
+    assert video_metrics.ssim(a, b) == pytest.approx(ref, abs=1e-10)
 
 
 def test_bad_inputs_raise_with_expected_shapes():
     a = _video()
     with pytest.raises(ValueError, match=r"expected frames \[F, H, W, C\]"):
-        metrics.psnr(a[0], a[0])
+        video_metrics.psnr(a[0], a[0])
     with pytest.raises(ValueError, match="differ in shape"):
-        metrics.psnr(a, a[:2])
+        video_metrics.psnr(a, a[:2])
     with pytest.raises(ValueError, match="at least 11x11"):
-        metrics.ssim_builtin(a[:, :8, :8], a[:, :8, :8])
+        video_metrics.ssim_builtin(a[:, :8, :8], a[:, :8, :8])
 
 
 def test_lpips_unavailable_is_reported_not_faked(monkeypatch):
-    monkeypatch.setattr(metrics, "_lpips_package", lambda: None)
-    reason = metrics.lpips_unavailable_reason()
+    monkeypatch.setattr(video_metrics, "_lpips_package", lambda: None)
+    reason = video_metrics.lpips_unavailable_reason()
     assert reason.startswith("LPIPS skipped") and "pip install" in reason
     a = _video()
-    out = metrics.video_metrics(a, a)
+    out = video_metrics.video_metrics(a, a)
     assert out["lpips"] is None and out["lpips_skipped"] == reason and out["psnr"] == math.inf
     with pytest.raises(RuntimeError, match="LPIPS skipped"):
-        metrics.lpips(a, a)
+        video_metrics.lpips(a, a)
 
 
 def test_lpips_without_backbone_weights_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(metrics, "_lpips_package", lambda: "lpips")
+    monkeypatch.setattr(video_metrics, "_lpips_package", lambda: "lpips")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert "not in the torch hub cache" in metrics.lpips_unavailable_reason()
+    assert "not in the torch hub cache" in video_metrics.lpips_unavailable_reason()
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / metrics._ALEXNET_WEIGHTS).write_bytes(b"")
-    assert metrics.lpips_unavailable_reason() is None
+    (tmp_path / "checkpoints" / video_metrics._ALEXNET_WEIGHTS).write_bytes(b"")
+    assert video_metrics.lpips_unavailable_reason() is None

@@ -139,23 +139,26 @@ def run_disabled_after_parallelism(parallel_run: bool) -> torch.Tensor:
         return pipe(**_pipe_kwargs(pipe, SIZE, {}, steps=2)).frames
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _all_cases() -> dict:
+    """What every rank runs (in one spawn: starting a rank costs ~10 s of imports)."""
+    results = {"cases": {name: run_case(name, parallel_run=True) for name in CASES}}
+    results["errors"] = {name: run_error(name) for name in ERRORS}
+    results["plain_hunyuan"] = run_plain_hunyuan_with_plan(parallel_run=True)
+    results["disabled"] = run_disabled_after_parallelism(parallel_run=True)
+    return results
+
+
+def _rank_main(rank: int, port: int, out_dir: str, job) -> None:
     import torch.distributed as dist
 
     # enable_parallelism picks the device rank % accelerator count, which is 0 on a CPU-only torch.
     torch.accelerator.device_count = lambda: 1
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    results = {"cases": {}, "errors": {}}
     try:
-        for name in CASES:
-            results["cases"][name] = run_case(name, parallel_run=True)
-        for name in ERRORS:
-            results["errors"][name] = run_error(name)
-        results["plain_hunyuan"] = run_plain_hunyuan_with_plan(parallel_run=True)
-        results["disabled"] = run_disabled_after_parallelism(parallel_run=True)
+        results = job()
     except Exception:  # noqa: BLE001 - the parent reports it
-        results["crash"] = traceback.format_exc()
+        results = {"crash": traceback.format_exc()}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -166,14 +169,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("ranks"))
-    mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+def run_in_ranks(job, out_dir: str) -> list[dict]:
+    """Run ``job()`` (a module-level function) in ``WORLD`` gloo ranks; returns each rank's result."""
+    mp.spawn(_rank_main, args=(_free_port(), out_dir, job), nprocs=WORLD, join=True)
     results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
     for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
     return results
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return run_in_ranks(_all_cases, str(tmp_path_factory.mktemp("ranks")))
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,10 @@ not draft attention's.
 
 from __future__ import annotations
 
-import os
-import traceback
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from diffusers import TaylorSeerCacheConfig
-from test_parallel import SIZE, WORLD, _enable_parallelism, _free_port, _pipe_kwargs
+from test_parallel import SIZE, WORLD, _enable_parallelism, _pipe_kwargs, run_in_ranks
 
 from draftattention_diffusers import enable_draft_attention, get_draft_stats
 from draftattention_diffusers.tiny import build_tiny_pipeline
@@ -49,30 +45,13 @@ def run_case(name: str, parallel_run: bool) -> dict:
     return dict(out=out, stats=get_draft_stats(pipe).summary())
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.accelerator.device_count = lambda: 1  # enable_parallelism picks rank % count, 0 on CPU-only torch
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    results = {}
-    try:
-        for name in CASES:
-            results[name] = run_case(name, parallel_run=True)
-    except Exception:  # noqa: BLE001 - the parent reports it
-        results["crash"] = traceback.format_exc()
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+def _all_cases() -> dict:
+    return {name: run_case(name, parallel_run=True) for name in CASES}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("ranks_cache"))
-    mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
-    results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
-    return results
+    return run_in_ranks(_all_cases, str(tmp_path_factory.mktemp("ranks_cache")))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -63,14 +63,15 @@ def _scheduler_step(pipe) -> tuple[int, int] | None:
     return (0 if step is None else int(step)), len(timesteps)
 
 
-def _calling_pipeline(frame) -> DiffusionPipeline | None:
-    """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now), or None."""
+def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
+    """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now) and its frame
+    (the pipeline's loop variables are its locals), or ``(None, None)``."""
     while frame is not None:
         obj = frame.f_locals.get("self")
         if isinstance(obj, DiffusionPipeline):
-            return obj
+            return obj, frame
         frame = frame.f_back
-    return None
+    return None, None
 
 
 def _user_chose_backend(processor_backend) -> bool:
@@ -278,9 +279,9 @@ class DraftAttnProcessor:
             uninstall(transformer)
             self._order.set(None, None)
             return
-        pipe = _calling_pipeline(frame if frame is not None else sys._getframe(1))
-        if pipe is not None:
-            step_info = _scheduler_step(pipe)
+        pipe, pipe_frame = _calling_pipeline(frame if frame is not None else sys._getframe(1))
+        if pipe is not None:  # the family knows pipelines whose step is not the scheduler's (diffusion forcing)
+            step_info = family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
             key = getattr(pipe.scheduler, "timesteps", None)
             if key is not self._run_key:  # a new pipeline call sets new timesteps: fresh statistics
                 self._run_key = key
@@ -474,7 +475,7 @@ class DraftAttnProcessor:
         if transformer is None:
             raise ValueError(f"DraftAttnProcessor was called from {type(attn).__name__}, which is not inside a "
                              f"supported transformer ({', '.join(supported_transformers())})")
-        pipe = _calling_pipeline(frame)
+        pipe, _ = _calling_pipeline(frame)
         owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
         self.attach(transformer, prefix=owner)
         family = installation(transformer).family

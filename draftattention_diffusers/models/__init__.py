@@ -8,9 +8,10 @@ import torch
 
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
 from .hunyuan_video import HunyuanVideoFamily
+from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
 
-_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily())
+_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family())
 
 _TINY_PREFIX = "tiny-"
 

@@ -171,6 +171,11 @@ class ModelFamily:
         """The command line's keyword arguments of ``pipe(...)``, adjusted for this family (default: as given)."""
         return kwargs
 
+    def pipeline_step(self, pipe, pipeline_locals: dict[str, Any]) -> tuple[int, int] | None:
+        """``(step, num_steps)`` of a pipeline whose denoising step is not its scheduler's ``step_index``, read from
+        the running pipeline call's locals; None (the default): ask the scheduler."""
+        return None
+
     def tiny_prompt_kwargs(self, pipe, emb: Callable[..., torch.Tensor], text_len: int, valid_len: int | None,
                            negative: bool) -> dict[str, Any]:
         """Prompt keyword arguments of a tiny pipeline of this family: ``emb(*shape)`` draws fixed random

@@ -61,6 +61,9 @@ class WanFamily(ModelFamily):
     other_pipelines = ("WanImageToVideoPipeline",)
     default_fps = 16
     tiny_variants = {"tiny-wan": build_tiny_wan, "tiny-wan22": partial(build_tiny_wan, two_experts=True)}
+    # the model's attention module and processor classes (Wan-derived families set their own)
+    attention_class: type = WanAttention
+    processor_class: type = WanAttnProcessor
 
     def grid(self, transformer, latents):
         p_t, p_h, p_w = transformer.config.patch_size
@@ -70,12 +73,12 @@ class WanFamily(ModelFamily):
     def roles(self, transformer, current):
         out = {}
         for name, module in transformer.named_modules():
-            if isinstance(module, WanAttention):
+            if isinstance(module, self.attention_class):
                 m = _SELF.match(name)
                 video_self = m is not None and not module.is_cross_attention
-                default = keep_or_default(current.get(f"{name}.processor"), WanAttnProcessor)
+                default = keep_or_default(current.get(f"{name}.processor"), self.processor_class)
                 out[module] = AttentionRole(name, video_self, int(m.group(1)) if m else None, default,
-                                            custom=not isinstance(default, WanAttnProcessor))
+                                            custom=not isinstance(default, self.processor_class))
         return out
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):

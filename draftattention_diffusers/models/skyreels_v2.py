@@ -1,0 +1,65 @@
+"""SkyReels-V2 (``SkyReelsV2Transformer3DModel``): a Wan2.1-derived model (same blocks, token order, q/k norms and
+RoPE), so the family is Wan's with SkyReels' own classes. Only ``blocks.<i>.attn1`` becomes sparse.
+
+Tokens are gathered per call (no tile-order hooks): in the diffusion-forcing pipelines the model builds per-token
+timestep embeddings (one timestep per frame, repeated over the frame's tokens) and a frame-block causal mask inside
+its forward, both indexed by diffusers' token positions, where no hook can reorder them. A causal mask is not a
+key-padding mask: those calls run dense with diffusers' attention and the mask (visible in the statistics as a
+fallback), so they stay exact.
+
+What "step" means in the diffusion-forcing pipelines: one iteration of their loop over the rows of the timestep
+matrix (``i`` of ``len(step_matrix)``, frames at different noise levels denoised together); their per-frame schedulers
+leave ``scheduler.step_index`` unset, so the step is read from the running pipeline call. ``dense_steps_fraction``
+counts those iterations: with ``ar_step > 0`` there are more of them than ``num_inference_steps``.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2Attention, SkyReelsV2AttnProcessor
+
+from .base import TINY_TEXT_DIM, LoadRecipe
+from .wan import WanFamily
+
+
+def build_tiny_skyreels_v2(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``SkyReelsV2Pipeline`` (T2V), float32 on CPU, no text encoder; Wan's tiny VAE."""
+    from diffusers import AutoencoderKLWan, SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    torch.manual_seed(seed + 1)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16, out_channels=16,
+        text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    ).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    return SkyReelsV2Pipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                              scheduler=scheduler)
+
+
+class SkyReelsV2Family(WanFamily):
+    """SkyReels-V2 T2V / I2V and its diffusion-forcing pipelines."""
+
+    name = "skyreels_v2"
+    title = "SkyReels-V2"
+    transformer_classes = ("SkyReelsV2Transformer3DModel",)
+    pipelines = {"SkyReelsV2Pipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
+    other_pipelines = ("SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
+                       "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline")
+    default_fps = 24
+    tiny_variants = {"tiny-skyreels-v2": build_tiny_skyreels_v2}
+    attention_class = SkyReelsV2Attention
+    processor_class = SkyReelsV2AttnProcessor
+
+    def pipeline_step(self, pipe, pipeline_locals):
+        i, num = pipeline_locals.get("i"), getattr(pipe, "_num_timesteps", None)
+        if type(pipe).__name__.startswith("SkyReelsV2DiffusionForcing") and isinstance(i, int) \
+                and isinstance(num, int) and 0 <= i < num:
+            return i, num
+        return None
+
+    def tile_order_hooks(self, transformer, order):
+        return False  # per-frame timesteps and causal masks are built inside the forward (module docstring)

@@ -175,7 +175,7 @@ def bare_inputs(transformer, family: str) -> dict:
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])
-@pytest.mark.parametrize("fraction", [0.0, 1.0, "set_step"])
+@pytest.mark.parametrize("fraction", [0.0, 1.0, "set_step", "diffusers_dense"])
 def test_whole_model_fullgraph_compile_without_recompiles(family, fraction):
     """diffusers' test_torch_compile_recompilation_and_graph_break, with draft attention on."""
     import torch._dynamo as dynamo
@@ -183,6 +183,8 @@ def test_whole_model_fullgraph_compile_without_recompiles(family, fraction):
     t = build_tiny_pipeline(family).transformer
     kw = bare_inputs(t, family)
     config = dict(sparsity=0.5, dense_steps_fraction=0.25 if fraction == "set_step" else fraction)
+    if fraction == "diffusers_dense":  # every dense_backend choice keeps the kernel choice out of the graph
+        config = dict(sparsity=0.5, dense_steps_fraction=0.0, dense_backend="diffusers")
     with draft_attention_enabled(t, **config):
         if fraction == "set_step":
             get_draft_processor(t).set_step(3, 4)

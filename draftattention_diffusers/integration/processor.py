@@ -117,6 +117,7 @@ class DraftAttnProcessor:
         self._backend_choice = None
         self._parallel_choice = None
         self._dense_kernels: dict[tuple, str | None] = {}  # (device, dtype, head dim) -> dense_backend="auto"'s pick
+        self._resolved: set[tuple] = set()  # (device, dtype, head dim) whose sparse backends are resolved
         self._kernel: str | None = None  # the dense kernel of this forward (None: the modules' own processors)
         # per forward
         self.grid: VideoGrid | None = None
@@ -367,8 +368,9 @@ class DraftAttnProcessor:
         """Resolve the sparse backend for these inputs (with and without padded keys and gradients) and return
         the dense kernel, in eager code: the choices are then dict lookups inside compiled graphs."""
         key = (device.type, device.index, dtype, head_dim)
-        if key not in self._dense_kernels:
+        if key not in self._resolved:
             _resolve_sparse_backends(self.config, device, dtype, head_dim)
+            self._resolved.add(key)
         return self._dense_kernel_for(device, dtype, head_dim)
 
     def _dense_kernel_for(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:

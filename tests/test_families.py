@@ -19,11 +19,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "draftattention_diffusers"
 
 def test_cli_tables_derive_from_the_families():
     assert cli.TINY_MODELS == {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan",
-                               "tiny-skyreels-v2": "skyreels-v2"}
-    assert TINY_FAMILIES == ("wan", "wan22", "hunyuan", "skyreels-v2")
+                               "tiny-skyreels-v2": "skyreels-v2", "tiny-wan-vace": "wan-vace"}
+    assert TINY_FAMILIES == ("wan", "wan22", "hunyuan", "skyreels-v2", "wan-vace")
     assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video",
-                                       "SkyReelsV2Pipeline": "skyreels_v2"}
-    assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24}
+                                       "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace"}
+    assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
     with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):
         cli.family_of(type("FluxPipeline", (), {})())

@@ -10,8 +10,9 @@ from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
 from .hunyuan_video import HunyuanVideoFamily
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
+from .wan_vace import WanVACEFamily
 
-_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family())
+_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily())
 
 _TINY_PREFIX = "tiny-"
 

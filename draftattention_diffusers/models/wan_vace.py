@@ -1,0 +1,63 @@
+"""Wan VACE (``WanVACETransformer3DModel``): Wan2.1 blocks plus VACE control blocks that run self-attention over the
+control video's tokens on the same grid. Both become sparse: ``blocks.<i>.attn1`` and ``vace_blocks.<j>.attn1``
+(``dense_layers`` counts the main blocks first, then the VACE blocks). Cross-attention stays dense.
+
+Tokens are gathered per call (no tile-order hooks): the control tokens (``vace_patch_embedding``) are added to the
+video tokens inside the forward as hints, which the hooks of a per-forward order do not reach.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+
+from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, keep_or_default
+from .wan import WanFamily
+
+_SELF = re.compile(r"^(vace_blocks|blocks)\.(\d+)\.attn1$")
+
+
+def build_tiny_wan_vace(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``WanVACEPipeline`` (a VACE layer at block 0), float32 on CPU, no text encoder."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    torch.manual_seed(seed + 1)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16, out_channels=16,
+        text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64, vace_layers=[0], vace_in_channels=96,
+    ).eval()
+    return WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+class WanVACEFamily(WanFamily):
+    """Wan2.1 VACE: control-conditioned generation (reference images, masks, control videos)."""
+
+    name = "wan_vace"
+    title = "Wan VACE"
+    transformer_classes = ("WanVACETransformer3DModel",)
+    pipelines = {"WanVACEPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
+    other_pipelines = ()
+    tiny_variants = {"tiny-wan-vace": build_tiny_wan_vace}
+
+    def roles(self, transformer, current):
+        num_main = len(transformer.blocks)
+        out = {}
+        for name, module in transformer.named_modules():
+            if isinstance(module, WanAttention):
+                m = _SELF.match(name)
+                video_self = m is not None and not module.is_cross_attention
+                index = None if m is None else int(m.group(2)) + (num_main if m.group(1) == "vace_blocks" else 0)
+                default = keep_or_default(current.get(f"{name}.processor"), WanAttnProcessor)
+                out[module] = AttentionRole(name, video_self, index, default,
+                                            custom=not isinstance(default, WanAttnProcessor))
+        return out
+
+    def tile_order_hooks(self, transformer, order):
+        return False  # control tokens join the video tokens inside the forward (module docstring)

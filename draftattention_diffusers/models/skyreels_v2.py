@@ -18,23 +18,18 @@ from __future__ import annotations
 import torch
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2Attention, SkyReelsV2AttnProcessor
 
-from .base import TINY_TEXT_DIM, LoadRecipe
-from .wan import WanFamily
+from .base import LoadRecipe
+from .wan import TINY_WAN_TRANSFORMER, WanFamily, tiny_wan_vae
 
 
 def build_tiny_skyreels_v2(seed: int = 0, num_layers: int = 2, heads: int = 2):
     """A tiny random-weight ``SkyReelsV2Pipeline`` (T2V), float32 on CPU, no text encoder; Wan's tiny VAE."""
-    from diffusers import AutoencoderKLWan, SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    vae = tiny_wan_vae(seed)
     torch.manual_seed(seed + 1)
-    transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16, out_channels=16,
-        text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
-    ).eval()
+    transformer = SkyReelsV2Transformer3DModel(num_attention_heads=heads, num_layers=num_layers,
+                                               **TINY_WAN_TRANSFORMER).eval()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
     return SkyReelsV2Pipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
                               scheduler=scheduler)

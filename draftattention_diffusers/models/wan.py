@@ -26,22 +26,31 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
     return out.type_as(x)
 
 
+# The tiny Wan-architecture transformer (head dim 32) and VAE (8x spatial, 4x temporal compression, like the real
+# one) that the tiny pipelines of every Wan-derived family share.
+TINY_WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), attention_head_dim=32, in_channels=16, out_channels=16,
+                            text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, cross_attn_norm=True,
+                            qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+
+
+def tiny_wan_vae(seed: int):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
 def build_tiny_wan(seed: int = 0, num_layers: int = 2, heads: int = 2, two_experts: bool = False):
     """A tiny random-weight ``WanPipeline`` (Wan2.1 T2V; ``two_experts``: Wan2.2 A14B-style, two transformers with
     a boundary), float32 on CPU, no text encoder. Head dim 32; the VAE compresses 8x spatially and 4x temporally."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     def transformer(s):
         torch.manual_seed(s)
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16,
-            out_channels=16, text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers,
-            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
-        ).eval()
+        return WanTransformer3DModel(num_attention_heads=heads, num_layers=num_layers, **TINY_WAN_TRANSFORMER).eval()
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    vae = tiny_wan_vae(seed)
     kwargs = dict(transformer=transformer(seed + 1))
     if two_experts:
         kwargs.update(transformer_2=transformer(seed + 2), boundary_ratio=0.5)

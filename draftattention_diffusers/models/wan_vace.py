@@ -13,25 +13,20 @@ import re
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, keep_or_default
-from .wan import WanFamily
+from .base import AttentionRole, LoadRecipe, keep_or_default
+from .wan import TINY_WAN_TRANSFORMER, WanFamily, tiny_wan_vae
 
 _SELF = re.compile(r"^(vace_blocks|blocks)\.(\d+)\.attn1$")
 
 
 def build_tiny_wan_vace(seed: int = 0, num_layers: int = 2, heads: int = 2):
     """A tiny random-weight ``WanVACEPipeline`` (a VACE layer at block 0), float32 on CPU, no text encoder."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
+    vae = tiny_wan_vae(seed)
     torch.manual_seed(seed + 1)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=32, in_channels=16, out_channels=16,
-        text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64, vace_layers=[0], vace_in_channels=96,
-    ).eval()
+    transformer = WanVACETransformer3DModel(num_attention_heads=heads, num_layers=num_layers, vace_layers=[0],
+                                            vace_in_channels=96, **TINY_WAN_TRANSFORMER).eval()
     return WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 

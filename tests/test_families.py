@@ -84,3 +84,18 @@ def test_no_family_name_outside_models():
     found = {str(p.relative_to(PACKAGE)): _names_outside_docstrings(p) & names for p in PACKAGE.rglob("*.py")
              if p.parent.name != "models"}
     assert not {p: n for p, n in found.items() if n}
+
+
+@pytest.mark.parametrize("name", ["skyreels-v2", "wan-vace"])
+def test_new_families_refuse_context_parallelism_clearly(name):
+    """No context-parallel plan exists (diffusers 0.42.1) or was verified for these: a clear error at enable."""
+    from types import SimpleNamespace
+
+    from draftattention_diffusers import enable_draft_attention
+    from draftattention_diffusers.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(name)
+    cp = SimpleNamespace(ring_degree=1, ulysses_degree=2, ulysses_anything=False)
+    pipe.transformer._parallel_config = SimpleNamespace(context_parallel_config=cp)
+    with pytest.raises(ValueError, match="context parallelism is not supported"):
+        enable_draft_attention(pipe)

@@ -56,5 +56,11 @@ class SkyReelsV2Family(WanFamily):
             return i, num
         return None
 
+    def cp_refusal(self, transformer):
+        # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
+        return ("draft attention under context parallelism is not supported for SkyReels-V2 yet: diffusers has no "
+                "context-parallel plan for it and its diffusion-forcing forward builds per-frame timesteps and causal masks over the whole sequence, which a plan would have to split consistently; "
+                "run it on one GPU per pipeline")
+
     def tile_order_hooks(self, transformer, order):
         return False  # per-frame timesteps and causal masks are built inside the forward (module docstring)

@@ -54,5 +54,11 @@ class WanVACEFamily(WanFamily):
                                             custom=not isinstance(default, WanAttnProcessor))
         return out
 
+    def cp_refusal(self, transformer):
+        # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
+        return ("draft attention under context parallelism is not supported for Wan VACE yet: diffusers has no "
+                "context-parallel plan for it and its control tokens are a second sequence added to the video tokens inside the forward, which a plan would have to split consistently; "
+                "run it on one GPU per pipeline")
+
     def tile_order_hooks(self, transformer, order):
         return False  # control tokens join the video tokens inside the forward (module docstring)

@@ -162,9 +162,15 @@ class ModelFamily:
         """The context-parallel plan to pass to ``enable_parallelism`` (None: diffusers' own plan of the model)."""
         return None
 
+    # why the family cannot run under context parallelism at all (None: it can); worded by cp_refusal
+    cp_unsupported_because: ClassVar[str | None] = None
+
     def cp_refusal(self, transformer: torch.nn.Module) -> str | None:
         """Why draft attention cannot run ``transformer`` under context parallelism, or None."""
-        return None
+        if self.cp_unsupported_because is None:
+            return None
+        return (f"draft attention under context parallelism is not supported for {self.title} yet: "
+                f"{self.cp_unsupported_because}; run it on one GPU per pipeline")
 
     # ----------------------------------------------------------------------------- pipelines and the CLI
     def pipeline_kwargs(self, pipe, kwargs: dict[str, Any]) -> dict[str, Any]:

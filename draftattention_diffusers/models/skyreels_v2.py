@@ -49,18 +49,17 @@ class SkyReelsV2Family(WanFamily):
     attention_class = SkyReelsV2Attention
     processor_class = SkyReelsV2AttnProcessor
 
+    # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
+    cp_unsupported_because = (
+        "diffusers has no context-parallel plan for it, and its diffusion-forcing forward builds per-frame "
+        "timesteps and causal masks over the whole sequence, which a plan would have to split consistently")
+
     def pipeline_step(self, pipe, pipeline_locals):
         i, num = pipeline_locals.get("i"), getattr(pipe, "_num_timesteps", None)
         if type(pipe).__name__.startswith("SkyReelsV2DiffusionForcing") and isinstance(i, int) \
                 and isinstance(num, int) and 0 <= i < num:
             return i, num
         return None
-
-    def cp_refusal(self, transformer):
-        # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
-        return ("draft attention under context parallelism is not supported for SkyReels-V2 yet: diffusers has no "
-                "context-parallel plan for it and its diffusion-forcing forward builds per-frame timesteps and causal masks over the whole sequence, which a plan would have to split consistently; "
-                "run it on one GPU per pipeline")
 
     def tile_order_hooks(self, transformer, order):
         return False  # per-frame timesteps and causal masks are built inside the forward (module docstring)

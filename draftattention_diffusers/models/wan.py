@@ -12,7 +12,7 @@ from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnP
 from ..core.layout import VideoGrid
 from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
 
-_SELF = re.compile(r"^blocks\.(\d+)\.attn1$")
+_SELF = re.compile(r"^(\w+)\.(\d+)\.attn1$")
 
 
 def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,8 @@ class WanFamily(ModelFamily):
     # the model's attention module and processor classes (Wan-derived families set their own)
     attention_class: type = WanAttention
     processor_class: type = WanAttnProcessor
+    # block lists whose ``attn1`` is video self-attention; ``dense_layers`` counts them in this order
+    self_attention_blocks: tuple[str, ...] = ("blocks",)
 
     def grid(self, transformer, latents):
         p_t, p_h, p_w = transformer.config.patch_size
@@ -80,13 +82,18 @@ class WanFamily(ModelFamily):
         return VideoGrid(t // p_t, h // p_h, w // p_w)
 
     def roles(self, transformer, current):
+        offsets, start = {}, 0
+        for blocks in self.self_attention_blocks:
+            offsets[blocks], start = start, start + len(getattr(transformer, blocks))
         out = {}
         for name, module in transformer.named_modules():
             if isinstance(module, self.attention_class):
                 m = _SELF.match(name)
+                m = m if m is not None and m.group(1) in offsets else None
                 video_self = m is not None and not module.is_cross_attention
+                index = None if m is None else offsets[m.group(1)] + int(m.group(2))
                 default = keep_or_default(current.get(f"{name}.processor"), self.processor_class)
-                out[module] = AttentionRole(name, video_self, int(m.group(1)) if m else None, default,
+                out[module] = AttentionRole(name, video_self, index, default,
                                             custom=not isinstance(default, self.processor_class))
         return out
 

@@ -8,15 +8,10 @@ video tokens inside the forward as hints, which the hooks of a per-forward order
 
 from __future__ import annotations
 
-import re
-
 import torch
-from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
-from .base import AttentionRole, LoadRecipe, keep_or_default
+from .base import LoadRecipe
 from .wan import TINY_WAN_TRANSFORMER, WanFamily, tiny_wan_vae
-
-_SELF = re.compile(r"^(vace_blocks|blocks)\.(\d+)\.attn1$")
 
 
 def build_tiny_wan_vace(seed: int = 0, num_layers: int = 2, heads: int = 2):
@@ -40,25 +35,12 @@ class WanVACEFamily(WanFamily):
     pipelines = {"WanVACEPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
     other_pipelines = ()
     tiny_variants = {"tiny-wan-vace": build_tiny_wan_vace}
+    self_attention_blocks = ("blocks", "vace_blocks")
 
-    def roles(self, transformer, current):
-        num_main = len(transformer.blocks)
-        out = {}
-        for name, module in transformer.named_modules():
-            if isinstance(module, WanAttention):
-                m = _SELF.match(name)
-                video_self = m is not None and not module.is_cross_attention
-                index = None if m is None else int(m.group(2)) + (num_main if m.group(1) == "vace_blocks" else 0)
-                default = keep_or_default(current.get(f"{name}.processor"), WanAttnProcessor)
-                out[module] = AttentionRole(name, video_self, index, default,
-                                            custom=not isinstance(default, WanAttnProcessor))
-        return out
-
-    def cp_refusal(self, transformer):
-        # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
-        return ("draft attention under context parallelism is not supported for Wan VACE yet: diffusers has no "
-                "context-parallel plan for it and its control tokens are a second sequence added to the video tokens inside the forward, which a plan would have to split consistently; "
-                "run it on one GPU per pipeline")
+    # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
+    cp_unsupported_because = (
+        "diffusers has no context-parallel plan for it, and its control tokens are a second sequence added to "
+        "the video tokens inside the forward, which a plan would have to split consistently")
 
     def tile_order_hooks(self, transformer, order):
         return False  # control tokens join the video tokens inside the forward (module docstring)

@@ -37,7 +37,7 @@ from ..backends import AttentionInputs, get_backend, resolve_backend
 from ..config import DraftAttentionConfig, make_config
 from ..core.layout import VideoGrid, get_layout
 from ..models import ModelFamily, family_for, require_family, supported_transformers
-from ..models.base import AttentionRole, TileOrder, register_hook
+from ..models.base import AttentionRole, TileOrder, forward_latents, register_hook
 from ..models.hunyuan_video import HunyuanVideoFamily
 from ..models.wan import WanFamily
 from . import parallel
@@ -263,9 +263,9 @@ class DraftAttnProcessor:
             # outside the graph (a graph break at the start of the forward; fullgraph needs set_step()).
             _prepare_forward_outside_graph(self, family, transformer, args, kwargs)
         else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
-            latents = args[0] if args else kwargs["hidden_states"]
+            latents = forward_latents(args, kwargs)
             self._kernel = self._forward_kernel(transformer, latents)
-            self._begin_forward(family.grid(transformer, latents), self._manual_step,
+            self._begin_forward(family.forward_grid(transformer, args, kwargs), self._manual_step,
                                 latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
                                 record=False)
 
@@ -289,13 +289,11 @@ class DraftAttnProcessor:
                 self.stats.reset()
         else:
             step_info = self._manual_step
-        if discovered is False:
-            latents = args[0] if args else kwargs["hidden_states"]
-            grid, device = family.grid(transformer, latents), latents.device
-        else:
-            grid, device = discovered, kwargs["hidden_states"].device
+        latents = forward_latents(args, kwargs)
+        grid = family.forward_grid(transformer, args, kwargs) if discovered is False else discovered
+        device = latents.device
         self.stats.to_device(device)
-        self._kernel = self._forward_kernel(transformer, kwargs["hidden_states"] if discovered is not False else latents)
+        self._kernel = self._forward_kernel(transformer, latents)
         self._cp = parallel.begin_forward(self, transformer, family, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "

@@ -130,6 +130,11 @@ class ModelFamily:
         """The token grid of a forward call, from its latent input ``[B, C, T, H, W]``."""
         raise NotImplementedError
 
+    def forward_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> VideoGrid:
+        """The token grid of a forward call from its arguments (default: :meth:`grid` of the first one, the
+        latents). Families whose latents arrive packed ``[B, S, C]`` read the grid from other arguments."""
+        return self.grid(transformer, forward_latents(args, kwargs))
+
     def grid_from_locals(self, transformer: torch.nn.Module, frame_locals: dict[str, Any]) -> VideoGrid | None:
         """The token grid of a running forward from its local variables (:attr:`grid_locals`), or None."""
         if self.grid_locals is None:
@@ -188,6 +193,11 @@ class ModelFamily:
         embeddings; ``valid_len`` of ``text_len`` text tokens are real (where the family masks text); ``negative``
         adds negative-prompt embeddings where the pipeline takes them."""
         raise NotImplementedError
+
+
+def forward_latents(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The first argument of a transformer forward (``hidden_states``, the latents), positional or by name."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 class TileOrder:

@@ -61,12 +61,34 @@ MODELS = {
 STEPS, DENSE_FRACTION = 50, 0.25
 
 
+def _wan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    return dict(hidden_states=latents, timestep=torch.tensor([500], device=latents.device),
+                encoder_hidden_states=rnd(1, 512, config["text_dim"]), return_dict=False)
+
+
+def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    mask = torch.zeros(1, 256, dtype=torch.bool, device=latents.device)
+    mask[:, :text_tokens] = True  # a prompt of `text_tokens` tokens, the rest padding
+    return dict(hidden_states=latents, timestep=torch.tensor([500], device=latents.device),
+                encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]), encoder_attention_mask=mask,
+                pooled_projections=rnd(1, config["pooled_projection_dim"]),
+                guidance=torch.tensor([6000.0], device=latents.device, dtype=latents.dtype), return_dict=False)
+
+
+# family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
+# text_tokens)); a new model family adds one line here and its rows in MODELS
+TRANSFORMERS = {
+    "wan": ("WanTransformer3DModel", _wan_inputs),
+    "hunyuan": ("HunyuanVideoTransformer3DModel", _hunyuan_inputs),
+}
+
+
 def build(name: str, device: torch.device, dtype: torch.dtype):
     """The transformer with random weights directly on ``device`` (no CPU copy of the weights)."""
-    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+    import diffusers
 
     family, config, _, _, _ = MODELS[name]
-    cls = WanTransformer3DModel if family == "wan" else HunyuanVideoTransformer3DModel
+    cls = getattr(diffusers, TRANSFORMERS[family][0])
     torch.manual_seed(0)
     with torch.device(device):
         model = cls(**config)
@@ -78,15 +100,7 @@ def inputs(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int
     g = torch.Generator(device="cpu").manual_seed(1)
     rnd = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
     latents = rnd(1, config["in_channels"], f, h, w)
-    t = torch.tensor([500], device=device)
-    if family == "wan":
-        return dict(hidden_states=latents, timestep=t, encoder_hidden_states=rnd(1, 512, config["text_dim"]),
-                    return_dict=False)
-    mask = torch.zeros(1, 256, dtype=torch.bool, device=device)
-    mask[:, :text_tokens] = True  # a prompt of `text_tokens` tokens, the rest padding
-    return dict(hidden_states=latents, timestep=t, encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]),
-                encoder_attention_mask=mask, pooled_projections=rnd(1, config["pooled_projection_dim"]),
-                guidance=torch.tensor([6000.0], device=device, dtype=dtype), return_dict=False)
+    return TRANSFORMERS[family][1](config, latents, rnd, text_tokens)
 
 
 def sync(device):

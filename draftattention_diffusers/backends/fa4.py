@@ -2,7 +2,7 @@
 
 Every kept tile goes into the kernel's "full" block lists (no ``mask_mod``: no per-element work), the "mask" lists
 are empty. Padded keys (HunyuanVideo's text) are cut with ``seqused_k``: the kernel masks the sequence end on the
-last tile of each list, which is why the lists are ascending (:func:`.tiles.compact_tile_lists`).
+last tile of each list, which is why the lists are ascending (:func:`.tiles.tile_indices`).
 
 The kernel call is a ``torch.library`` custom op (``draftattention::fa4_attention``), so a transformer that uses
 this backend can be compiled with ``torch.compile`` without a graph break at the kernel.
@@ -17,7 +17,7 @@ import torch
 
 from ..core.selection import TileMask
 from .base import TILE_128_NOTE, AttentionInputs, SparseAttentionBackend
-from .tiles import compact_tile_lists
+from .tiles import tile_indices
 
 FA4_VERSION = "4.0.0b36"
 INSTALL = f"pip install flash-attn-4=={FA4_VERSION}"
@@ -94,7 +94,7 @@ class FA4Backend(SparseAttentionBackend):
 
     def plan(self, tiles: TileMask, key_lengths: torch.Tensor | None) -> FA4Plan:
         """Counts and ascending key-tile lists of ``tiles.kept`` (and the key lengths as int32)."""
-        counts, indices = compact_tile_lists(tiles.kept)
+        counts, indices = tile_indices(tiles.kept)
         seqused = None if key_lengths is None else key_lengths.to(device=tiles.kept.device, dtype=torch.int32)
         return FA4Plan(counts, indices, seqused, tiles.layout.tile_size)
 

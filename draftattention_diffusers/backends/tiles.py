@@ -21,6 +21,9 @@ def tile_indices(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         whose first ``counts[b, h, i]`` entries are the kept key tiles of row ``i`` in ascending order; the
         entries after them are the skipped tiles (ascending too) and are never read by the kernels.
 
+    No sort: each tile is scattered to its rank, kept tiles by the running count of kept tiles, skipped ones after
+    ``counts`` by the running count of skipped ones (O(Tk) per row; the same lists as a stable sort of the flags).
+
     Equivalent loop (what the tests check)::
 
         for b, h, i: idx = [j for j in range(Tk) if kept[b, h, i, j]]; counts[b, h, i] = len(idx)
@@ -28,38 +31,19 @@ def tile_indices(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Example:
         >>> kept = torch.tensor([[[[False, True, True], [True, False, False]]]])
         >>> counts, idx = tile_indices(kept)
-        >>> counts.tolist(), idx[0, 0, 0, :2].tolist(), idx[0, 0, 1, :1].tolist()
-        ([[[2, 1]]], [1, 2], [0])
-    """
-    if kept.dtype != torch.bool or kept.dim() != 4:
-        raise ValueError(f"kept: expected a bool tensor [B, H, Tq, Tk], got {kept.dtype} {tuple(kept.shape)}")
-    counts = kept.sum(dim=-1, dtype=torch.int32)
-    # A stable descending sort of 1/0 lists the kept columns first, each group in ascending column order.
-    # (uint8 because sorting bool tensors is not supported on every device.)
-    order = kept.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices
-    return counts, order.to(torch.int32)
-
-
-def compact_tile_lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`tile_indices` without a sort, for kernels that read only the first ``counts`` entries of a row
-    (flash-attn-4): each kept tile is scattered to its rank among the kept tiles of its row (a running count), so
-    the lists are ascending; the entries after ``counts`` are 0. O(Tk) per row instead of a sort.
-
-    Example:
-        >>> kept = torch.tensor([[[[False, True, True], [True, False, False]]]])
-        >>> counts, idx = compact_tile_lists(kept)
-        >>> counts.tolist(), idx[0, 0, 0, :2].tolist(), idx[0, 0, 1, :1].tolist()
-        ([[[2, 1]]], [1, 2], [0])
+        >>> counts.tolist(), idx[0, 0, 0].tolist(), idx[0, 0, 1].tolist()
+        ([[[2, 1]]], [1, 2, 0], [0, 1, 2])
     """
     if kept.dtype != torch.bool or kept.dim() != 4:
         raise ValueError(f"kept: expected a bool tensor [B, H, Tq, Tk], got {kept.dtype} {tuple(kept.shape)}")
     tk = kept.shape[-1]
-    counts = kept.sum(dim=-1, dtype=torch.int32)
-    rank = kept.cumsum(dim=-1, dtype=torch.int32) - 1
-    slot = torch.where(kept, rank, tk).long()  # skipped tiles all land in one extra slot, dropped below
-    columns = torch.arange(tk, dtype=torch.int32, device=kept.device).expand(kept.shape)
-    lists = kept.new_zeros(*kept.shape[:-1], tk + 1, dtype=torch.int32).scatter_(-1, slot, columns)
-    return counts, lists[..., :tk].contiguous()
+    kept_so_far = kept.cumsum(dim=-1, dtype=torch.int32)  # kept tiles up to and including column j
+    counts = kept_so_far[..., -1].contiguous()
+    columns = torch.arange(tk, dtype=torch.int32, device=kept.device)
+    # kept column j -> kept_so_far - 1; skipped column j -> counts + (skipped columns before j) = counts + j - kept
+    slot = torch.where(kept, kept_so_far - 1, counts.unsqueeze(-1) + columns - kept_so_far)
+    lists = torch.empty_like(kept_so_far).scatter_(-1, slot.long(), columns.expand(kept.shape))
+    return counts, lists
 
 
 def split_boundary_tiles(kept: torch.Tensor, tile_size: int, key_lengths: torch.Tensor | None

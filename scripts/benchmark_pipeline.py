@@ -148,7 +148,8 @@ DENSE_SETTINGS = ("default", "fa4-dense", "compile")  # candidates for "the fast
 ALIASES = {"taylorseer-first+draft": "taylorseer(first)+draft"}  # a name a shell takes without quotes
 WITHOUT_DRAFT = {"taylorseer+draft": "taylorseer", "taylorseer(first)+draft": "taylorseer",
                  "magcache+draft": "magcache", "fbcache+draft": "fbcache", "compile+draft": "compile",
-                 "taylorseer+draft+compile": "taylorseer+compile"}
+                 "taylorseer+draft+compile": "taylorseer+compile", "magcache+draft+compile": "magcache+compile",
+                 "fbcache+draft+compile": "fbcache+compile"}
 
 
 # ------------------------------------------------------------------------------------------------ step schedules
@@ -609,6 +610,10 @@ SETTINGS: dict[str, Callable[[], list[Part]]] = {
     "fbcache+draft": lambda: [Draft(), FBCache()],
     "taylorseer+compile": lambda: [TaylorSeer(), Compile()],
     "taylorseer+draft+compile": lambda: [Draft(), TaylorSeer(), Compile()],
+    "magcache+compile": lambda: [MagCache(), Compile()],
+    "magcache+draft+compile": lambda: [Draft(), MagCache(), Compile()],
+    "fbcache+compile": lambda: [FBCache(), Compile()],
+    "fbcache+draft+compile": lambda: [Draft(), FBCache(), Compile()],
 }
 
 
@@ -834,6 +839,10 @@ def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor
     res["dense_step_mean_s"] = sum(d_s) / len(d_s) if d_s else None
     res["sparse_step_mean_s"] = sum(s_s) / len(s_s) if s_s else None
     res["dense_steps"], res["sparse_steps"] = len(d_s), len(s_s)
+    # step classes of this run and of the 50-step schedule, for the 50-step estimate (estimate_50)
+    res["classes"] = step_classes(dense, expected_compute(bench, parts, args.steps))
+    res["classes_50"] = step_classes(dense_flags(bench, parts, REF_STEPS), expected_compute(bench, parts, REF_STEPS))
+    res["has_draft"] = draft_part(parts) is not None and 0.0 < draft_part(parts).fraction(bench) < 1.0
     if any(p.is_compile for p in parts):
         res["graphs_compiled_in_timed_run"] = graphs1 - graphs0
         res["graph_breaks_total"] = breaks1
@@ -858,9 +867,20 @@ def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor
     return res, run["latents"], lines
 
 
+def split_setting(text: str, default_steps: int) -> tuple[str, int]:
+    """``"magcache+draft@8"`` -> ("magcache+draft", 8); without ``@``: the run's ``--steps``."""
+    name, _, steps = text.partition("@")
+    name = ALIASES.get(name, name)
+    if name not in SETTINGS or (steps and not (steps.isdigit() and int(steps) > 0)):
+        raise ValueError(f"setting {text!r}: expected one of {', '.join(SETTINGS)}, optionally @<steps> (e.g. draft@4)")
+    return name, int(steps) if steps else default_steps
+
+
 def run_setting(bench: Bench, name: str, args, deadline: float | None, log) -> dict:
     """Configure, warm up, time and undo one setting. Never raises: an error is recorded, printed with the setting
     name and its traceback, and the pipeline is restored for the next setting."""
+    name, steps = split_setting(name, args.steps)
+    args = argparse.Namespace(**{**vars(args), "steps": steps})  # this setting's own step count
     parts = SETTINGS[name]()
     bench.steps = args.steps
     res: dict[str, Any] = {"setting": name, "steps": args.steps}
@@ -947,15 +967,31 @@ def decode_once(bench: Bench, latents: torch.Tensor, log) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- summaries
-def estimate_50(res: dict, has_cache: bool) -> float | None:
-    """50-step estimate: 13 x mean dense-step + 37 x mean sparse-step time (None with a cache: not meaningful)."""
-    if has_cache or res.get("denoise_s") is None:
-        return None
-    n_dense = dense_step_count(DEFAULT_DENSE_FRACTION, REF_STEPS)
-    d, s = res.get("dense_step_mean_s"), res.get("sparse_step_mean_s")
-    d = d if d is not None else s
-    s = s if s is not None else d
-    return n_dense * d + (REF_STEPS - n_dense) * s
+def step_classes(dense: list[bool], computed: list[bool]) -> list[str]:
+    """Class of each step for the 50-step estimate: "dense" / "sparse" (draft attention's split, computed in full)
+    or "skipped" (a cache skipped the transformer blocks)."""
+    return [("dense" if d else "sparse") if c else "skipped" for d, c in zip(dense, computed)]
+
+
+def estimate_50(res: dict) -> tuple[float | None, str]:
+    """50-step estimate of a setting from its own timed run: the mean time of each step class (dense, sparse,
+    skipped; :func:`step_classes`) in the run, times the number of such steps in the 50-step schedule (draft
+    attention's ceil(0.25 x 50) = 13 dense steps; a cache's fixed 50-step schedule). None, with the reason, when the
+    50-step schedule has a class the run did not have."""
+    if res.get("denoise_s") is None or "classes" not in res:
+        return None, "not measured"
+    times: dict[str, list[float]] = {}
+    for c, t in zip(res["classes"], res["step_s"]):
+        times.setdefault(c, []).append(t)
+    mean = {c: sum(v) / len(v) for c, v in times.items()}
+    if "dense" in mean and "sparse" not in mean and "sparse" in res["classes_50"] and not res.get("has_draft"):
+        mean["sparse"] = mean["dense"]  # without draft attention the two classes are the same computation
+    if "sparse" in mean and "dense" not in mean and not res.get("has_draft"):
+        mean["dense"] = mean["sparse"]
+    missing = sorted(set(res["classes_50"]) - set(mean))
+    if missing:
+        return None, f"the timed run had no {'/'.join(missing)} step"
+    return sum(mean[c] for c in res["classes_50"]), ""
 
 
 def summarize(model_res: dict) -> list[dict]:
@@ -963,22 +999,27 @@ def summarize(model_res: dict) -> list[dict]:
     stack without draft attention; and the 50-step estimates."""
     settings = model_res["settings"]
     t = {k: v["denoise_s"] for k, v in settings.items() if v.get("denoise_s")}
+    # the fastest dense path by its 50-step estimate (settings may have run different step counts)
     dense = {k: t[k] for k in DENSE_SETTINGS if k in t}
-    fastest = min(dense, key=dense.get) if dense else None
-    est = {k: estimate_50(v, any(p.is_cache for p in SETTINGS[k]())) for k, v in settings.items()}
+    dense_est = {k: estimate_50(settings[k])[0] or math.inf for k in dense}
+    fastest = min(dense, key=dense_est.get) if dense else None
+    est_why = {k: estimate_50(v) for k, v in settings.items()}
+    est = {k: e for k, (e, _) in est_why.items()}
     rows = []
     for k, v in settings.items():
         row = {"setting": k, **{x: v.get(x) for x in ("denoise_s", "dense_step_mean_s", "sparse_step_mean_s",
                                                       "skipped", "error", "steps")}}
         row["warmup_s"] = (v.get("warmup") or {}).get("seconds")
         if k in t:
-            row["vs_default"] = t["default"] / t[k] if "default" in t else None
+            same = lambda other: settings[other].get("steps") == v.get("steps")  # noqa: E731
+            row["vs_default"] = t["default"] / t[k] if "default" in t and same("default") else None
             row["fastest_dense"] = fastest
-            row["vs_fastest_dense"] = dense[fastest] / t[k] if fastest else None
+            row["vs_fastest_dense"] = dense[fastest] / t[k] if fastest and same(fastest) else None
             base = WITHOUT_DRAFT.get(k)
             row["without_draft"] = base
-            row["vs_without_draft"] = t[base] / t[k] if base in t else None
-            row["est50_s"] = est[k]
+            row["vs_without_draft"] = t[base] / t[k] if base in t and same(base) else None
+            row["est50_vs_without_draft"] = est[base] / est[k] if base in t and est.get(base) and est[k] else None
+            row["est50_s"], row["est50_note"] = est_why[k]
             row["est50_vs_default"] = est["default"] / est[k] if est.get("default") and est[k] else None
             fe = est.get(fastest) if fastest else None
             row["est50_vs_fastest_dense"] = fe / est[k] if fe and est[k] else None
@@ -999,35 +1040,41 @@ def markdown(all_results: list[dict], meta: dict) -> str:
     lines = [f"Pipeline benchmark {meta['date']}, {meta['device']}, torch {meta['torch']}, diffusers "
              f"{meta['diffusers']}, {meta['dtype']} transformer, {meta['steps']} steps (warm-up untimed, >= "
              f"{meta['warmup_steps']} steps per setting). Step means: dense = draft's dense steps (first "
-             "ceil(0.25 n)); 50-step estimate = 13 x dense + 37 x sparse mean (n/a with a cache).", "",
-             "| model | setting | denoise s | dense-step s | sparse-step s | warm-up s | vs default | "
-             "vs fastest dense | vs same w/o draft | 50-step est. s | est. vs default | est. vs fastest dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ceil(0.25 n)). 50-step estimate: each step class (dense, sparse, skipped by a cache) at its mean time in "
+             "the setting's own run, times its count in the 50-step schedule (13 dense; the cache's fixed schedule). "
+             "Measured-run ratios only between settings of equal step counts.", "",
+             "| model | setting | steps | denoise s | dense-step s | sparse-step s | warm-up s | vs default | "
+             "vs fastest dense | vs same w/o draft | 50-step est. s | est. vs default | est. vs fastest dense | "
+             "est. vs same w/o draft |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    blank = " | " * 11
     for m in all_results:
         label = m["label"]
         if m.get("skipped") or m.get("error"):
             lines.append(f"| {label} | (model {'skipped' if m.get('skipped') else 'FAILED'}) | "
-                         f"{cell(m.get('skipped') or m.get('error'))} | | | | | | | | | |")
+                         f"{cell(m.get('skipped') or m.get('error'))}{blank}|")
             continue
         for r in m.get("summary", []):
             if r.get("denoise_s") is None:
                 why = r.get("skipped") or r.get("error") or "not measured"
                 lines.append(f"| {label} | {r['setting']} | {'skipped' if r.get('skipped') else 'FAILED'}: "
-                             f"{cell(why)} | | | | | | | | | |")
+                             f"{cell(why)}{blank}|")
                 continue
             fd = f" ({r['fastest_dense']})" if r.get("fastest_dense") else ""
-            wd = f" ({r['without_draft']})" if r.get("without_draft") and r.get("vs_without_draft") else ""
-            lines.append(f"| {label} | {r['setting']} | {s(r['denoise_s'])} | {s(r['dense_step_mean_s'])} | "
-                         f"{s(r['sparse_step_mean_s'])} | {s(r['warmup_s'], 1)} | {x(r.get('vs_default'))} | "
-                         f"{x(r.get('vs_fastest_dense'))}{fd} | {x(r.get('vs_without_draft'))}{wd} | "
+            wd = f" ({r['without_draft']})" if r.get("without_draft") else ""
+            lines.append(f"| {label} | {r['setting']} | {r.get('steps')} | {s(r['denoise_s'])} | "
+                         f"{s(r['dense_step_mean_s'])} | {s(r['sparse_step_mean_s'])} | {s(r['warmup_s'], 1)} | "
+                         f"{x(r.get('vs_default'))} | {x(r.get('vs_fastest_dense'))}{fd} | "
+                         f"{x(r.get('vs_without_draft'))}{wd if r.get('vs_without_draft') else ''} | "
                          f"{s(r.get('est50_s'), 1) if r.get('est50_s') else 'n/a'} | {x(r.get('est50_vs_default'))} |"
-                         f" {x(r.get('est50_vs_fastest_dense'))} |")
+                         f" {x(r.get('est50_vs_fastest_dense'))} | "
+                         f"{x(r.get('est50_vs_without_draft'))}{wd if r.get('est50_vs_without_draft') else ''} |")
         dec = m.get("decode")
         if dec and dec.get("seconds") is not None:
-            lines.append(f"| {label} | VAE decode (one call) | {dec['seconds']:.2f} | | | | | | | | | |")
+            lines.append(f"| {label} | VAE decode (one call) | | {dec['seconds']:.2f}{blank}|")
         elif dec:
             lines.append(f"| {label} | VAE decode | {'skipped' if dec.get('skipped') else 'FAILED'}: "
-                         f"{cell(dec.get('skipped') or dec.get('error'))} | | | | | | | | | |")
+                         f"{cell(dec.get('skipped') or dec.get('error'))}{blank}|")
     return "\n".join(lines)
 
 
@@ -1063,7 +1110,7 @@ def run_model(name: str, settings: list[str], args, device: torch.device, dtype:
         f"{kw['height']}x{kw['width']}, {kw['num_frames']} frames, guidance {kw['guidance_scale']}"
         + (f", {args.text_tokens} of {TEXT_LEN['hunyuan']} prompt tokens live" if family == "hunyuan" else ""))
     for setting in settings:
-        mres["settings"][setting] = run_setting(bench, setting, args, deadline, log)
+        mres["settings"][split_setting(setting, args.steps)[0]] = run_setting(bench, setting, args, deadline, log)
         if not args.no_decode and "decode" not in mres and bench.decode_source is not None:
             mres["decode"] = decode_step(bench, deadline, log)
         save()
@@ -1103,7 +1150,7 @@ def log_summary(name: str, rows: list[dict], steps: int, log) -> None:
             continue
         e50 = (f"50-step estimate {r['est50_s']:.1f} s ({x(r.get('est50_vs_default'))} vs default, "
                f"{x(r.get('est50_vs_fastest_dense'))} vs fastest dense)" if r.get("est50_s")
-               else "50-step estimate n/a (a cache's skip schedule depends on the step count)")
+               else f"50-step estimate n/a ({r.get('est50_note')})")
         wd = f", {x(r['vs_without_draft'])} vs {r['without_draft']}" if r.get("vs_without_draft") else ""
         log(f"   {r['setting']:<26} {r['denoise_s']:8.3f} s  {x(r.get('vs_default'))} vs default, "
             f"{x(r.get('vs_fastest_dense'))} vs fastest dense ({r.get('fastest_dense') or '-'}){wd}; {e50}")
@@ -1114,7 +1161,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=",".join(FULL_MODELS),
                    help=f"comma list of {', '.join(FULL_MODELS + TINY_MODELS)} (default: the three full-size)")
     p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
-    p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of: " + ", ".join(SETTINGS))
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help="comma list of (each optionally @<steps>, its own step count: draft@4): " + ", ".join(SETTINGS))
     p.add_argument("--steps", type=int, default=REF_STEPS, help="denoising steps of the timed run (default 50)")
     p.add_argument("--warmup-steps", type=int, default=2,
                    help="steps of the untimed warm-up call (>= 1; raised per setting until it covers a dense, a "
@@ -1135,8 +1183,10 @@ def main(argv=None) -> None:
         if m not in MODELS or m not in PRESETS:
             p.error(f"unknown model {m!r}; expected some of {', '.join(FULL_MODELS + TINY_MODELS)}")
     for s in settings:
-        if s not in SETTINGS:
-            p.error(f"unknown setting {s!r}; expected some of {', '.join(SETTINGS)}")
+        try:
+            split_setting(s, args.steps)
+        except ValueError as e:
+            p.error(str(e))
     if args.steps < 1 or args.warmup_steps < 1 or args.max_warmup_calls < 1:
         p.error("--steps, --warmup-steps and --max-warmup-calls must be >= 1")
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One GPU call per stage (each fits the ten-minute limit of a device call): the GPU tests, the attention call, and
+# the real pipeline loop with caches and compile. Logs, JSON and markdown under $OUT (default ./gpu_out); the short
+# tables are printed last. Run in the project root after the two-call install of ../shared/gpu/README.md:
+#     eval "$(bash .device/partB/install.sh)" && bash scripts/gpu_speed_check.sh <stage>
+# Stages:
+#   tests        tests/gpu, then the attention call at 90% (Wan 14B / HunyuanVideo 720p), then Wan 1.3B 480p 50-step
+#                loops with FirstBlockCache (alone and with draft attention)
+#   wan14b       Wan2.1 14B 720p loop: default, flash-attn-4 dense, draft, MagCache, MagCache + draft
+#   wan14b-compile  the same model with regional torch.compile: compile + draft, MagCache + compile (+ draft)
+# Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
+# (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile}
+nvidia-smi -L | tee "$OUT/gpus.txt"
+pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
+
+run() {  # name, timeout seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "=== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
+}
+
+case $stage in
+  tests)
+    run gpu_tests 230 python3 -m pytest tests/gpu -q -x -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
+    tail -5 "$OUT/gpu_tests.log"
+    run attention 110 python3 scripts/benchmark_attention.py --shapes wan14b-720p hunyuan-720p --backends fa4 \
+      --sparsities 0.9 --out "$OUT/attention.md"
+    run pipeline_1.3b 230 python3 scripts/benchmark_pipeline.py --models wan1.3b-480p --steps 50 --no-decode \
+      --warmup-steps 1 --budget-s 220 --settings default,draft,fbcache,fbcache+draft --out "$OUT/p13"
+    cat "$OUT/attention.md" "$OUT/p13/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan14b)
+    run pipeline_14b 560 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode --warmup-steps 1 \
+      --budget-s 550 --settings default@2,fa4-dense@2,draft@4,magcache@4,magcache+draft@8 --out "$OUT/p14"
+    cat "$OUT/p14/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan14b-compile)
+    run pipeline_14b_compile 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 1 --budget-s 560 \
+      --settings compile+draft@4,magcache+draft+compile@8,magcache+compile@4 --out "$OUT/p14c"
+    cat "$OUT/p14c/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
+cat "$OUT/stages.txt"

@@ -6,6 +6,8 @@ and for scripts (``scripts/evaluate.py``):
 * settings: :class:`RunSettings`, what one generation needs, from :func:`resolve_settings` (preset values merged
   with explicit values and checked before any model is loaded) or from the shared command-line options
   (:func:`add_run_options`, read back by :func:`settings_from_args`);
+* input files: ``--image`` / ``--video`` (:func:`load_image_input`, :func:`load_video_input`), checked against what
+  the pipeline takes (its family's declaration, ``LoadRecipe.inputs``) before it loads (:func:`check_inputs`);
 * loading: :func:`load_pipeline` (tiny models, or a real pipeline with its family's recipe), :func:`apply_flow_shift`;
 * running: :func:`call_kwargs`, :func:`run_pipeline`, and :func:`compare` (dense, then draft attention: times and
   video metrics).
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import re
@@ -38,15 +42,19 @@ import numpy as np
 import torch
 
 from .config import SELECTIONS, DraftAttentionConfig, Preset, load_preset
-from .models import ModelFamily, families, family_for_pipeline, tiny_alias, tiny_models
+from .models import ModelFamily, families, family_for_pipeline, tiny_alias, tiny_builder, tiny_models
+from .models.base import INPUT_KINDS, TinyPipeline
 
 # Everything model-specific comes from the family table (models/): these names are derived from it.
 TINY_MODELS = {name: tiny_alias(name) for name in tiny_models()}
 """``--model`` names of the embedded tiny pipelines -> ``build_tiny_pipeline`` name."""
 
 SUPPORTED_PIPELINES = {cls: f.name for f in families() for cls in f.pipelines}
-"""Pipeline classes the CLI loads (text-to-video) -> family name. Others can still use the Python API where it
-supports them."""
+"""Pipeline classes the CLI loads (text-to-video, image-to-video, ...) -> family name. Others can still use the
+Python API where it supports them."""
+
+INPUT_FLAGS = {kind: f"--{kind}" for kind in INPUT_KINDS}
+"""The command-line flag of each input kind a pipeline can take (``PipelineInput.kind``): --image, --video."""
 
 TINY_DEFAULTS = {"height": 256, "width": 512, "num_frames": 9, "num_inference_steps": 6}
 """Small enough for a CPU in seconds; 12 draft regions, so 90% sparsity really skips tiles."""
@@ -106,6 +114,13 @@ class RunSettings:
     seed: int = 42
     fps: int | None = None
     config: DraftAttentionConfig = dataclasses.field(default_factory=DraftAttentionConfig)
+    image: str | None = None
+    video: str | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The input kinds given (``"image"``, ``"video"``): what ``load_pipeline(..., inputs=)`` takes."""
+        return tuple(k for k in INPUT_KINDS if getattr(self, k) is not None)
 
     def validate(self) -> None:
         for name in ("height", "width"):
@@ -156,14 +171,17 @@ def resolve_settings(
     device: str = "auto",
     offload: bool = False,
     dense: bool = False,
+    image: str | None = None,
+    video: str | None = None,
 ) -> RunSettings:
     """Merge, lowest priority first: built-in defaults, tiny-model defaults, ``preset`` (a preset name or YAML file),
     explicit values (None: not given; ``sparsity`` ... ``dense_steps_fraction`` override the draft-attention
     config).
 
     Also checks, before any model is loaded, what can be checked without it: the values, a local ``model``
-    path, ``device``, ``offload`` and whether the backend can run on the device (not for ``dense`` runs, which do
-    not use it). Raises :class:`CLIError` (its messages name the command-line flags, e.g. ``--frames``).
+    path, ``device``, ``offload``, whether the backend can run on the device (not for ``dense`` runs, which do
+    not use it) and that ``image`` / ``video`` files can be read (whether the pipeline takes them:
+    :func:`check_inputs`). Raises :class:`CLIError` (its messages name the command-line flags, e.g. ``--frames``).
     """
     p = _preset(preset) if preset else None
     model = model or (p.model if p else None)
@@ -181,7 +199,7 @@ def resolve_settings(
             config=p.draft_attention)
     values = {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width,
               "num_frames": num_frames, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-              "seed": seed, "fps": fps, "flow_shift": flow_shift}
+              "seed": seed, "fps": fps, "flow_shift": flow_shift, "image": image, "video": video}
     s = dataclasses.replace(s, **{k: v for k, v in values.items() if v is not None})
     overrides = {"sparsity": sparsity, "backend": backend, "selection": selection,
                  "dense_steps_fraction": dense_steps_fraction}
@@ -192,6 +210,10 @@ def resolve_settings(
         except ValueError as e:
             raise CLIError(str(e)) from None
     s.validate()
+    if s.image is not None:
+        load_image_input(s.image)
+    if s.video is not None:
+        load_video_input(s.video)
     check_model_path(s.model)
     dev = pick_device(device)
     if offload:
@@ -244,6 +266,9 @@ def add_run_options(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     g.add_argument("--flow-shift", type=float, help="scheduler flow shift (Wan: 3 for 480p, 5 for 720p)")
     g.add_argument("--seed", type=int, help="random seed (default 42)")
     g.add_argument("--fps", type=int, help="frames per second of the written video")
+    for kind, what in (("image", "an image (png, jpg)"), ("video", "a video (mp4, gif, or a folder of frames)")):
+        g.add_argument(INPUT_FLAGS[kind], metavar="PATH",
+                       help=f"{what} for the pipelines that take one: {', '.join(_takers(families(), kind))}")
     d = p.add_argument_group("draft attention")
     d.add_argument("--sparsity", type=float, help="fraction of video attention tiles skipped, in [0, 1)")
     d.add_argument("--backend", help="auto, fa4, flex, bsa or reference (see `draftattention info`)")
@@ -266,7 +291,186 @@ def settings_from_args(args: argparse.Namespace, dense: bool = False) -> RunSett
         width=args.width, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, fps=args.fps, flow_shift=args.flow_shift, sparsity=args.sparsity, backend=args.backend,
         selection=args.selection, dense_steps_fraction=args.dense_steps_fraction, device=args.device,
-        offload=args.offload, dense=dense)
+        offload=args.offload, dense=dense, image=getattr(args, "image", None), video=getattr(args, "video", None))
+
+
+# ------------------------------------------------------------------------------------------- input files
+_FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _existing_file(path: str, flag: str, expected: str, folder_ok: bool = False) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CLIError(f"{flag} {path!r}: no such file; expected {expected}")
+    if p.is_dir() and not folder_ok:
+        raise CLIError(f"{flag} {path!r} is a folder; expected {expected}")
+    return p
+
+
+def _cache_key(p: Path) -> tuple[str, int, int]:
+    st = p.stat()  # a file changed on disk is read again
+    return str(p.resolve()), st.st_mtime_ns, st.st_size
+
+
+def load_image_input(path: str):
+    """``--image PATH`` as an RGB PIL image (png, jpg, anything PIL reads); ``CLIError`` saying why when the file is
+    missing or cannot be read. Read once per file (the settings check and every pipeline call share it)."""
+    p = _existing_file(path, "--image", "an image file (png, jpg)")
+    return _read_image("--image", path, *_cache_key(p))
+
+
+@functools.lru_cache(maxsize=256)  # a video given as a folder has one entry per frame
+def _read_image(flag: str, path: str, resolved: str, mtime_ns: int, size: int):
+    from PIL import Image
+
+    try:
+        with Image.open(resolved) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CLIError(f"{flag} {path!r} cannot be read as an image ({first_line(e)}); expected a png or jpg "
+                       "file") from None
+
+
+def load_video_input(path: str) -> tuple:
+    """``--video PATH`` as a tuple of RGB PIL frames: a video file (mp4, gif, anything diffusers' ``load_video``
+    reads with imageio) or a folder of frames (png / jpg, in name order). ``CLIError`` saying why when it is missing,
+    cannot be read, has no frames or frames of different sizes. Read once per file."""
+    p = _existing_file(path, "--video", "a video file (mp4, gif) or a folder of frames (png, jpg)", folder_ok=True)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in _FRAME_SUFFIXES)
+        if not files:
+            raise CLIError(f"--video {path!r} is a folder without frames; expected png or jpg files in it")
+        frames = tuple(_read_image("--video", str(f), *_cache_key(f)) for f in files)  # errors name the frame
+    else:
+        frames = _read_video(path, *_cache_key(p))
+    if not frames:
+        raise CLIError(f"--video {path!r} has no frames")
+    sizes = {f.size for f in frames}
+    if len(sizes) > 1:
+        raise CLIError(f"--video {path!r}: frames of different sizes {sorted(sizes)}; expected one size")
+    return frames
+
+
+@functools.lru_cache(maxsize=2)
+def _read_video(path: str, resolved: str, mtime_ns: int, size: int) -> tuple:
+    from diffusers.utils import load_video
+
+    try:
+        return tuple(f.convert("RGB") for f in load_video(resolved))
+    except Exception as e:  # noqa: BLE001 - imageio and PIL raise many types for a file they cannot read
+        raise CLIError(f"--video {path!r} cannot be read as a video ({type(e).__name__}: {first_line(e)}); expected "
+                       "an mp4 or gif file (mp4 needs imageio-ffmpeg) or a folder of frames") from None
+
+
+def _recipe_class(family: ModelFamily, pipe) -> str:
+    """The class of ``pipe`` (or a base class of it) that ``family.pipelines`` declares."""
+    return next(c.__name__ for c in type(pipe).__mro__ if c.__name__ in family.pipelines)
+
+
+def _takers(fams, kind: str) -> list[str]:
+    """The pipelines of ``fams`` that take an input of ``kind``, worded for messages: ``WanImageToVideoPipeline``,
+    ``WanVACEPipeline (as reference_images)``, ``WanPipeline with expand_timesteps (as WanImageToVideoPipeline)``."""
+    out = []
+    for f in fams:
+        for cls, r in f.pipelines.items():
+            spec = r.takes(kind)
+            if spec is not None:
+                out.append(cls if spec.argument == kind else f"{cls} (as {spec.argument})")
+            elif kind in r.loads_as:
+                out.append(f"{cls}{f' with {r.loads_as_if}' if r.loads_as_if else ''} (as {r.loads_as[kind]})")
+    return out
+
+
+def _not_taken(family: ModelFamily, cls: str, kind: str, model_index: dict[str, Any]) -> str:
+    takers = _takers([family], kind)
+    flag = INPUT_FLAGS[kind]
+    recipe = family.pipelines[cls]
+    other = recipe.loads_as_for([kind], model_index)
+    if other is not None:  # a pipeline built or loaded without the inputs it runs with
+        return (f"{flag}: {cls} takes no {kind}; this checkpoint takes one as {other}: load it with "
+                f"load_pipeline(..., inputs=settings.inputs)")
+    if kind in recipe.loads_as:  # the checkpoint does not set what would load it as the class that takes it
+        return (f"{flag}: {cls} takes no {kind}; a {cls} checkpoint whose model_index.json sets "
+                f"{recipe.loads_as_if} loads as {recipe.loads_as[kind]}, which does, and this one does not; pass "
+                f"--model with one that does, or drop {flag} (pipelines that take one: {', '.join(takers)})")
+    if not takers:
+        return (f"{flag}: {cls} takes no {kind}, nor does any {family.title} pipeline the command line loads; "
+                f"drop {flag}")
+    return (f"{flag}: {cls} takes no {kind}; the {family.title} pipelines that do: {', '.join(takers)}; pass --model "
+            f"with one of those, or drop {flag}")
+
+
+def _check_inputs_for(family: ModelFamily, cls: str, s: RunSettings, model_index: dict[str, Any]) -> None:
+    """``CLIError`` unless the input files of ``s`` fit pipeline class ``cls`` (its ``model_index.json`` entries:
+    ``model_index``) as its family declares it."""
+    recipe = family.pipelines[cls]
+    for kind in s.inputs:
+        if recipe.takes(kind) is None:
+            raise CLIError(_not_taken(family, cls, kind, model_index))
+    for i in recipe.inputs:
+        if i.required and getattr(s, i.kind) is None:
+            raise CLIError(f"{cls} needs an input {i.kind} (its {i.argument!r} argument): pass "
+                           f"{INPUT_FLAGS[i.kind]} PATH")
+    spec = recipe.takes("video")
+    if spec is None or s.video is None:
+        return
+    frames = load_video_input(s.video)
+    n, (w, h) = len(frames), frames[0].size
+    if spec.same_frames and s.num_frames is not None and n != s.num_frames:
+        raise CLIError(f"--video {s.video!r} has {n} frames; {cls} needs exactly as many as it generates "
+                       f"(--frames {s.num_frames}): pass a video of {s.num_frames} frames"
+                       + (f" or --frames {n}" if (n - 1) % 4 == 0 else ""))
+    if spec.same_frames and s.num_frames is None and (n - 1) % 4:
+        raise CLIError(f"--video {s.video!r} has {n} frames; {cls} generates as many frames as it has, and frame "
+                       "counts must be 4k+1 (e.g. 9, 33, 81): pass a video of 4k+1 frames")
+    for flag, given, own in (("--height", s.height, h), ("--width", s.width, w)):
+        if given is None and own % 16:
+            raise CLIError(f"--video {s.video!r}: frames of {w}x{h} pixels set the size when {flag} is not given, "
+                           f"and {own} is not a multiple of 16; pass --height and --width (frames are resized to "
+                           "them)")
+
+
+def _tiny_pipeline(model: str) -> tuple[ModelFamily, TinyPipeline | None]:
+    family, builder = tiny_builder(TINY_MODELS[model])
+    return family, builder if isinstance(builder, TinyPipeline) else None
+
+
+def _pipeline_to_load(model: str, inputs) -> tuple[ModelFamily, str, dict[str, Any]] | None:
+    if model in TINY_MODELS:
+        family, tiny = _tiny_pipeline(model)
+        if tiny is None:
+            return None
+        class_name, index = tiny.pipeline, tiny.model_index
+    else:
+        index, _ = _model_index(model)
+        class_name = index["_class_name"]
+        family = _loadable_family(model, class_name)
+    recipe = family.pipelines.get(class_name)
+    return family, (recipe.loads_as_for(inputs, index) if recipe else None) or class_name, index
+
+
+def pipeline_to_load(model: str, inputs=()) -> tuple[ModelFamily, str] | None:
+    """``(family, pipeline class)`` that :func:`load_pipeline` loads for ``model`` and the given input kinds
+    (a checkpoint may load as another class of its family with some inputs: ``LoadRecipe.loads_as``), found without
+    loading: from ``model_index.json`` (a local folder, else the hub) or a tiny model's declaration. None for a tiny
+    model whose builder declares no class (:class:`~.models.base.TinyPipeline`). ``CLIError`` for a model the
+    command line cannot load."""
+    found = _pipeline_to_load(model, inputs)
+    return None if found is None else found[:2]
+
+
+def check_inputs(s: RunSettings) -> str | None:
+    """Check ``--image`` / ``--video`` of ``s`` against the pipeline :func:`load_pipeline` will load, before it
+    loads: a pipeline that takes no image (or video) names those of its family that do; one that needs an input
+    says so; a video with another frame count than the pipeline needs says what it expected. Returns that pipeline
+    class (None for a tiny builder that declares none: :func:`call_kwargs` checks once it is built). Raises
+    :class:`CLIError`."""
+    found = _pipeline_to_load(s.model, s.inputs)
+    if found is None or found[1] not in found[0].pipelines:
+        return None
+    family, cls, index = found
+    _check_inputs_for(family, cls, s, index)
+    return cls
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -334,15 +538,15 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _pipeline_class_name(model: str) -> tuple[str, bool]:
-    """The ``_class_name`` of ``model``'s ``model_index.json`` and whether it was found without the network."""
+def _model_index(model: str) -> tuple[dict[str, Any], bool]:
+    """``model``'s ``model_index.json`` (pipeline class and config) and whether it was found without the network."""
     from diffusers import DiffusionPipeline
 
     check_model_path(model)
     local = Path(model).expanduser()
     try:
-        return DiffusionPipeline.load_config(str(local) if local.exists() else model,
-                                             local_files_only=True)["_class_name"], True
+        return dict(DiffusionPipeline.load_config(str(local) if local.exists() else model,
+                                                  local_files_only=True)), True
     except OSError:
         pass
     if local.exists():
@@ -356,19 +560,43 @@ def _pipeline_class_name(model: str) -> tuple[str, bool]:
         raise CLIError(f"model {model!r} not found locally{local_note} and HF_HUB_OFFLINE is set; pass a local path "
                        "(--model /path/to/pipeline) or unset HF_HUB_OFFLINE")
     try:
-        return DiffusionPipeline.load_config(model)["_class_name"], False
+        return dict(DiffusionPipeline.load_config(model)), False
     except (OSError, ValueError) as e:
         raise CLIError(f"model {model!r} not found locally{local_note} and the hub is unreachable or has no such "
                        f"model ({first_line(e)}); pass a local path (--model /path/to/pipeline)") from None
 
 
-def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool = False):
-    """A ready pipeline for ``model``: a tiny one (``tiny-wan`` ...) or a Wan / HunyuanVideo pipeline.
+def _loadable_family(model: str, class_name: str) -> ModelFamily:
+    family = family_for_pipeline(class_name, loadable=True)
+    if family is None:
+        raise CLIError(f"model {model!r} is a {class_name}; the CLI supports {', '.join(SUPPORTED_PIPELINES)} "
+                       f"({MODELS_TITLE}) and {', '.join(TINY_MODELS)}")
+    return family
+
+
+def _rebuilt_as(pipe, class_name: str):
+    """A tiny pipeline as another pipeline class of diffusers, from the same components and config (real
+    checkpoints load as that class directly, as the diffusers docs do; ``from_pipe`` would cast every component to
+    float32)."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in pipe.components.items() if k in params}
+    kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs})
+    return cls(**kwargs)
+
+
+def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool = False, inputs=()):
+    """A ready pipeline for ``model``: a tiny one (``tiny-wan`` ...) or a real pipeline of a supported family.
 
     Real models load with their family's recipe (``ModelFamily.pipelines``), as the diffusers docs recommend: Wan
-    transformer(s) in bfloat16 with the VAE in float32; HunyuanVideo transformer in bfloat16, the rest in float16,
-    VAE tiling on. ``offload`` uses ``enable_model_cpu_offload`` (less GPU memory, slower) instead of moving
-    everything to the device; tiny models ignore it.
+    transformer(s) in bfloat16 with the VAE (and Wan2.1 I2V's image encoder) in float32; HunyuanVideo transformer in
+    bfloat16, the rest in float16, VAE tiling on. ``inputs``: the input kinds the run passes (``("image",)``,
+    :attr:`RunSettings.inputs`): a checkpoint whose recipe says so loads as another class of its family with them
+    (``LoadRecipe.loads_as``: Wan2.2 TI2V-5B, a ``WanPipeline``, does image-to-video as
+    ``WanImageToVideoPipeline``). ``offload`` uses ``enable_model_cpu_offload`` (less GPU memory, slower) instead of
+    moving everything to the device; tiny models ignore it.
 
     Raises :class:`CLIError` (one line, with what to do) for an unknown or unreachable model, a folder without
     weights and an unsupported pipeline class.
@@ -377,12 +605,14 @@ def load_pipeline(model: str, device: str | torch.device = "auto", offload: bool
     if model in TINY_MODELS:
         from .tiny import build_tiny_pipeline
 
-        return build_tiny_pipeline(TINY_MODELS[model]).to(dev)
-    class_name, local_only = _pipeline_class_name(model)
-    family = family_for_pipeline(class_name, loadable=True)
-    if family is None:
-        raise CLIError(f"model {model!r} is a {class_name}; the CLI supports {', '.join(SUPPORTED_PIPELINES)} "
-                       f"({MODELS_TITLE} text-to-video) and {', '.join(TINY_MODELS)}")
+        pipe = build_tiny_pipeline(TINY_MODELS[model])
+        family = family_for_pipeline(pipe, loadable=True)
+        recipe = family.pipelines.get(type(pipe).__name__) if family is not None else None
+        other = recipe.loads_as_for(inputs, dict(pipe.config)) if recipe is not None else None
+        return (pipe if other is None else _rebuilt_as(pipe, other)).to(dev)
+    index, local_only = _model_index(model)
+    family = _loadable_family(model, index["_class_name"])
+    class_name = family.pipelines[index["_class_name"]].loads_as_for(inputs, index) or index["_class_name"]
     try:
         pipe = family.pipelines[class_name].load(class_name, model, local_files_only=local_only)
     except (OSError, ValueError) as e:
@@ -415,8 +645,18 @@ def prompt_seed(prompt: str) -> int:
 
 
 def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
-    """Keyword arguments of ``pipe(...)`` for settings ``s`` (frames come back as numpy ``[B, F, H, W, 3]``)."""
+    """Keyword arguments of ``pipe(...)`` for settings ``s`` (frames come back as numpy ``[B, F, H, W, 3]``).
+
+    The input files go in under the pipeline's own argument names (``LoadRecipe.inputs``): an image as it is (the
+    pipeline resizes it to the run's size), a video's frames resized to ``s.height x s.width``; without those, the
+    video's size is the run's (and a pipeline that needs ``num_frames`` video frames gets the video's count).
+    Raises :class:`CLIError` when the inputs do not fit the pipeline (:func:`check_inputs`, checked again here
+    for the built pipeline)."""
+    from PIL import Image
+
     family = family_of(pipe)
+    recipe_class = _recipe_class(family, pipe)
+    _check_inputs_for(family, recipe_class, s, dict(getattr(pipe, "config", None) or {}))
     kw: dict[str, Any] = {"output_type": "np"}
     if s.model in TINY_MODELS:
         from .tiny import tiny_prompt_kwargs
@@ -439,6 +679,18 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
         if getattr(pipe, "transformer_2", None) is None:
             raise CLIError("guidance_scale_2 needs a Wan2.2 pipeline with two experts (transformer_2)")
         kw["guidance_scale_2"] = s.guidance_scale_2
+    for spec in family.pipelines[recipe_class].inputs:
+        path = getattr(s, spec.kind)
+        if path is None:
+            continue
+        if spec.kind == "image":
+            kw[spec.argument] = load_image_input(path)
+            continue
+        frames = load_video_input(path)
+        size = (kw.setdefault("width", frames[0].width), kw.setdefault("height", frames[0].height))
+        kw[spec.argument] = [f if f.size == size else f.resize(size, Image.BICUBIC) for f in frames]
+        if spec.same_frames:
+            kw.setdefault("num_frames", len(frames))
     return family.pipeline_kwargs(pipe, kw)
 
 
@@ -511,4 +763,5 @@ __all__ = ["RunSettings", "CLIError", "resolve_settings", "add_run_options", "se
            "apply_flow_shift", "call_kwargs", "run_pipeline", "compare", "check_backend", "check_model_path",
            "pick_device", "looks_like_local_path", "family_of", "prompt_seed", "video_fps", "warn", "reset_warnings",
            "first_line", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
-           "DEVICE_FORMS", "MODELS_TITLE"]
+           "DEVICE_FORMS", "MODELS_TITLE", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",
+           "load_video_input"]

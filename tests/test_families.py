@@ -19,10 +19,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "draftattention_diffusers"
 
 def test_cli_tables_derive_from_the_families():
     assert cli.TINY_MODELS == {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan",
-                               "tiny-skyreels-v2": "skyreels-v2", "tiny-wan-vace": "wan-vace"}
-    assert TINY_FAMILIES == ("wan", "wan22", "hunyuan", "skyreels-v2", "wan-vace")
+                               "tiny-skyreels-v2": "skyreels-v2", "tiny-wan-vace": "wan-vace",
+                               "tiny-wan-i2v": "wan-i2v", "tiny-wan22-i2v": "wan22-i2v", "tiny-wan-ti2v": "wan-ti2v",
+                               "tiny-hunyuan-i2v": "hunyuan-i2v", "tiny-skyreels-v2-i2v": "skyreels-v2-i2v"}
+    assert TINY_FAMILIES == ("wan", "wan22", "wan-i2v", "wan22-i2v", "wan-ti2v", "hunyuan", "hunyuan-i2v",
+                             "skyreels-v2", "skyreels-v2-i2v", "wan-vace")
     assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video",
-                                       "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace"}
+                                       "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace",
+                                       "WanImageToVideoPipeline": "wan",
+                                       "HunyuanVideoImageToVideoPipeline": "hunyuan_video",
+                                       "SkyReelsV2ImageToVideoPipeline": "skyreels_v2"}
     assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
     with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):
@@ -35,8 +41,9 @@ def test_load_recipes_as_documented():
                             "default": torch.bfloat16} and not wan.vae_tiling
     hunyuan = family_for_pipeline("HunyuanVideoPipeline", loadable=True).pipelines["HunyuanVideoPipeline"]
     assert hunyuan == LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True)
-    assert family_for_pipeline("WanImageToVideoPipeline").name == "wan"  # served by the Python API ...
-    assert family_for_pipeline("WanImageToVideoPipeline", loadable=True) is None  # ... not loaded by the CLI
+    assert family_for_pipeline("WanImageToVideoPipeline", loadable=True).name == "wan"  # the CLI loads I2V too
+    assert family_for_pipeline("SkyReelsV2DiffusionForcingPipeline").name == "skyreels_v2"  # served by the Python
+    assert family_for_pipeline("SkyReelsV2DiffusionForcingPipeline", loadable=True) is None  # API, not the CLI
 
 
 @pytest.mark.parametrize("name, pipeline, experts", [

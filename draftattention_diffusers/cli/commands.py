@@ -32,6 +32,8 @@ def _print_settings(pipe, s: RunSettings, dense: bool) -> None:
     size = f"{s.height or 'default'}x{s.width or 'default'}, {s.num_frames or 'default'} frames, " \
            f"{s.num_inference_steps or 'default'} steps"
     print(f"model: {s.model} ({type(pipe).__name__}), {size}, seed {s.seed}")
+    for kind in s.inputs:
+        print(f"{kind}: {getattr(s, kind)}")
     if s.model in runner.TINY_MODELS:
         print("note: tiny random-weight model: the prompt only seeds fixed random embeddings; the video is noise")
     if dense:
@@ -97,7 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                  ((args.mask_layers, "layers"), (args.mask_steps, "steps"), (args.mask_heads, "heads"))
                  ] if args.save_masks else None
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-{'dense' if args.dense else 'draft'}.mp4")
-    pipe = runner.load_pipeline(s.model, args.device, args.offload)
+    runner.check_inputs(s)
+    pipe = runner.load_pipeline(s.model, args.device, args.offload, inputs=s.inputs)
     runner.apply_flow_shift(pipe, s.flow_shift)
     pipe.set_progress_bar_config(disable=args.no_progress)
     kwargs = runner.call_kwargs(pipe, s)
@@ -141,7 +144,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     s = runner.settings_from_args(args)
     check_writable(args.json, "--json")
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-compare.mp4")
-    pipe = runner.load_pipeline(s.model, args.device, args.offload)
+    runner.check_inputs(s)
+    pipe = runner.load_pipeline(s.model, args.device, args.offload, inputs=s.inputs)
     runner.apply_flow_shift(pipe, s.flow_shift)
     pipe.set_progress_bar_config(disable=args.no_progress)
     _print_settings(pipe, s, dense=False)
@@ -209,7 +213,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     steps = _csv_list(args.capture_steps, "--capture-steps", int) if args.capture_steps else None
     heads = _csv_list(args.heads, "--heads", int) if args.heads else None
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    pipe = runner.load_pipeline(s.model, args.device, args.offload)
+    runner.check_inputs(s)
+    pipe = runner.load_pipeline(s.model, args.device, args.offload, inputs=s.inputs)
     runner.apply_flow_shift(pipe, s.flow_shift)
     pipe.set_progress_bar_config(disable=args.no_progress)
     _print_settings(pipe, s, dense=not args.draft)

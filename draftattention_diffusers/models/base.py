@@ -6,7 +6,7 @@ random-weight pipelines."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -43,21 +43,75 @@ TINY_TEXT_DIM = 32
 """Text-embedding width of every tiny random-weight pipeline (its fixed random prompts have this width)."""
 
 
+INPUT_KINDS = ("image", "video")
+"""Files the command line can pass to a pipeline call: ``--image PATH`` (one picture) and ``--video PATH`` (frames)."""
+
+
+@dataclass(frozen=True)
+class PipelineInput:
+    """One file input a pipeline's ``__call__`` takes: ``kind`` (``"image"``: ``--image``, passed as one RGB PIL
+    image; ``"video"``: ``--video``, passed as a list of RGB PIL frames) under the pipeline's own ``argument`` name.
+    ``required``: the pipeline cannot run without it. ``same_frames`` (videos): diffusers needs the video to have
+    exactly ``num_frames`` frames (the command line checks it, and takes ``num_frames`` from the video when
+    ``--frames`` is not given)."""
+
+    kind: str
+    argument: str
+    required: bool = False
+    same_frames: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"PipelineInput kind={self.kind!r}: expected one of {INPUT_KINDS}")
+        if self.same_frames and self.kind != "video":
+            raise ValueError("PipelineInput.same_frames applies to videos only")
+
+
+IMAGE_TO_VIDEO = (PipelineInput("image", "image", required=True),)
+"""The inputs of an image-to-video pipeline: ``--image``, required, as its ``image`` argument."""
+
+
 @dataclass(frozen=True)
 class LoadRecipe:
-    """How the command line loads one pipeline class of a family from a hub id or a local folder: the dtypes
-    of the transformer(s) (``transformer``, ``transformer_2``), the VAE and every other component, and whether
-    the VAE decodes in tiles."""
+    """How the command line loads one pipeline class of a family from a hub id or a local folder, and what it
+    passes to it.
+
+    Loading: the dtypes of the transformer(s) (``transformer``, ``transformer_2``), the VAE, named other components
+    (``component_dtypes``, e.g. ``(("image_encoder", torch.float32),)``) and every other component, and whether the
+    VAE decodes in tiles. Inputs: the files its ``__call__`` takes (``inputs``, :class:`PipelineInput`).
+    ``loads_as``: input kind -> another pipeline class of the family that the command line loads instead when
+    that input is given (a text-to-video checkpoint whose model also does image-to-video, e.g. Wan2.2 TI2V-5B),
+    only when the checkpoint's ``model_index.json`` sets ``loads_as_if`` to true (None: always).
+    """
 
     transformer_dtype: torch.dtype
     vae_dtype: torch.dtype
     rest_dtype: torch.dtype
     vae_tiling: bool = False
+    component_dtypes: tuple[tuple[str, torch.dtype], ...] = ()
+    inputs: tuple[PipelineInput, ...] = ()
+    loads_as: dict[str, str] = field(default_factory=dict)
+    loads_as_if: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds = [i.kind for i in self.inputs]
+        if len(set(kinds)) != len(kinds) or not set(self.loads_as) <= set(INPUT_KINDS):
+            raise ValueError(f"LoadRecipe: one input per kind ({INPUT_KINDS}), and loads_as keyed by them")
 
     def dtypes(self) -> dict[str, torch.dtype]:
         """The per-component ``dtype`` mapping of diffusers' ``DiffusionPipeline.from_pretrained``."""
         return {"transformer": self.transformer_dtype, "transformer_2": self.transformer_dtype,
-                "vae": self.vae_dtype, "default": self.rest_dtype}
+                "vae": self.vae_dtype, **dict(self.component_dtypes), "default": self.rest_dtype}
+
+    def takes(self, kind: str) -> PipelineInput | None:
+        """The input of that kind (``"image"``, ``"video"``) the pipeline takes, or None."""
+        return next((i for i in self.inputs if i.kind == kind), None)
+
+    def loads_as_for(self, kinds, model_index: dict[str, Any]) -> str | None:
+        """The class to load instead for the given input kinds and ``model_index.json`` entries, or None."""
+        if self.loads_as_if is not None and not model_index.get(self.loads_as_if):
+            return None
+        return next((self.loads_as[k] for k in kinds if k in self.loads_as), None)
 
     def load(self, pipeline_class: str, model: str, **kwargs: Any):
         """``diffusers.<pipeline_class>.from_pretrained(model, dtype=..., **kwargs)`` with this recipe."""
@@ -70,6 +124,21 @@ class LoadRecipe:
 
 
 TinyBuilder = Callable[[int, int, int], Any]  # (seed, num_layers, heads) -> a tiny random-weight pipeline
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """A tiny pipeline's builder with what the command line must know before building it: its pipeline class
+    (``pipeline``) and the ``model_index.json`` entries it has (``model_index``), so that ``--image`` / ``--video``
+    are checked as for a real checkpoint. Called like the builder. (A bare builder in ``tiny_variants`` works too;
+    its inputs are then checked once it is built.)"""
+
+    build: TinyBuilder
+    pipeline: str
+    model_index: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, seed: int = 0, num_layers: int = 2, heads: int = 2):
+        return self.build(seed, num_layers, heads)
 
 
 class ModelFamily:
@@ -95,7 +164,8 @@ class ModelFamily:
     locals: the grid of a forward that began before draft attention's hooks existed."""
 
     pipelines: ClassVar[dict[str, LoadRecipe]] = {}
-    """Text-to-video pipeline class names it serves, each with how the command line loads it."""
+    """Pipeline class names the command line loads (text-to-video, image-to-video, ...), each with how it loads
+    it and which files (``--image``, ``--video``) it passes to it (:class:`LoadRecipe`)."""
     other_pipelines: ClassVar[tuple[str, ...]] = ()
     """Further pipeline classes built on its transformers that the Python API serves (named in messages)."""
     default_fps: ClassVar[int] = 16
@@ -106,7 +176,8 @@ class ModelFamily:
     """Why not, when they do not (the command line warns with it and drops the negative prompt)."""
     tiny_variants: ClassVar[dict[str, TinyBuilder]] = {}
     """Embedded tiny random-weight pipelines: ``--model`` name ("tiny-wan") -> builder ``(seed, num_layers,
-    heads)``. The first is the family's default tiny pipeline."""
+    heads)``, best a :class:`TinyPipeline` (which also names its pipeline class). The first is the family's default
+    tiny pipeline."""
 
     cp_splits_text: ClassVar[bool] = False
     """Context parallelism: the plan splits text tokens of the self-attention sequence over the ranks."""
@@ -124,6 +195,11 @@ class ModelFamily:
         if cls.cp_splits_text and (cls.text_mask_argument is None or cls.text_position == "none"):
             raise ValueError(f"{cls.__name__}.cp_splits_text needs text in self-attention (text_position) and the "
                              "forward argument of its key mask (text_mask_argument)")
+        for name, recipe in cls.pipelines.items():
+            for kind, other in recipe.loads_as.items():
+                if other not in cls.pipelines or cls.pipelines[other].takes(kind) is None:
+                    raise ValueError(f"{cls.__name__}.pipelines[{name!r}].loads_as[{kind!r}]={other!r}: expected a "
+                                     f"pipeline of the family that takes that input")
 
     # ------------------------------------------------------------------------------------ model structure
     def grid(self, transformer: torch.nn.Module, latents: torch.Tensor) -> VideoGrid:
@@ -148,7 +224,9 @@ class ModelFamily:
         raise NotImplementedError
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend: AttendFn):
-        """The model processor's computation with ``attend`` in place of its attention call."""
+        """The model processor's computation with ``attend`` in place of its attention call. ``attend`` takes
+        ``[B, S, H, D]`` with the video tokens first and ``text_len`` text tokens after them, whatever the model's
+        own order (:data:`TEXT_POSITIONS`)."""
         raise NotImplementedError
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):

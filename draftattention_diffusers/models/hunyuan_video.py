@@ -17,7 +17,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
+                   keep_or_default, register_hook)
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
@@ -67,21 +68,20 @@ def hunyuan_video_cp_plan() -> dict[str, Any]:
 _TINY_POOLED_DIM = 16
 
 
-def build_tiny_hunyuan_video(seed: int = 0, num_layers: int = 2, heads: int = 2):
-    """A tiny random-weight ``HunyuanVideoPipeline``, float32 on CPU, no text encoders: ``num_layers`` blocks
-    split between dual-stream (half, at least 1) and single-stream (the rest, at least 1). Head dim 32; the VAE
-    compresses 8x spatially and 4x temporally."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+def _tiny_hunyuan_parts(seed: int, num_layers: int, heads: int, **transformer_config):
+    """The tiny transformer (``num_layers`` blocks split between dual-stream, half and at least 1, and
+    single-stream, the rest and at least 1; head dim 32; 4 latent channels unless ``transformer_config`` says)
+    and VAE (8x spatial, 4x temporal compression) of the tiny HunyuanVideo pipelines."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
     torch.manual_seed(seed + 1)
-    tr = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=32,
-        num_layers=max(1, num_layers // 2), num_single_layers=max(1, num_layers - num_layers // 2),
-        num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-        guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=_TINY_POOLED_DIM,
-        rope_theta=256.0, rope_axes_dim=(8, 12, 12),
-    ).eval()
+    tr = HunyuanVideoTransformer3DModel(**{
+        **dict(in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=32,
+               num_layers=max(1, num_layers // 2), num_single_layers=max(1, num_layers - num_layers // 2),
+               num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+               guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=_TINY_POOLED_DIM,
+               rope_theta=256.0, rope_axes_dim=(8, 12, 12)),
+        **transformer_config}).eval()
     torch.manual_seed(seed)
     vae = AutoencoderKLHunyuanVideo(
         in_channels=3, out_channels=3, latent_channels=4,
@@ -90,9 +90,35 @@ def build_tiny_hunyuan_video(seed: int = 0, num_layers: int = 2, heads: int = 2)
         scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
         mid_block_add_attention=False,
     ).eval()
+    return tr, vae
+
+
+def build_tiny_hunyuan_video(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``HunyuanVideoPipeline``, float32 on CPU, no text encoders (:func:`_tiny_hunyuan_parts`:
+    head dim 32; the VAE compresses 8x spatially and 4x temporally)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    tr, vae = _tiny_hunyuan_parts(seed, num_layers, heads)
     return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=tr, vae=vae,
                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
                                 text_encoder_2=None, tokenizer_2=None)
+
+
+def build_tiny_hunyuan_video_i2v(seed: int = 0, num_layers: int = 2, heads: int = 2,
+                                 image_condition_type: str = "token_replace"):
+    """A tiny random-weight ``HunyuanVideoImageToVideoPipeline``, float32 on CPU, no text or image encoders (the
+    prompt embeddings, which the real pipeline draws from the image and the text, are given). ``token_replace``
+    (the released HunyuanVideo-I2V: the first latent frame is the image's, its tokens at timestep 0; draft attention
+    then gathers per call) or ``latent_concat`` (HunyuanVideo-I2V-33ch: noise, image latents and a mask, 4 + 4 + 1
+    channels here)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
+
+    channels = 4 if image_condition_type == "token_replace" else 2 * 4 + 1
+    tr, vae = _tiny_hunyuan_parts(seed, num_layers, heads, in_channels=channels,
+                                  image_condition_type=image_condition_type)
+    return HunyuanVideoImageToVideoPipeline(text_encoder=None, tokenizer=None, transformer=tr, vae=vae,
+                                            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                            text_encoder_2=None, tokenizer_2=None, image_processor=None)
 
 
 class HunyuanVideoFamily(ModelFamily):
@@ -104,13 +130,18 @@ class HunyuanVideoFamily(ModelFamily):
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
     text_position = "trailing"
     grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
-    # as diffusers' HunyuanVideo docs load it: bfloat16 transformer, float16 rest, VAE tiling
-    pipelines = {"HunyuanVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True)}
+    # as diffusers' HunyuanVideo docs and the HunyuanVideoImageToVideoPipeline docstring example load them:
+    # bfloat16 transformer, float16 rest, VAE tiling
+    pipelines = {"HunyuanVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True),
+                 "HunyuanVideoImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16,
+                                                                vae_tiling=True, inputs=IMAGE_TO_VIDEO)}
     default_fps = 24
     # HunyuanVideoPipeline uses a negative prompt only with true_cfg_scale > 1
     takes_negative_prompt = False
     negative_prompt_note = "HunyuanVideo is guidance-distilled and runs without a negative prompt here"
-    tiny_variants = {"tiny-hunyuan": build_tiny_hunyuan_video}
+    tiny_variants = {"tiny-hunyuan": TinyPipeline(build_tiny_hunyuan_video, "HunyuanVideoPipeline"),
+                     "tiny-hunyuan-i2v": TinyPipeline(build_tiny_hunyuan_video_i2v,
+                                                      "HunyuanVideoImageToVideoPipeline")}
     cp_splits_text = True
     text_mask_argument = "encoder_attention_mask"
     cp_plan_hint = "for HunyuanVideo pass cp_plan=hunyuan_video_cp_plan() to enable_parallelism"

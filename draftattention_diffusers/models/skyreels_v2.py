@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2Attention, SkyReelsV2AttnProcessor
 
-from .base import LoadRecipe
-from .wan import TINY_WAN_TRANSFORMER, WanFamily, tiny_wan_vae
+from .base import IMAGE_TO_VIDEO, LoadRecipe, TinyPipeline
+from .wan import TINY_IMAGE_DIM, TINY_WAN_TRANSFORMER, WanFamily, tiny_clip_vision, tiny_wan_vae
 
 
 def build_tiny_skyreels_v2(seed: int = 0, num_layers: int = 2, heads: int = 2):
@@ -35,17 +35,40 @@ def build_tiny_skyreels_v2(seed: int = 0, num_layers: int = 2, heads: int = 2):
                               scheduler=scheduler)
 
 
+def build_tiny_skyreels_v2_i2v(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``SkyReelsV2ImageToVideoPipeline``: a tiny CLIP image encoder (which this pipeline
+    always runs) and a transformer taking noise, first-frame mask and image latents (16 + 4 + 16 channels);
+    float32 on CPU, no text encoder; Wan's tiny VAE."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    torch.manual_seed(seed + 1)
+    transformer = SkyReelsV2Transformer3DModel(
+        num_attention_heads=heads, num_layers=num_layers, **dict(TINY_WAN_TRANSFORMER, in_channels=36),
+        image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=heads * TINY_WAN_TRANSFORMER["attention_head_dim"]).eval()
+    image_encoder, image_processor = tiny_clip_vision(seed + 3, with_projection=True)
+    # flow shift 5.0: the value the diffusers example gives for I2V (8.0 for T2V)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    return SkyReelsV2ImageToVideoPipeline(tokenizer=None, text_encoder=None, image_encoder=image_encoder,
+                                          image_processor=image_processor, transformer=transformer,
+                                          vae=tiny_wan_vae(seed), scheduler=scheduler)
+
+
 class SkyReelsV2Family(WanFamily):
     """SkyReels-V2 T2V / I2V and its diffusion-forcing pipelines."""
 
     name = "skyreels_v2"
     title = "SkyReels-V2"
     transformer_classes = ("SkyReelsV2Transformer3DModel",)
-    pipelines = {"SkyReelsV2Pipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
-    other_pipelines = ("SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
-                       "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline")
+    # as the diffusers SkyReels-V2 examples load them: float32 VAE, bfloat16 rest (the I2V image encoder too)
+    pipelines = {"SkyReelsV2Pipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16),
+                 "SkyReelsV2ImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16,
+                                                              inputs=IMAGE_TO_VIDEO)}
+    other_pipelines = ("SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+                       "SkyReelsV2DiffusionForcingVideoToVideoPipeline")
     default_fps = 24
-    tiny_variants = {"tiny-skyreels-v2": build_tiny_skyreels_v2}
+    tiny_variants = {"tiny-skyreels-v2": TinyPipeline(build_tiny_skyreels_v2, "SkyReelsV2Pipeline"),
+                     "tiny-skyreels-v2-i2v": TinyPipeline(build_tiny_skyreels_v2_i2v,
+                                                          "SkyReelsV2ImageToVideoPipeline")}
     attention_class = SkyReelsV2Attention
     processor_class = SkyReelsV2AttnProcessor
 

@@ -10,7 +10,8 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, _get_qkv_projections
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
+                   keep_or_default, register_hook)
 
 _SELF = re.compile(r"^(\w+)\.(\d+)\.attn1$")
 
@@ -41,9 +42,38 @@ def tiny_wan_vae(seed: int):
                             temperal_downsample=[False, True, True]).eval()
 
 
-def build_tiny_wan(seed: int = 0, num_layers: int = 2, heads: int = 2, two_experts: bool = False):
+TINY_IMAGE_DIM = 32
+"""Width of the tiny CLIP image encoder's tokens (the tiny I2V transformers' ``image_dim``)."""
+
+# the real Wan I2V transformers split the image tokens off the context as all but its last 512 tokens (the text
+# encoder's padded length, hardcoded in diffusers' WanAttnProcessor), so prompts of tiny I2V pipelines are that long
+_I2V_TEXT_LEN = 512
+
+
+def tiny_clip_vision(seed: int, with_projection: bool = False):
+    """A tiny random-weight CLIP vision encoder (``CLIPVisionModel``, or ``CLIPVisionModelWithProjection`` as
+    SkyReels-V2 declares it; width :data:`TINY_IMAGE_DIM`, 32x32 pixels in 8x8 patches: 17 tokens) and its image
+    processor: the image path of Wan2.1 I2V and SkyReels-V2 I2V."""
+    import transformers
+
+    config = transformers.CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, intermediate_size=2 * TINY_IMAGE_DIM,
+                                           projection_dim=TINY_IMAGE_DIM, num_hidden_layers=2, num_attention_heads=2,
+                                           image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    model_class = transformers.CLIPVisionModelWithProjection if with_projection else transformers.CLIPVisionModel
+    # transformers >= 5 names the torchvision-free processor CLIPImageProcessorPil (the plain name warns without
+    # torchvision); both resize, crop and normalize the same way
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor = processor_class(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model_class(config).eval(), processor
+
+
+def build_tiny_wan(seed: int = 0, num_layers: int = 2, heads: int = 2, two_experts: bool = False,
+                   expand_timesteps: bool = False):
     """A tiny random-weight ``WanPipeline`` (Wan2.1 T2V; ``two_experts``: Wan2.2 A14B-style, two transformers with
-    a boundary), float32 on CPU, no text encoder. Head dim 32; the VAE compresses 8x spatially and 4x temporally."""
+    a boundary; ``expand_timesteps``: Wan2.2 TI2V-5B-style, per-token timesteps, image-to-video as
+    ``WanImageToVideoPipeline``), float32 on CPU, no text encoder. Head dim 32; the VAE compresses 8x spatially and
+    4x temporally."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     def transformer(s):
@@ -51,11 +81,36 @@ def build_tiny_wan(seed: int = 0, num_layers: int = 2, heads: int = 2, two_exper
         return WanTransformer3DModel(num_attention_heads=heads, num_layers=num_layers, **TINY_WAN_TRANSFORMER).eval()
 
     vae = tiny_wan_vae(seed)
-    kwargs = dict(transformer=transformer(seed + 1))
+    kwargs = dict(transformer=transformer(seed + 1), expand_timesteps=expand_timesteps)
     if two_experts:
         kwargs.update(transformer_2=transformer(seed + 2), boundary_ratio=0.5)
     return WanPipeline(tokenizer=None, text_encoder=None, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **kwargs)
+
+
+def build_tiny_wan_i2v(seed: int = 0, num_layers: int = 2, heads: int = 2, image_encoder: bool = True,
+                       two_experts: bool = False):
+    """A tiny random-weight ``WanImageToVideoPipeline``: Wan2.1 I2V-style (a tiny CLIP image encoder whose tokens
+    the transformer's cross-attention reads) or, with ``image_encoder=False`` and ``two_experts``, Wan2.2
+    I2V-A14B-style (no image encoder, two transformers with a boundary). The transformer takes the noise, the
+    first-frame mask and the image latents (16 + 4 + 16 channels); float32 on CPU, no text encoder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    config = dict(TINY_WAN_TRANSFORMER, in_channels=36)
+    if image_encoder:
+        config.update(image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=heads * TINY_WAN_TRANSFORMER["attention_head_dim"])
+
+    def transformer(s):
+        torch.manual_seed(s)
+        return WanTransformer3DModel(num_attention_heads=heads, num_layers=num_layers, **config).eval()
+
+    kwargs = dict(transformer=transformer(seed + 1))
+    if image_encoder:
+        kwargs["image_encoder"], kwargs["image_processor"] = tiny_clip_vision(seed + 3)
+    if two_experts:
+        kwargs.update(transformer_2=transformer(seed + 2), boundary_ratio=0.5)
+    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=tiny_wan_vae(seed),
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **kwargs)
 
 
 class WanFamily(ModelFamily):
@@ -65,11 +120,29 @@ class WanFamily(ModelFamily):
     title = "Wan2.1 / Wan2.2"
     transformer_classes = ("WanTransformer3DModel",)
     grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
-    # as diffusers' Wan docs load it: bfloat16 transformer(s) and text encoder, float32 VAE
-    pipelines = {"WanPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
-    other_pipelines = ("WanImageToVideoPipeline",)
+    pipelines = {
+        # as diffusers' Wan docs load it: bfloat16 transformer(s) and text encoder, float32 VAE. A checkpoint with
+        # expand_timesteps (Wan2.2 TI2V-5B, whose model_index.json names WanPipeline) does image-to-video as
+        # WanImageToVideoPipeline, loaded the same way (diffusers PR #12006, the TI2V-5B model card)
+        "WanPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16,
+                                  loads_as={"image": "WanImageToVideoPipeline"}, loads_as_if="expand_timesteps"),
+        # the WanImageToVideoPipeline docstring example (Wan2.1 I2V): float32 CLIP image encoder and VAE, bfloat16
+        # rest; Wan2.2 I2V-A14B has no image encoder and loads the same way
+        "WanImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16,
+                                              component_dtypes=(("image_encoder", torch.float32),),
+                                              inputs=IMAGE_TO_VIDEO),
+    }
+    other_pipelines = ()
     default_fps = 16
-    tiny_variants = {"tiny-wan": build_tiny_wan, "tiny-wan22": partial(build_tiny_wan, two_experts=True)}
+    tiny_variants = {
+        "tiny-wan": TinyPipeline(build_tiny_wan, "WanPipeline"),
+        "tiny-wan22": TinyPipeline(partial(build_tiny_wan, two_experts=True), "WanPipeline"),
+        "tiny-wan-i2v": TinyPipeline(build_tiny_wan_i2v, "WanImageToVideoPipeline"),
+        "tiny-wan22-i2v": TinyPipeline(partial(build_tiny_wan_i2v, image_encoder=False, two_experts=True),
+                                       "WanImageToVideoPipeline", {"boundary_ratio": 0.5}),
+        "tiny-wan-ti2v": TinyPipeline(partial(build_tiny_wan, expand_timesteps=True), "WanPipeline",
+                                      {"expand_timesteps": True}),
+    }
     # the model's attention module and processor classes (Wan-derived families set their own)
     attention_class: type = WanAttention
     processor_class: type = WanAttnProcessor
@@ -140,6 +213,9 @@ class WanFamily(ModelFamily):
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
+        transformer = getattr(pipe, "transformer", None) or getattr(pipe, "transformer_2", None)
+        if getattr(transformer.config, "image_dim", None) is not None:
+            text_len = _I2V_TEXT_LEN
         out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM))
         if negative:
             out["negative_prompt_embeds"] = emb(1, text_len, TINY_TEXT_DIM)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LoadRecipe
+from .base import LoadRecipe, PipelineInput, TinyPipeline
 from .wan import TINY_WAN_TRANSFORMER, WanFamily, tiny_wan_vae
 
 
@@ -32,9 +32,13 @@ class WanVACEFamily(WanFamily):
     name = "wan_vace"
     title = "Wan VACE"
     transformer_classes = ("WanVACETransformer3DModel",)
-    pipelines = {"WanVACEPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16)}
+    # as the WanVACEPipeline docstring example loads it: float32 VAE, bfloat16 rest. --video is the control video
+    # (diffusers needs it to have num_frames frames: more fail, fewer only warn), --image a reference image
+    pipelines = {"WanVACEPipeline": LoadRecipe(
+        torch.bfloat16, torch.float32, torch.bfloat16,
+        inputs=(PipelineInput("video", "video", same_frames=True), PipelineInput("image", "reference_images")))}
     other_pipelines = ()
-    tiny_variants = {"tiny-wan-vace": build_tiny_wan_vace}
+    tiny_variants = {"tiny-wan-vace": TinyPipeline(build_tiny_wan_vace, "WanVACEPipeline")}
     self_attention_blocks = ("blocks", "vace_blocks")
 
     # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention

@@ -1,0 +1,328 @@
+"""``--image`` / ``--video`` on the command line: which pipelines take them (declared per pipeline in the family
+table, ``LoadRecipe.inputs``), the tiny image-to-video pipelines end to end with draft attention on a grid whose tile
+order is not the identity, how checkpoints load, and the one-line errors, raised before the model loads."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pipeline_utils import REORDERING_SIZE
+
+from draftattention_diffusers import cli, draft_attention_enabled, runner
+from draftattention_diffusers.models import family_for_pipeline, tiny_models
+from draftattention_diffusers.models.base import IMAGE_TO_VIDEO, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline
+
+SIZE = ["--height", REORDERING_SIZE["height"], "--width", REORDERING_SIZE["width"],
+        "--frames", REORDERING_SIZE["num_frames"]]
+# 2 steps: step 0 dense, step 1 sparse (half the tiles); guidance 1: one transformer call per step (fast)
+FAST = [*SIZE, "--steps", "2", "--guidance", "1", "--sparsity", "0.5", "--dense-steps-fraction", "0.5",
+        "--no-progress"]
+
+
+def run(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, needle):
+    assert rc == 1, err
+    ours = [ln for ln in err.splitlines() if "draftattention: error:" in ln]
+    assert len(ours) == 1 and err.strip().splitlines()[-1] == ours[0] and "Traceback" not in err, err
+    assert needle in ours[0], ours[0]
+    return ours[0]
+
+
+def _picture(height, width, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inputs") / "first.png"
+    _picture(96, 160).save(path)  # not the run's size: the pipeline resizes it
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    """A control video as a folder of 5 frames at half the run's size (the command line resizes them)."""
+    folder = tmp_path_factory.mktemp("frames")
+    for i in range(5):
+        _picture(64, 256, seed=i).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run the command in-process and keep the pipeline it loaded, the call's keyword arguments and its frames."""
+    seen = {"run": runner.run_pipeline}
+    load, run_pipeline = runner.load_pipeline, runner.run_pipeline
+
+    def loading(*args, **kwargs):
+        seen["load_kwargs"] = kwargs
+        seen["pipe"] = load(*args, **kwargs)
+        return seen["pipe"]
+
+    def running(pipe, kwargs, seed):
+        frames, times = run_pipeline(pipe, kwargs, seed)
+        seen.update(kwargs=kwargs, seed=seed, frames=frames)
+        return frames, times
+
+    monkeypatch.setattr(runner, "load_pipeline", loading)
+    monkeypatch.setattr(runner, "run_pipeline", running)
+    return seen
+
+
+@pytest.fixture
+def never_load(monkeypatch):
+    """Loading a model is an error that names itself; yields the load attempts (must stay empty)."""
+    calls = []
+
+    def loader(*args, **kwargs):
+        calls.append(args)
+        raise runner.CLIError("the model was loaded")
+
+    monkeypatch.setattr(runner, "load_pipeline", loader)
+    return calls
+
+
+# ------------------------------------------------------------------------------------------- declarations
+def test_image_to_video_pipelines_are_declared_with_their_recipes():
+    loadable = runner.SUPPORTED_PIPELINES
+    for cls, family in [("WanImageToVideoPipeline", "wan"), ("HunyuanVideoImageToVideoPipeline", "hunyuan_video"),
+                        ("SkyReelsV2ImageToVideoPipeline", "skyreels_v2")]:
+        assert loadable[cls] == family
+        assert family_for_pipeline(cls, loadable=True).pipelines[cls].inputs == IMAGE_TO_VIDEO
+    wan = family_for_pipeline("WanPipeline", loadable=True).pipelines
+    # Wan2.1 I2V as the diffusers example loads it: float32 CLIP image encoder and VAE, bfloat16 transformer(s)
+    assert wan["WanImageToVideoPipeline"].dtypes() == {
+        "transformer": torch.bfloat16, "transformer_2": torch.bfloat16, "vae": torch.float32,
+        "image_encoder": torch.float32, "default": torch.bfloat16}
+    assert wan["WanPipeline"].loads_as == {"image": "WanImageToVideoPipeline"}
+    vace = family_for_pipeline("WanVACEPipeline", loadable=True).pipelines["WanVACEPipeline"]
+    assert [(i.kind, i.argument, i.required, i.same_frames) for i in vace.inputs] == [
+        ("video", "video", False, True), ("image", "reference_images", False, False)]
+
+
+def test_tiny_declarations_match_the_built_pipelines():
+    """What the command line checks before building a tiny pipeline (its TinyPipeline) is what the builder builds."""
+    from draftattention_diffusers.tiny import build_tiny_pipeline
+
+    declared = {name: b for name, (_, b) in tiny_models().items() if isinstance(b, TinyPipeline)}
+    assert {"tiny-wan", "tiny-wan-i2v", "tiny-wan22-i2v", "tiny-wan-ti2v", "tiny-hunyuan-i2v",
+            "tiny-skyreels-v2-i2v", "tiny-wan-vace"} <= set(declared)
+    for name, tiny in declared.items():
+        pipe = build_tiny_pipeline(name, num_layers=1)
+        assert type(pipe).__name__ == tiny.pipeline, name
+        assert {k: pipe.config[k] for k in tiny.model_index} == tiny.model_index, name
+
+
+@pytest.mark.parametrize("model, inputs, expected", [
+    ("tiny-wan-ti2v", (), "WanPipeline"),
+    ("tiny-wan-ti2v", ("image",), "WanImageToVideoPipeline"),  # Wan2.2 TI2V-5B: image-to-video as another class
+    ("tiny-wan", ("image",), "WanPipeline"),  # no expand_timesteps: stays text-to-video (and --image is refused)
+    ("tiny-wan-i2v", ("image",), "WanImageToVideoPipeline"),
+])
+def test_pipeline_to_load_follows_the_inputs(model, inputs, expected):
+    assert runner.pipeline_to_load(model, inputs)[1] == expected
+
+
+def test_declarations_are_checked():
+    with pytest.raises(ValueError, match="kind='audio': expected one of"):
+        PipelineInput("audio", "audio")
+    with pytest.raises(ValueError, match="same_frames applies to videos only"):
+        PipelineInput("image", "image", same_frames=True)
+    with pytest.raises(ValueError, match="one input per kind"):
+        LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16, inputs=IMAGE_TO_VIDEO * 2)
+    with pytest.raises(ValueError, match=r"loads_as\['image'\]='XI2V': expected a pipeline of the family"):
+        type("Bad", (ModelFamily,), {"pipelines": {"X": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16,
+                                                                   loads_as={"image": "XI2V"})}})
+
+
+# ------------------------------------------------------------------------------- image-to-video, end to end
+# every family's image-to-video pipeline, and the TI2V checkpoint that loads as one
+I2V_MODELS = {"tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan22-i2v": "WanImageToVideoPipeline",
+              "tiny-wan-ti2v": "WanImageToVideoPipeline", "tiny-skyreels-v2-i2v": "SkyReelsV2ImageToVideoPipeline",
+              "tiny-hunyuan-i2v": "HunyuanVideoImageToVideoPipeline"}
+
+
+@pytest.mark.parametrize("model", I2V_MODELS)
+def test_generate_image_to_video(model, capsys, tmp_path, image, captured):
+    rc, stdout, err = run(capsys, "generate", "--model", model, "--image", image, *FAST,
+                          "--output", tmp_path / "v.gif", "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    pipe, kwargs = captured["pipe"], captured["kwargs"]
+    assert type(pipe).__name__ == I2V_MODELS[model] and captured["load_kwargs"]["inputs"] == ("image",)
+    if model == "tiny-wan22-i2v":  # Wan2.2 I2V-A14B-style: two experts, no image encoder
+        assert pipe.transformer_2 is not None and pipe.image_encoder is None
+    assert isinstance(kwargs["image"], Image.Image) and kwargs["image"].size == (160, 96)
+    assert f"image: {image}" in stdout
+    da = json.loads((tmp_path / "r.json").read_text())["draft_attention"]
+    assert da["steps"] == {"0": "dense", "1": "sparse"} and da["sparse_calls"] > 0 and da["fallbacks"] == {}
+    assert captured["frames"].shape == (5, 128, 512, 3) and np.isfinite(captured["frames"]).all()
+    # the same pipeline and call (latents out): draft attention with every step dense equals no draft attention
+    # bit for bit; at sparsity 0 in tile order (every token reordered and back) it equals it up to float rounding;
+    # sparse differs. 36 tokens wide: each frame's 4-token edge strip is ordered after every frame's full regions, so
+    # tokens change frames (at 32 wide the tile order keeps frames in place, and per-frame timesteps or a first
+    # frame read by position would look right even when not reordered)
+    latent = dict(kwargs, output_type="latent", width=576)
+
+    def go(**config):
+        with draft_attention_enabled(pipe, **config) if config else contextlib.nullcontext():
+            return captured["run"](pipe, latent, captured["seed"])[0]
+
+    base = go()
+    assert np.array_equal(go(dense_steps_fraction=1.0), base)
+    assert np.abs(go(sparsity=0.0, dense_steps_fraction=0.0, backend="reference") - base).max() < 1e-4
+    sparse = go(sparsity=0.5, dense_steps_fraction=0.0)
+    assert np.isfinite(sparse).all() and np.abs(sparse - base).max() > 1e-3
+
+
+def test_vace_control_video_and_reference_image(capsys, tmp_path, image, frames_dir, captured):
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan-vace", "--video", frames_dir, "--image", image,
+                          *FAST, "--output", tmp_path / "v.gif", "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    # the control video under its own name, resized to the run's size; the image as the reference image
+    assert [f.size for f in captured["kwargs"]["video"]] == [(512, 128)] * 5
+    assert captured["kwargs"]["reference_images"].size == (160, 96)
+    assert json.loads((tmp_path / "r.json").read_text())["draft_attention"]["sparse_calls"] > 0
+    assert captured["frames"].shape == (5, 128, 512, 3) and np.isfinite(captured["frames"]).all()
+
+
+def test_a_video_without_size_and_frames_sets_them(tmp_path, image):
+    """Without --frames / --height / --width a video sets them (a pipeline that needs its frame count gets it); an
+    image goes to VACE as its reference image."""
+    path = tmp_path / "v.gif"
+    frames = [_picture(64, 256, seed=i) for i in range(9)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    s = runner.RunSettings(model="some-org/vace", video=str(path), image=str(image))
+    kw = runner.call_kwargs(type("WanVACEPipeline", (), {})(), s)  # only the class name is needed
+    assert (kw["num_frames"], kw["height"], kw["width"], len(kw["video"])) == (9, 64, 256, 9)
+    assert kw["reference_images"].size == (160, 96) and "image" not in kw
+
+
+def test_built_pipeline_is_checked_too(image):
+    """call_kwargs checks the inputs against the pipeline it is given (a tiny builder need not declare its class,
+    a script may load without the inputs)."""
+    i2v = type("WanImageToVideoPipeline", (), {})()
+    with pytest.raises(runner.CLIError, match="WanImageToVideoPipeline needs an input image"):
+        runner.call_kwargs(i2v, runner.RunSettings(model="some-org/i2v"))
+    ti2v = runner.load_pipeline("tiny-wan-ti2v", "cpu")  # no inputs: a WanPipeline
+    with pytest.raises(runner.CLIError, match="this checkpoint takes one as WanImageToVideoPipeline: load it with "
+                                              r"load_pipeline\(..., inputs=settings.inputs\)"):
+        runner.call_kwargs(ti2v, runner.RunSettings(model="tiny-wan-ti2v", image=str(image)))
+
+
+def test_video_files_are_read(tmp_path):
+    from draftattention_diffusers.video import write_video
+
+    frames = np.stack([np.asarray(_picture(64, 96, seed=i)) for i in range(5)])
+    write_video(frames, tmp_path / "v.mp4", fps=8)
+    video = runner.load_video_input(str(tmp_path / "v.mp4"))
+    assert len(video) == 5 and {f.size for f in video} == {(96, 64)} and video[0].mode == "RGB"
+
+
+# --------------------------------------------------------------------------------------------- loading
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Tiny checkpoints saved as a download gives them (with a tiny text encoder and word tokenizer): Wan2.2
+    TI2V-style and Wan2.1 I2V-style."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from draftattention_diffusers.tiny import build_tiny_pipeline
+
+    words = ["<pad>", "</s>", "<unk>", "a", "cat"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=32, d_ff=64, num_layers=1, num_heads=2,
+                                          d_kv=16)).eval()  # d_model = the tiny transformer's text_dim
+    out = {}
+    for name in ("tiny-wan-ti2v", "tiny-wan-i2v"):
+        pipe = build_tiny_pipeline(name, num_layers=1)
+        pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+        out[name] = tmp_path_factory.mktemp(name)
+        pipe.save_pretrained(out[name])
+    return out
+
+
+def test_ti2v_checkpoint_loads_as_image_to_video_with_an_image(saved):
+    path = str(saved["tiny-wan-ti2v"])
+    t2v = runner.load_pipeline(path, "cpu")
+    i2v = runner.load_pipeline(path, "cpu", inputs=("image",))
+    assert (type(t2v).__name__, type(i2v).__name__) == ("WanPipeline", "WanImageToVideoPipeline")
+    assert i2v.config.expand_timesteps and i2v.vae.dtype == torch.float32 and i2v.transformer.dtype == torch.bfloat16
+
+
+def test_wan_i2v_checkpoint_loads_the_documented_way(saved):
+    pipe = runner.load_pipeline(str(saved["tiny-wan-i2v"]), "cpu", inputs=("image",))
+    assert type(pipe).__name__ == "WanImageToVideoPipeline"
+    assert pipe.image_encoder.dtype == pipe.vae.dtype == torch.float32 and pipe.transformer.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------ errors, before the model loads
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _model_index(folder, class_name, **config):
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name, **config}))
+    return folder
+
+
+ERRORS = {  # name: (arguments after `generate`, given tmp_path, the image and a 5-frame folder; expected message)
+    "t2v-with-image": (lambda t, i, f: ["--model", "tiny-hunyuan", "--image", i],
+                       "--image: HunyuanVideoPipeline takes no image; the HunyuanVideo pipelines that do: "
+                       "HunyuanVideoImageToVideoPipeline; pass --model with one of those, or drop --image"),
+    "wan-t2v-with-image": (lambda t, i, f: ["--model", "tiny-wan", "--image", i],
+                           "a WanPipeline checkpoint whose model_index.json sets expand_timesteps loads as "
+                           "WanImageToVideoPipeline"),
+    "i2v-without-image": (lambda t, i, f: ["--model", "tiny-skyreels-v2-i2v"],
+                          "SkyReelsV2ImageToVideoPipeline needs an input image (its 'image' argument): pass --image"),
+    "no-pipeline-takes-video": (lambda t, i, f: ["--model", "tiny-wan-i2v", "--image", i, "--video", f],
+                                "--video: WanImageToVideoPipeline takes no video, nor does any Wan2.1 / Wan2.2"),
+    "image-missing": (lambda t, i, f: ["--model", "tiny-wan-i2v", "--image", t / "nope.png"], "no such file"),
+    "image-is-a-folder": (lambda t, i, f: ["--model", "tiny-wan-i2v", "--image", t], "is a folder; expected an image"),
+    "image-unreadable": (lambda t, i, f: ["--model", "tiny-wan-i2v", "--image", _write(t / "x.png", b"not a png")],
+                         "cannot be read as an image"),
+    "video-unreadable": (lambda t, i, f: ["--model", "tiny-wan-vace", "--video", _write(t / "x.mp4", b"not a video")],
+                         "cannot be read as a video"),
+    "video-folder-empty": (lambda t, i, f: ["--model", "tiny-wan-vace", "--video", t], "is a folder without frames"),
+    "video-frame-count": (lambda t, i, f: ["--model", "tiny-wan-vace", "--video", f, "--frames", "9"],
+                          "has 5 frames; WanVACEPipeline needs exactly as many as it generates (--frames 9): pass a "
+                          "video of 9 frames or --frames 5"),
+    # real checkpoints: the class (and its config) comes from model_index.json, before any weights load
+    "local-t2v-with-image": (lambda t, i, f: ["--model", _model_index(t / "m", "WanPipeline", expand_timesteps=False),
+                                           "--image", i], "--image: WanPipeline takes no image"),
+    "local-i2v-without-image": (lambda t, i, f: ["--model", _model_index(t / "m", "WanImageToVideoPipeline")],
+                                "WanImageToVideoPipeline needs an input image"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_input_errors_come_before_loading(case, capsys, tmp_path, image, frames_dir, never_load):
+    args, needle = ERRORS[case]
+    rc, _, err = run(capsys, "generate", *args(tmp_path, image, frames_dir), "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, needle)
+    assert not never_load
+
+
+@pytest.mark.parametrize("command", ["compare", "capture"])
+def test_compare_and_capture_check_inputs_too(command, capsys, tmp_path, never_load):
+    extra = ["--output", tmp_path / "x.mp4"] if command == "compare" else ["--out-dir", tmp_path / "cap"]
+    rc, _, err = run(capsys, command, "--model", "tiny-wan-i2v", *extra)
+    one_line_error(rc, err, "WanImageToVideoPipeline needs an input image")
+    assert not never_load
+
+
+def test_ti2v_checkpoint_with_an_image_goes_on_to_load(capsys, tmp_path, image, never_load):
+    folder = _model_index(tmp_path / "m", "WanPipeline", expand_timesteps=True)
+    rc, _, err = run(capsys, "generate", "--model", folder, "--image", image, "--output", tmp_path / "x.mp4")
+    one_line_error(rc, err, "the model was loaded")

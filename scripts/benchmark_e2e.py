@@ -44,12 +44,53 @@ HUNYUAN = dict(in_channels=16, out_channels=16, num_attention_heads=24, attentio
                num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
                qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
                rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+# LTX-Video 0.9.x: diffusers' scripts/convert_ltx_to_diffusers.py (get_transformer_config: 2B for 0.9.0-0.9.5, 13B
+# for 0.9.7) and LTXVideoTransformer3DModel's defaults; patch size 1, so the latent grid is the token grid
+LTX_2B = dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
+              attention_head_dim=64, cross_attention_dim=2048, num_layers=28, caption_channels=4096)
+LTX_13B = dict(LTX_2B, attention_head_dim=128, cross_attention_dim=4096, num_layers=48)
+# LTX-2 19B (2.0, audio + video): diffusers' scripts/convert_ltx2_to_diffusers.py (get_ltx2_transformer_config "2.0",
+# whose other values are LTX2VideoTransformer3DModel's defaults)
+LTX2_19B = dict(in_channels=128, out_channels=128, num_attention_heads=32, attention_head_dim=128,
+                cross_attention_dim=4096, audio_in_channels=128, audio_out_channels=128, audio_num_attention_heads=32,
+                audio_attention_head_dim=64, audio_cross_attention_dim=2048, num_layers=48, caption_channels=3840,
+                rope_type="split", perturbed_attn=False)
+# CogVideoX: diffusers' scripts/convert_cogvideox_to_diffusers.py (5B: 42 layers, 48 heads, RoPE; 2B: 30 layers, 30
+# heads, sincos positions; get_transformer_init_kwargs for 1.0 / 1.5) and CogVideoXTransformer3DModel's defaults
+COGVIDEOX_5B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+                    text_embed_dim=4096, num_layers=42, sample_height=60, sample_width=90, sample_frames=49,
+                    patch_size=2, max_text_seq_length=226, use_rotary_positional_embeddings=True)
+COGVIDEOX_2B = dict(COGVIDEOX_5B, num_attention_heads=30, num_layers=30, use_rotary_positional_embeddings=False)
+COGVIDEOX15_5B = dict(COGVIDEOX_5B, patch_size_t=2, patch_bias=False, sample_height=300, sample_width=300,
+                      sample_frames=81)
+# HunyuanVideo-1.5 (8.3B; 480p and 720p checkpoints share it): HunyuanVideo15Transformer3DModel's defaults (diffusers
+# docs, api/models/hunyuan_video15_transformer_3d); patch size 1 on a 16x VAE, so the latent grid is the token grid
+HUNYUAN15 = dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+                 num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
+                 text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
+                 rope_axes_dim=(16, 56, 56), target_size=960, task_type="t2v")
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
     "wan1.3b-480p": ("wan", WAN_1_3B, (21, 60, 104), 2, "Wan2.1 1.3B, 480x832, 81 frames"),
     "wan14b-720p": ("wan", WAN_14B, (21, 90, 160), 2, "Wan2.1 14B, 720x1280, 81 frames"),
     "hunyuan-720p": ("hunyuan", HUNYUAN, (33, 90, 160), 1, "HunyuanVideo, 720x1280, 129 frames"),
+    # LTX-Video at its native 704x1216 (VAE: 32x spatial, 8x temporal -> 22x38 tokens per frame); CFG runs as a batch
+    # of 2 in one call (counted as 2 calls); 121 frames -> 16 latent frames, 161 -> 21
+    "ltx2b-704p": ("ltx", LTX_2B, (16, 22, 38), 2, "LTX-Video 0.9.x 2B, 704x1216, 121 frames"),
+    "ltx13b-704p": ("ltx", LTX_13B, (16, 22, 38), 2, "LTX-Video 0.9.7 13B, 704x1216, 121 frames"),
+    "ltx13b-704p-161f": ("ltx", LTX_13B, (21, 22, 38), 2, "LTX-Video 0.9.7 13B, 704x1216, 161 frames"),
+    # LTX-2 at 704x1280 (22x40 tokens per frame, 121 frames at 24 fps -> 16 latent frames and 126 audio tokens); with
+    # LTX2Pipeline's defaults a step is CFG as a batch of 2, plus one STG and one modality-isolation call: 4
+    "ltx2-19b-704p": ("ltx2", LTX2_19B, (16, 22, 40), 4, "LTX-2 19B (audio+video), 704x1280, 121 frames"),
+    # CogVideoX at the model cards' sizes (VAE: 8x spatial, 4x temporal; 2x2 patches, 1.5 also 2 frames); CFG runs as
+    # a batch of 2 in one call (counted as 2 calls); 49 frames -> 13 latent frames, 81 -> 21 padded to 22 for 1.5
+    "cogvideox2b-480p": ("cogvideox", COGVIDEOX_2B, (13, 60, 90), 2, "CogVideoX-2B, 480x720, 49 frames"),
+    "cogvideox5b-480p": ("cogvideox", COGVIDEOX_5B, (13, 60, 90), 2, "CogVideoX-5B, 480x720, 49 frames"),
+    "cogvideox1.5-5b-768p": ("cogvideox", COGVIDEOX15_5B, (22, 96, 170), 2, "CogVideoX1.5-5B, 768x1360, 81 frames"),
+    # HunyuanVideo-1.5 720p T2V (VAE: 16x spatial, 4x temporal; 121 frames -> 31 latent frames); its guider runs CFG
+    # as two calls per step (guidance 6.0)
+    "hunyuan15-720p": ("hunyuan15", HUNYUAN15, (31, 45, 80), 2, "HunyuanVideo-1.5, 720x1280, 121 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -57,6 +98,22 @@ MODELS = {
                                      num_single_layers=1, num_refiner_layers=1, text_embed_dim=32,
                                      pooled_projection_dim=16, rope_axes_dim=(4, 6, 6)),
                      (2, 32, 64), 1, "tiny HunyuanVideo (CPU dry run)"),
+    "tiny-ltx": ("ltx", dict(LTX_2B, num_attention_heads=2, attention_head_dim=32, cross_attention_dim=64, num_layers=2,
+                             caption_channels=32), (2, 8, 40), 2, "tiny LTX-Video (CPU dry run)"),
+    "tiny-ltx2": ("ltx2", dict(LTX2_19B, in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=32,
+                               cross_attention_dim=64, audio_in_channels=4, audio_out_channels=4,
+                               audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
+                               num_layers=2, caption_channels=32), (2, 8, 40), 4, "tiny LTX-2 (CPU dry run)"),
+    "tiny-cogvideox": ("cogvideox", dict(COGVIDEOX_5B, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+                                         time_embed_dim=32, text_embed_dim=32), (2, 32, 64), 2,
+                       "tiny CogVideoX (CPU dry run)"),
+    "tiny-cogvideox1.5": ("cogvideox", dict(COGVIDEOX15_5B, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+                                            time_embed_dim=32, text_embed_dim=32), (4, 32, 64), 2,
+                          "tiny CogVideoX 1.5 (CPU dry run)"),
+    "tiny-hunyuan15": ("hunyuan15", dict(HUNYUAN15, in_channels=9, out_channels=4, num_attention_heads=2,
+                                         attention_head_dim=16, num_layers=1, num_refiner_layers=1, text_embed_dim=32,
+                                         text_embed_2_dim=16, image_embed_dim=16, rope_axes_dim=(4, 6, 6)),
+                       (2, 16, 32), 2, "tiny HunyuanVideo-1.5 (CPU dry run)"),
 }
 STEPS, DENSE_FRACTION = 50, 0.25
 
@@ -75,11 +132,73 @@ def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) 
                 guidance=torch.tensor([6000.0], device=latents.device, dtype=latents.dtype), return_dict=False)
 
 
+def _ltx_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    _, _, f, h, w = latents.shape
+    mask = torch.zeros(1, 128, dtype=torch.long, device=latents.device)
+    mask[:, :text_tokens] = 1  # a T5 prompt of `text_tokens` tokens padded to the pipeline's 128
+    return dict(hidden_states=latents.flatten(2).transpose(1, 2),  # packed as LTXPipeline does (patch size 1)
+                encoder_hidden_states=rnd(1, 128, config["caption_channels"]), encoder_attention_mask=mask,
+                timestep=torch.tensor([500.0], device=latents.device), num_frames=f, height=h, width=w,
+                rope_interpolation_scale=(8 / 25, 32, 32), return_dict=False)
+
+
+def _ltx2_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    _, _, f, h, w = latents.shape
+    audio_tokens = round((8 * (f - 1) + 1) / 24 * 25)  # 25 audio latents per second, video at 24 fps
+    # the text connectors' output: 1024 tokens (padding replaced by learned registers), no mask
+    return dict(hidden_states=latents.flatten(2).transpose(1, 2), audio_hidden_states=rnd(1, audio_tokens,
+                config["audio_in_channels"]), encoder_hidden_states=rnd(1, 1024, config["caption_channels"]),
+                audio_encoder_hidden_states=rnd(1, 1024, config["caption_channels"]),
+                timestep=torch.tensor([500.0], device=latents.device), num_frames=f, height=h, width=w, fps=24.0,
+                audio_num_frames=audio_tokens, return_dict=False)
+
+
+def _cogvideox_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as CogVideoXPipeline calls it: latents [B, F, C, H, W], the prompt always padded to 226 tokens (no mask), RoPE
+    # tables (5B, 1.5) from _prepare_rotary_positional_embeddings
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    latents = latents.transpose(1, 2).contiguous()
+    _, f, _, h, w = latents.shape
+    p, p_t = config["patch_size"], config.get("patch_size_t")
+    rope = None
+    if config["use_rotary_positional_embeddings"]:
+        base = (config["sample_height"] // p, config["sample_width"] // p)
+        grid = (h // p, w // p)
+        if p_t is None:  # CogVideoX 1.0
+            extra = dict(crops_coords=get_resize_crop_region_for_grid(grid, base[1], base[0]), temporal_size=f)
+        else:  # 1.5: a slice of the base grid
+            extra = dict(crops_coords=None, temporal_size=f // p_t, grid_type="slice", max_size=base)
+        rope = get_3d_rotary_pos_embed(embed_dim=config["attention_head_dim"], grid_size=grid, device=latents.device,
+                                       **extra)
+    return dict(hidden_states=latents, encoder_hidden_states=rnd(1, config["max_text_seq_length"],
+                                                                 config["text_embed_dim"]),
+                timestep=torch.tensor([500], device=latents.device), image_rotary_emb=rope, return_dict=False)
+
+def _hunyuan15_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as HunyuanVideo15Pipeline (T2V) calls it: a Qwen2.5-VL prompt of `text_tokens` in 1000 slots, no quoted (glyph)
+    # text (256 ByT5 slots, all padding), 729 zero image features (T2V: all padding)
+    device = latents.device
+    mask = torch.zeros(1, 1000, dtype=torch.bool, device=device)
+    mask[:, :text_tokens] = True
+    return dict(hidden_states=latents, timestep=torch.tensor([500.0], device=device, dtype=latents.dtype),
+                encoder_hidden_states=rnd(1, 1000, config["text_embed_dim"]), encoder_attention_mask=mask,
+                encoder_hidden_states_2=rnd(1, 256, config["text_embed_2_dim"]),
+                encoder_attention_mask_2=torch.zeros(1, 256, dtype=torch.bool, device=device),
+                image_embeds=torch.zeros(1, 729, config["image_embed_dim"], device=device, dtype=latents.dtype),
+                return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
     "wan": ("WanTransformer3DModel", _wan_inputs),
     "hunyuan": ("HunyuanVideoTransformer3DModel", _hunyuan_inputs),
+    "ltx": ("LTXVideoTransformer3DModel", _ltx_inputs),
+    "ltx2": ("LTX2VideoTransformer3DModel", _ltx2_inputs),
+    "cogvideox": ("CogVideoXTransformer3DModel", _cogvideox_inputs),
+    "hunyuan15": ("HunyuanVideo15Transformer3DModel", _hunyuan15_inputs),
 }
 
 

@@ -21,15 +21,23 @@ def test_cli_tables_derive_from_the_families():
     assert cli.TINY_MODELS == {"tiny-wan": "wan", "tiny-wan22": "wan22", "tiny-hunyuan": "hunyuan",
                                "tiny-skyreels-v2": "skyreels-v2", "tiny-wan-vace": "wan-vace",
                                "tiny-wan-i2v": "wan-i2v", "tiny-wan22-i2v": "wan22-i2v", "tiny-wan-ti2v": "wan-ti2v",
-                               "tiny-hunyuan-i2v": "hunyuan-i2v", "tiny-skyreels-v2-i2v": "skyreels-v2-i2v"}
+                               "tiny-hunyuan-i2v": "hunyuan-i2v", "tiny-skyreels-v2-i2v": "skyreels-v2-i2v",
+                               "tiny-cogvideox": "cogvideox", "tiny-cogvideox15": "cogvideox15", "tiny-ltx": "ltx",
+                               "tiny-ltx2": "ltx2", "tiny-hunyuan15": "hunyuan15"}
     assert TINY_FAMILIES == ("wan", "wan22", "wan-i2v", "wan22-i2v", "wan-ti2v", "hunyuan", "hunyuan-i2v",
-                             "skyreels-v2", "skyreels-v2-i2v", "wan-vace")
+                             "skyreels-v2", "skyreels-v2-i2v", "wan-vace", "cogvideox", "cogvideox15", "ltx",
+                             "ltx2", "hunyuan15")
     assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video",
                                        "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace",
                                        "WanImageToVideoPipeline": "wan",
                                        "HunyuanVideoImageToVideoPipeline": "hunyuan_video",
-                                       "SkyReelsV2ImageToVideoPipeline": "skyreels_v2"}
-    assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16}
+                                       "SkyReelsV2ImageToVideoPipeline": "skyreels_v2",
+                                       "CogVideoXPipeline": "cogvideox",
+                                       "LTXPipeline": "ltx_video", "LTXConditionPipeline": "ltx_video",
+                                       "LTX2Pipeline": "ltx2",
+                                       "HunyuanVideo15Pipeline": "hunyuan_video15"}
+    assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16, "cogvideox": 8,
+                               "ltx_video": 24, "ltx2": 24, "hunyuan_video15": 24}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
     with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):
         cli.family_of(type("FluxPipeline", (), {})())
@@ -93,7 +101,7 @@ def test_no_family_name_outside_models():
     assert not {p: n for p, n in found.items() if n}
 
 
-@pytest.mark.parametrize("name", ["skyreels-v2", "wan-vace"])
+@pytest.mark.parametrize("name", ["skyreels-v2", "wan-vace", "cogvideox", "ltx", "ltx2", "hunyuan15"])
 def test_new_families_refuse_context_parallelism_clearly(name):
     """No context-parallel plan exists (diffusers 0.42.1) or was verified for these: a clear error at enable."""
     from types import SimpleNamespace

@@ -196,8 +196,6 @@ class DraftAttnProcessor:
         if self.families is not None and family.name not in self.families:
             raise ValueError(f"{type(self).__name__} supports {self.families}, not {type(transformer).__name__}; "
                              "use DraftAttnProcessor for any supported family")
-        if family.text_position == "leading":  # core/ lays text out after the video tokens only
-            raise NotImplementedError(f"{type(family).__name__}: text before the video tokens is not supported yet")
         current = dict(transformer.attn_processors) if dense_processors is None else dense_processors
         roles = family.roles(transformer, current)
         blocks = 1 + max((r.block_index for r in roles.values() if r.video_self), default=-1)
@@ -340,6 +338,8 @@ class DraftAttnProcessor:
             entry = self._discover(attn)
         _, family, role = entry
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
+        if rotary_emb is not None and image_rotary_emb is not None:  # a separate key RoPE (6th argument): kept
+            kwargs["key_rope"] = image_rotary_emb
         default = role.default_processor
         if not role.video_self:
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
@@ -354,6 +354,7 @@ class DraftAttnProcessor:
             count_call(attn, None)
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
+        # every family hands `attend` video first, then text (one with leading text reorders its own q, k, v)
         attend = partial(self._attend, attn, role, dense, kernel)
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
+from .cogvideox import CogVideoXFamily
 from .hunyuan_video import HunyuanVideoFamily
+from .hunyuan_video15 import HunyuanVideo15Family
+from .ltx2 import LTX2Family
+from .ltx_video import LTXVideoFamily
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
 from .wan_vace import WanVACEFamily
 
-_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily())
+_FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
+                                       CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family())
 
 _TINY_PREFIX = "tiny-"
 

@@ -37,7 +37,9 @@ class AttentionRole:
 
 TEXT_POSITIONS = ("none", "trailing", "leading")
 """Where text tokens sit in a family's video self-attention sequence: none (text only in cross-attention), after
-the video tokens, before them. ``core`` handles ``none`` and ``trailing``."""
+the video tokens, before them (CogVideoX). ``attend`` always takes the video tokens first, then the text
+(``core`` has one layout): a ``leading`` family's ``self_attention`` builds q, k, v as ``[video, text]`` and splits
+the output back (attention is equivariant to the order of the tokens it is given)."""
 
 TINY_TEXT_DIM = 32
 """Text-embedding width of every tiny random-weight pipeline (its fixed random prompts have this width)."""

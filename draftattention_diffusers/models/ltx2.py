@@ -1,0 +1,206 @@
+"""LTX-2 (``LTX2VideoTransformer3DModel``, audio + video): each block has six attentions; only the video
+self-attention ``transformer_blocks.<i>.attn1`` becomes sparse. Audio self-attention (``audio_attn1``), the text
+cross-attentions (``attn2``, ``audio_attn2``) and the audio<->video cross-attentions (``audio_to_video_attn``,
+``video_to_audio_attn``, which take separate query and key RoPE) run diffusers' processor unchanged.
+
+As in LTX-Video the latents arrive packed ``[B, S, C]``; the grid comes from ``video_coords`` (patch bounds
+``[B, 3, S, 2]``, what RoPE uses; the pipelines pass it) or else ``num_frames`` / ``height`` / ``width``.
+
+Tile order once per forward: the video tokens after ``proj_in``; the video self-attention RoPE (``rope``) and the
+video side of the audio-video RoPE (``cross_attn_rope``); per-token timesteps (image-to-video; every timestep
+modulation of the video tokens, a2v included, is computed from them); the optional per-token keyframe marker
+``video_keyframes_mask [B, S, 1]`` and video self-attention mask ``[B, S, S]``; back before ``proj_out``. Audio
+tokens are never reordered. A video self-attention mask is not a key-padding mask: those calls run dense with it
+(listed in the statistics as a fallback).
+
+Not supported: checkpoints built with ``perturbed_attn=True`` (LTX-2.3, LTX-2.5): their blocks pass STG arguments
+(``perturbation_mask``, ``all_perturbed``) to the attention processors by name, and diffusers drops names a
+processor's signature does not list, so STG would silently stop working. Enabling draft attention on them raises.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2AudioVideoAttnProcessor,
+                                                            apply_interleaved_rotary_emb, apply_split_rotary_emb)
+
+from ..core.layout import VideoGrid
+from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, prepared_mask
+
+_SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
+# LTX2VideoTransformer3DModel.forward's positional parameters (up to the ones the hooks read)
+_FORWARD_ARGS = ("hidden_states", "audio_hidden_states", "encoder_hidden_states", "audio_encoder_hidden_states",
+                 "timestep", "audio_timestep", "sigma", "audio_sigma", "encoder_attention_mask",
+                 "audio_encoder_attention_mask", "num_frames", "height", "width", "fps", "audio_num_frames",
+                 "video_coords", "audio_coords", "isolate_modalities", "spatio_temporal_guidance_blocks",
+                 "perturbation_mask", "use_cross_timestep", "attention_kwargs", "video_self_attention_mask",
+                 "video_keyframes_mask")
+
+
+def build_tiny_ltx2(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``LTX2Pipeline`` (audio + video), float32 on CPU, no text encoder (fixed random
+    prompt embeddings go through the pipeline's text connectors). Video head dim 32, audio head dim 8; the video VAE
+    compresses 32x spatially and 8x temporally like the real one, so ``height x width`` pixels give
+    ``height/32 x width/32`` tokens per frame."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2Pipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    torch.manual_seed(seed)
+    # the real VAE's block layout with 8 channels (its decoder halves the channels at each 2x upsampling)
+    vae = AutoencoderKLLTX2Video(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                 decoder_block_out_channels=(8, 16, 32), layers_per_block=(1, 1, 1, 1, 1),
+                                 decoder_layers_per_block=(1, 1, 1, 1), spatial_compression_ratio=32,
+                                 temporal_compression_ratio=8).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    audio_vae = AutoencoderKLLTX2Audio(base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1,
+                                       attn_resolutions=None, in_channels=2, resolution=32, latent_channels=2,
+                                       norm_type="pixel", causality_axis="height", dropout=0.0,
+                                       mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160,
+                                       is_causal=True, mel_bins=8).eval()
+    vocoder = LTX2Vocoder(in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
+                          upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                          leaky_relu_negative_slope=0.1, output_sampling_rate=16000).eval()
+    connectors = LTX2TextConnectors(caption_channels=TINY_TEXT_DIM, text_proj_in_factor=1,
+                                    video_connector_num_attention_heads=2, video_connector_attention_head_dim=16,
+                                    video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+                                    audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=16,
+                                    audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+                                    connector_rope_base_seq_len=32, rope_double_precision=False,
+                                    rope_type="split").eval()
+    torch.manual_seed(seed + 1)
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=heads, attention_head_dim=32, cross_attention_dim=heads * 32,
+        audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=heads, audio_attention_head_dim=8,
+        audio_cross_attention_dim=heads * 8, num_layers=num_layers, caption_channels=TINY_TEXT_DIM,
+        rope_double_precision=False, rope_type="split").eval()
+    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None,
+                        tokenizer=None, connectors=connectors, transformer=transformer, vocoder=vocoder)
+
+
+class LTX2Family(ModelFamily):
+    """LTX-2 (2.0): video self-attention sparse; audio, text and audio-video attention dense."""
+
+    name = "ltx2"
+    title = "LTX-2"
+    transformer_classes = ("LTX2VideoTransformer3DModel",)
+    grid_locals = ("num_frames", "height", "width")
+    # as diffusers' LTX-2 docs load it: every component in bfloat16
+    pipelines = {"LTX2Pipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16)}
+    other_pipelines = ("LTX2ImageToVideoPipeline",)
+    default_fps = 24  # LTX2Pipeline's frame_rate default
+    tiny_variants = {"tiny-ltx2": build_tiny_ltx2}
+
+    # diffusers 0.42.1 has a plan (_cp_plan) splitting the video tokens and RoPE, not verified with draft attention
+    cp_unsupported_because = (
+        "diffusers' context-parallel plan for it splits the video tokens and the video RoPE but not the audio-video "
+        "RoPE or per-token timesteps the same way, and was not verified with draft attention's tile order")
+
+    def grid(self, transformer, latents):
+        raise ValueError("LTX-2 latents arrive packed [B, S, C]: the grid comes from the forward's video_coords or "
+                         "num_frames / height / width (forward_grid)")
+
+    def forward_grid(self, transformer, args, kwargs):
+        return self._grid_of(transformer, forward_arguments(args, kwargs, _FORWARD_ARGS))
+
+    def grid_from_locals(self, transformer, frame_locals):
+        return self._grid_of(transformer, frame_locals)
+
+    def _grid_of(self, transformer, given: dict) -> VideoGrid | None:
+        tokens = given["hidden_states"].shape[1]
+        coords = given.get("video_coords")
+        # patch bounds [B, 3, S, 2]: the starts place each token (a compiled graph reads the sizes: see ltx_video.py)
+        if coords is not None and not torch.compiler.is_compiling():
+            return grid_from_coords(coords[..., 0] if coords.ndim == 4 else coords, tokens)
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        sizes = [given.get(n) for n in ("num_frames", "height", "width")]
+        if not all(isinstance(s, int) for s in sizes):
+            return None
+        return grid_from_sizes(-(-sizes[0] // p_t), -(-sizes[1] // p), -(-sizes[2] // p), tokens)
+
+    def roles(self, transformer, current):
+        if transformer.config.get("perturbed_attn", False):
+            raise ValueError(
+                f"draft attention does not support {type(transformer).__name__} with perturbed_attn=True (LTX-2.3, "
+                "LTX-2.5) yet: its blocks pass STG arguments (perturbation_mask, all_perturbed) to the attention "
+                "processors by name, which draft attention's processor does not take, so STG would silently stop "
+                "working; LTX-2.0 checkpoints (perturbed_attn=False) are supported")
+        out = {}
+        for name, module in transformer.named_modules():
+            if isinstance(module, LTX2Attention):
+                m = _SELF.match(name)
+                default = keep_or_default(current.get(f"{name}.processor"), LTX2AudioVideoAttnProcessor)
+                out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
+                                            custom=not isinstance(default, LTX2AudioVideoAttnProcessor))
+        return out
+
+    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
+        # LTX2AudioVideoAttnProcessor's computation for self-attention (one RoPE for queries and keys)
+        attention_mask = prepared_mask(attn, attention_mask, hidden_states)
+        gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if rope is not None:
+            apply = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
+            query, key = apply(query, rope), apply(key, rope)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        out = attend(query, key, value, 0, attention_mask)
+        out = out.flatten(2, 3).to(query.dtype)
+        if gate_logits is not None:  # per-head gates, 2 sigmoid(logits)
+            out = (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
+                     key_rope=None, **kwargs):
+        # LTX2Attention passes the query RoPE and the key RoPE (audio-video attention) as 5th and 6th argument
+        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rope, key_rope, **kwargs)
+
+    def tile_order_hooks(self, transformer, order):
+        def tokens(module, args, out):  # proj_in output [B, S, D]
+            return order.to_tiles(out, 1) if order.active else None
+
+        def rope(module, args, out):  # (cos, sin): [B, S, D] (interleaved) or [B, H, S, D/2] (split)
+            return tuple(order.to_tiles(t, 1 if t.ndim == 3 else 2) for t in out) if order.active else None
+
+        def per_token_inputs(module, args, kwargs=None):
+            if not order.active or kwargs is None:  # (None: removed while this forward's hooks were running)
+                return None
+            given = forward_arguments(args, kwargs, _FORWARD_ARGS)
+            changed = {}
+            t = given.get("timestep")
+            if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[1] > 1:  # image-to-video: [B, S]
+                changed["timestep"] = order.to_tiles(t, 1)
+                if given.get("audio_timestep") is None:  # the model's default: the (unpermuted) video timestep
+                    changed["audio_timestep"] = t
+            marker = given.get("video_keyframes_mask")
+            if isinstance(marker, torch.Tensor):  # [B, S, 1]
+                changed["video_keyframes_mask"] = order.to_tiles(marker, 1)
+            mask = given.get("video_self_attention_mask")
+            if isinstance(mask, torch.Tensor):  # [B, S, S]
+                changed["video_self_attention_mask"] = order.to_tiles(order.to_tiles(mask, 1), 2)
+            if not changed:
+                return None
+            return (), {**given, **changed}  # every argument by name
+
+        def back(module, args):  # proj_out input [B, S, C]
+            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+
+        register_hook(transformer.proj_in, "post", tokens)
+        register_hook(transformer.rope, "post", rope)
+        register_hook(transformer.cross_attn_rope, "post", rope)  # video side of audio-video attention
+        register_hook(transformer, "pre", per_token_inputs, with_kwargs=True)
+        register_hook(transformer.proj_out, "pre", back)
+        return True
+
+    def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
+        mask = torch.zeros(1, text_len, dtype=torch.long)
+        mask[:, text_len - (text_len if valid_len is None else valid_len):] = 1  # Gemma pads on the left
+        out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), prompt_attention_mask=mask)
+        if negative:
+            out.update(negative_prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), negative_prompt_attention_mask=mask)
+        return out

@@ -1,0 +1,209 @@
+"""LTX-Video (``LTXVideoTransformer3DModel``, 0.9.x 2B and 13B): T2V, I2V and the condition pipeline. Only
+``transformer_blocks.<i>.attn1`` (video self-attention) becomes sparse; ``attn2`` (text) runs diffusers'
+``LTXVideoAttnProcessor`` unchanged.
+
+The latents arrive packed ``[B, S, C]`` (patch size 1: one token per latent pixel), so the token grid comes from the
+forward's ``video_coords`` (what RoPE uses when given: the condition pipelines) or else its ``num_frames`` /
+``height`` / ``width`` (latent sizes). A sequence that is not exactly that grid (the condition pipeline prepends the
+tokens of a condition at ``frame_index > 0``) has no grid: its forwards run dense, visibly in the statistics.
+
+Tokens are put in tile order once per forward: after ``proj_in``, the RoPE tables (``rope`` output) and per-token
+timesteps (image-to-video and conditioning: ``timestep [B, S]``), and back before ``proj_out``. Everything between is
+per token or attention, so no hook is missing.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor, apply_rotary_emb
+
+from ..core.layout import VideoGrid
+from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+
+_SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
+# LTXVideoTransformer3DModel.forward's positional parameters, to read arguments however they were passed
+_FORWARD_ARGS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "num_frames",
+                 "height", "width", "rope_interpolation_scale", "video_coords")
+
+
+def forward_arguments(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict:
+    """A transformer forward's arguments by name, positional ones included."""
+    return {**dict(zip(names, args)), **kwargs}
+
+
+def grid_from_coords(coords: torch.Tensor, num_tokens: int) -> VideoGrid | None:
+    """The token grid of per-token positions ``coords [B, 3, S]`` (frame, row, column; any monotone scale) when they
+    are exactly a frame-major, row-major grid in every batch item, else None (a host sync: eager code only)."""
+    if coords.ndim != 3 or coords.shape[1] != 3 or coords.shape[2] != num_tokens:
+        return None
+    first = coords[0]
+    axes = [torch.unique(first[i]) for i in range(3)]
+    sizes = tuple(len(a) for a in axes)
+    if sizes[0] * sizes[1] * sizes[2] != num_tokens:
+        return None
+    expected = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)
+    if not (torch.equal(first, expected) and torch.equal(coords, first.expand_as(coords))):
+        return None
+    return VideoGrid(*sizes)
+
+
+def grid_from_sizes(frames, height, width, num_tokens: int) -> VideoGrid | None:
+    """``VideoGrid(frames, height, width)`` when all are given and match ``num_tokens``, else None."""
+    try:
+        grid = VideoGrid(*(operator.index(d) for d in (frames, height, width)))
+    except (TypeError, ValueError):
+        return None
+    return grid if grid.num_tokens == num_tokens else None
+
+
+def prepared_mask(attn, attention_mask, hidden_states):
+    """An attention mask as diffusers' LTX / LTX-2 processors prepare it before their attention call."""
+    if attention_mask is None:
+        return None
+    b, s, _ = hidden_states.shape
+    attention_mask = attn.prepare_attention_mask(attention_mask, s, b)
+    return attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+
+
+def build_tiny_ltx_video(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``LTXPipeline``, float32 on CPU, no text encoder. Head dim 32; the VAE compresses 32x
+    spatially and 8x temporally like the real one (patch 4, three scaling blocks), so ``height x width`` pixels
+    give ``height/32 x width/32`` tokens per frame and ``num_frames`` (8k+1) gives ``k+1`` latent frames."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+                                decoder_layers_per_block=(1, 1, 1, 1, 1)).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    torch.manual_seed(seed + 1)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=heads,
+                                             attention_head_dim=32, cross_attention_dim=heads * 32,
+                                             num_layers=num_layers, caption_channels=TINY_TEXT_DIM).eval()
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                       transformer=transformer)
+
+
+class LTXVideoFamily(ModelFamily):
+    """LTX-Video 0.9.x: text only in cross-attention, tokens in tile order once per forward."""
+
+    name = "ltx_video"
+    title = "LTX-Video"
+    transformer_classes = ("LTXVideoTransformer3DModel",)
+    grid_locals = ("num_frames", "height", "width")
+    # As diffusers' LTX-Video docs load them: every component in bfloat16; 0.9.0-0.9.5 (2B) are LTXPipeline folders,
+    # 0.9.7+ (2B, 13B) LTXConditionPipeline folders (text-to-video without conditions), with VAE tiling in those docs.
+    pipelines = {"LTXPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                 "LTXConditionPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True)}
+    other_pipelines = ("LTXImageToVideoPipeline",)
+    default_fps = 24  # diffusers' LTX-Video examples export at 24 fps (the pipelines condition on frame_rate=25)
+    tiny_variants = {"tiny-ltx": build_tiny_ltx_video}
+
+    # diffusers 0.42.1 has a plan (_cp_plan, splitting the RoPE tables): not verified with draft attention yet
+    cp_unsupported_because = (
+        "diffusers' context-parallel plan for it splits its RoPE tables and per-token timesteps, which was not "
+        "verified with draft attention's tile order")
+
+    def pipeline_kwargs(self, pipe, kwargs):
+        # the docs' settings for a timestep-aware VAE (0.9.1+): decode at timestep 0.05; conditioning noise 0.025
+        out = dict(kwargs)
+        if getattr(getattr(pipe, "vae", None), "config", {}).get("timestep_conditioning", False):
+            out.setdefault("decode_timestep", 0.05)
+            if type(pipe).__name__ == "LTXConditionPipeline":
+                out.setdefault("image_cond_noise_scale", 0.025)
+        return out
+
+    def grid(self, transformer, latents):
+        raise ValueError("LTX-Video latents arrive packed [B, S, C]: the grid comes from the forward's num_frames / "
+                         "height / width or video_coords (forward_grid)")
+
+    def forward_grid(self, transformer, args, kwargs):
+        given = forward_arguments(args, kwargs, _FORWARD_ARGS)
+        return self._grid_of(given)
+
+    def grid_from_locals(self, transformer, frame_locals):
+        return self._grid_of(frame_locals)
+
+    def _grid_of(self, given: dict) -> VideoGrid | None:
+        tokens = given["hidden_states"].shape[1]
+        coords = given.get("video_coords")
+        # what RoPE uses when given (the condition and long-video pipelines); reading it syncs with the host, so a
+        # whole-model compiled graph takes num_frames / height / width instead (None where they are not given)
+        if coords is not None and not torch.compiler.is_compiling():
+            return grid_from_coords(coords, tokens)
+        return grid_from_sizes(given.get("num_frames"), given.get("height"), given.get("width"), tokens)
+
+    def roles(self, transformer, current):
+        out = {}
+        for name, module in transformer.named_modules():
+            if isinstance(module, LTXAttention):
+                m = _SELF.match(name)
+                default = keep_or_default(current.get(f"{name}.processor"), LTXVideoAttnProcessor)
+                out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
+                                            custom=not isinstance(default, LTXVideoAttnProcessor))
+        return out
+
+    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
+        attention_mask = prepared_mask(attn, attention_mask, hidden_states)
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if rope is not None:
+            query = apply_rotary_emb(query, rope)
+            key = apply_rotary_emb(key, rope)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        out = attend(query, key, value, 0, attention_mask)
+        out = out.flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
+        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs)
+
+    def tile_order_hooks(self, transformer, order):
+        def tokens(module, args, out):  # proj_in output [B, S, D]
+            return order.to_tiles(out, 1) if order.active else None
+
+        def rope(module, args, out):  # (cos, sin), each [B, S, D]
+            return tuple(order.to_tiles(t, 1) for t in out) if order.active else None
+
+        def per_token_timestep(module, args, kwargs=None):  # image-to-video / conditioning: timestep [B, S]
+            if not order.active or kwargs is None:  # (None: removed while this forward's hooks were running)
+                return None
+            return permute_forward_argument(args, kwargs, 2, "timestep", order, dims=(1,))
+
+        def back(module, args):  # proj_out input [B, S, C]
+            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+
+        register_hook(transformer.proj_in, "post", tokens)
+        register_hook(transformer.rope, "post", rope)
+        register_hook(transformer, "pre", per_token_timestep, with_kwargs=True)
+        register_hook(transformer.proj_out, "pre", back)
+        return True
+
+    def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
+        mask = torch.zeros(1, text_len, dtype=torch.long)
+        mask[:, :text_len if valid_len is None else valid_len] = 1
+        out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), prompt_attention_mask=mask)
+        if negative:
+            out.update(negative_prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), negative_prompt_attention_mask=mask)
+        return out
+
+
+def permute_forward_argument(args: tuple, kwargs: dict, index: int, name: str, order, dims: tuple[int, ...],
+                             per_token_ndim: int = 2):
+    """A forward pre-hook's result putting the per-video-token argument ``name`` (positional ``index``) in tile order
+    along ``dims`` when it is per token (``per_token_ndim`` dims, more than one entry along ``dims[0]``); None
+    (nothing to change) otherwise."""
+    in_kwargs = name in kwargs
+    value = kwargs.get(name) if in_kwargs else (args[index] if len(args) > index else None)
+    if not isinstance(value, torch.Tensor) or value.ndim != per_token_ndim or value.shape[dims[0]] <= 1:
+        return None
+    for d in dims:
+        value = order.to_tiles(value, d)
+    if in_kwargs:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1:], kwargs

@@ -30,6 +30,9 @@ Settings (``--settings``, comma-separated; each is a list of parts enabled in or
     taylorseer(first)+draft the cache enabled before draft attention (the other order; also taylorseer-first+draft)
     magcache[+draft]        MagCacheConfig with the magnitude ratios the MagCache authors published
     fbcache[+draft]         FirstBlockCacheConfig, its data-dependent decision replaced by a fixed schedule
+    fbcache-mag[+draft]     the same with MagCache's published skip schedule (MagCache's own hooks cannot compile)
+    <cache>[+draft]+compile a cache, draft attention and regional compile (magcache, fbcache, fbcache-mag, taylorseer)
+    name@N                  any setting with its own step count N (each timed run must hold every step class)
     taylorseer+compile, taylorseer+draft+compile
 Stacks with draft attention enable it first, then the cache (except ``taylorseer(first)+draft``).
 
@@ -149,7 +152,8 @@ ALIASES = {"taylorseer-first+draft": "taylorseer(first)+draft"}  # a name a shel
 WITHOUT_DRAFT = {"taylorseer+draft": "taylorseer", "taylorseer(first)+draft": "taylorseer",
                  "magcache+draft": "magcache", "fbcache+draft": "fbcache", "compile+draft": "compile",
                  "taylorseer+draft+compile": "taylorseer+compile", "magcache+draft+compile": "magcache+compile",
-                 "fbcache+draft+compile": "fbcache+compile"}
+                 "fbcache+draft+compile": "fbcache+compile", "fbcache-mag+draft": "fbcache-mag",
+                 "fbcache-mag+draft+compile": "fbcache-mag+compile"}
 
 
 # ------------------------------------------------------------------------------------------------ step schedules
@@ -517,20 +521,37 @@ class MagCache(Part):
 
 class FBCache(Part):
     """diffusers' First Block Cache with its threshold decision (relative change of the first block's residual,
-    data-dependent and meaningless on random weights) replaced by a fixed schedule: TaylorSeer's (full compute on
-    the steps before ceil(0.25 x steps) and every third step after; the first block always runs)."""
+    data-dependent and meaningless on random weights) replaced by a fixed schedule (the first block always runs):
+    ``schedule="interval"``, TaylorSeer's (full compute on the steps before ceil(0.25 x steps) and every third step
+    after); ``"magcache"``, the steps MagCache computes with the ratios published for the model (:data:`MAGCACHE`).
+    (MagCache itself cannot be compiled: diffusers wraps its block hooks in ``torch.compiler.disable``; First Block
+    Cache's block hooks compile, so this is how a MagCache-like skip pattern stacks with torch.compile.)"""
 
-    name = "fbcache"
     is_cache = True
     HOOK = "fbc_leader_block_hook"
 
-    def __init__(self):
+    def __init__(self, schedule: str = "interval"):
+        self.schedule_source = schedule
+        self.name = "fbcache" if schedule == "interval" else "fbcache-mag"
         self.schedule: list[bool] = []
 
     def describe(self, bench: Bench) -> str:
+        if self.schedule_source == "magcache":
+            src = self.params(bench)[4]
+            return ("FirstBlockCacheConfig(threshold=0.05) with the head hook's decision replaced by the fixed "
+                    f"schedule MagCache computes from its published ratios ({src}; threshold, K, retention as "
+                    "published)")
         return ("FirstBlockCacheConfig(threshold=0.05) with the head hook's decision replaced by a fixed schedule: "
                 f"full compute before step start = ceil(0.25 x steps) and where (step - start - 1) % "
                 f"{TAYLORSEER_INTERVAL} == 0")
+
+    def params(self, bench: Bench):
+        return MAGCACHE.get(bench.name)
+
+    def unavailable(self, bench: Bench) -> str | None:
+        if self.schedule_source == "magcache" and self.params(bench) is None:
+            return f"no published MagCache ratios for {bench.name}"
+        return None
 
     def enable(self, bench: Bench) -> None:
         from diffusers import FirstBlockCacheConfig
@@ -556,6 +577,9 @@ class FBCache(Part):
         self.schedule = self.expected(bench, steps)
 
     def expected(self, bench: Bench, steps: int) -> list[bool]:
+        if self.schedule_source == "magcache":
+            ratios, thr, k, ret, _ = self.params(bench)
+            return magcache_schedule(ratios, steps, thr, k, ret)
         return interval_schedule(steps, cache_start_step(steps))
 
     def computed(self, bench: Bench) -> dict[str, bool] | None:
@@ -614,6 +638,10 @@ SETTINGS: dict[str, Callable[[], list[Part]]] = {
     "magcache+draft+compile": lambda: [Draft(), MagCache(), Compile()],
     "fbcache+compile": lambda: [FBCache(), Compile()],
     "fbcache+draft+compile": lambda: [Draft(), FBCache(), Compile()],
+    "fbcache-mag": lambda: [FBCache("magcache")],
+    "fbcache-mag+draft": lambda: [Draft(), FBCache("magcache")],
+    "fbcache-mag+compile": lambda: [FBCache("magcache"), Compile()],
+    "fbcache-mag+draft+compile": lambda: [Draft(), FBCache("magcache"), Compile()],
 }
 
 

@@ -6,6 +6,7 @@ random-weight pipelines."""
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -334,6 +335,24 @@ def count_hooks(root: torch.nn.Module, draft_only: bool = False) -> int:
     """Forward (pre-)hooks on ``root`` and its submodules (only draft attention's with ``draft_only``)."""
     return sum(1 for m in root.modules() for t in _HOOK_TABLES for h in getattr(m, t).values()
                if not draft_only or isinstance(h, DraftHook))
+
+
+def numbered_roles(transformer: torch.nn.Module, current: dict[str, Any], attention_class: type,
+                   video_self: "re.Pattern[str]", default_class: type,
+                   own_classes: type | tuple[type, ...] | None = None) -> dict[torch.nn.Module, AttentionRole]:
+    """``ModelFamily.roles`` of a family whose video self-attention modules are the ``attention_class`` modules whose
+    names match ``video_self`` (its first group: the block index, what ``dense_layers`` counts); every other
+    ``attention_class`` module keeps its processor. ``own_classes``: the model's own processor classes (default:
+    ``default_class``); any other processor is a user's (``custom``)."""
+    own = default_class if own_classes is None else own_classes
+    out = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, attention_class):
+            m = video_self.match(name)
+            default = keep_or_default(current.get(f"{name}.processor"), default_class)
+            out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
+                                        custom=not isinstance(default, own))
+    return out
 
 
 def keep_or_default(current: Any, default_cls: type) -> Any:

@@ -31,7 +31,7 @@ from diffusers.models.attention_processor import (Attention, CogVideoXAttnProces
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 _OWN_PROCESSORS = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)  # the model's own (fused or not)
@@ -108,14 +108,7 @@ class CogVideoXFamily(ModelFamily):
         return VideoGrid(dims[0] // p_t, dims[1] // p, dims[2] // p)
 
     def roles(self, transformer, current):
-        out = {}
-        for name, module in transformer.named_modules():
-            if isinstance(module, Attention):
-                m = _SELF.match(name)
-                default = keep_or_default(current.get(f"{name}.processor"), CogVideoXAttnProcessor2_0)
-                out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
-                                            custom=not isinstance(default, _OWN_PROCESSORS))
-        return out
+        return numbered_roles(transformer, current, Attention, _SELF, CogVideoXAttnProcessor2_0, _OWN_PROCESSORS)
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # diffusers' CogVideoXAttnProcessor2_0 with the tokens as [video, text] instead of [text, video]

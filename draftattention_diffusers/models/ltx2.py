@@ -27,7 +27,7 @@ from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2A
                                                             apply_interleaved_rotary_emb, apply_split_rotary_emb)
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
 from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, prepared_mask
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
@@ -129,14 +129,7 @@ class LTX2Family(ModelFamily):
                 "LTX-2.5) yet: its blocks pass STG arguments (perturbation_mask, all_perturbed) to the attention "
                 "processors by name, which draft attention's processor does not take, so STG would silently stop "
                 "working; LTX-2.0 checkpoints (perturbed_attn=False) are supported")
-        out = {}
-        for name, module in transformer.named_modules():
-            if isinstance(module, LTX2Attention):
-                m = _SELF.match(name)
-                default = keep_or_default(current.get(f"{name}.processor"), LTX2AudioVideoAttnProcessor)
-                out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
-                                            custom=not isinstance(default, LTX2AudioVideoAttnProcessor))
-        return out
+        return numbered_roles(transformer, current, LTX2Attention, _SELF, LTX2AudioVideoAttnProcessor)
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # LTX2AudioVideoAttnProcessor's computation for self-attention (one RoPE for queries and keys)

@@ -21,7 +21,7 @@ import torch
 from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor, apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTXVideoTransformer3DModel.forward's positional parameters, to read arguments however they were passed
@@ -138,14 +138,7 @@ class LTXVideoFamily(ModelFamily):
         return grid_from_sizes(given.get("num_frames"), given.get("height"), given.get("width"), tokens)
 
     def roles(self, transformer, current):
-        out = {}
-        for name, module in transformer.named_modules():
-            if isinstance(module, LTXAttention):
-                m = _SELF.match(name)
-                default = keep_or_default(current.get(f"{name}.processor"), LTXVideoAttnProcessor)
-                out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
-                                            custom=not isinstance(default, LTXVideoAttnProcessor))
-        return out
+        return numbered_roles(transformer, current, LTXAttention, _SELF, LTXVideoAttnProcessor)
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         attention_mask = prepared_mask(attn, attention_mask, hidden_states)

@@ -8,9 +8,11 @@
 #                loops with FirstBlockCache (alone and with draft attention)
 #   wan14b       Wan2.1 14B 720p loop: default, flash-attn-4 dense, draft, MagCache, MagCache + draft
 #   wan14b-compile  the same model with regional torch.compile: compile + draft, MagCache + compile (+ draft)
-#   final        Wan 14B: First Block Cache on MagCache's published schedule with regional compile (MagCache's own
-#                hooks are compiler-disabled in diffusers), with and without draft attention; then one forward per
-#                setting (default, flash-attn-4 dense, draft 0.9) of the new families at their published sizes
+#   wan14b-fbcache  Wan 14B: First Block Cache on MagCache's published schedule with regional compile (MagCache's
+#                own hooks are compiler-disabled in diffusers), with and without draft attention, and the default
+#   families     one forward per setting (default, flash-attn-4 dense, draft 0.9) of the newer families at their
+#                published sizes, one model per run (HunyuanVideo-1.5 last: diffusers' default attention builds a
+#                [B, 1, S, S] mask there, ~13 GB per call, and runs minutes per forward)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -19,7 +21,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|final}
+stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -52,15 +54,17 @@ case $stage in
       --settings compile+draft@4,magcache+draft+compile@8,magcache+compile@4 --out "$OUT/p14c"
     cat "$OUT/p14c/benchmark_pipeline.md" 2>/dev/null
     ;;
-  final)
-    run pipeline_14b_fbc 330 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 1 --budget-s 320 \
+  wan14b-fbcache)
+    run pipeline_14b_fbc 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 1 --budget-s 0 \
       --settings default@1,fbcache-mag+draft+compile@8,fbcache-mag+compile@4 --out "$OUT/p14f"
     cat "$OUT/p14f/benchmark_pipeline.md" 2>/dev/null
-    for m in hunyuan15-720p cogvideox1.5-5b-768p ltx13b-704p ltx2-19b-704p; do
-      run "e2e_$m" 100 python3 scripts/benchmark_e2e.py --models $m --sparsities 0.9 --reps 1 --warmup 1 \
+    ;;
+  families)
+    for m in ltx13b-704p cogvideox1.5-5b-768p ltx2-19b-704p hunyuan15-720p; do
+      run "e2e_$m" 140 python3 scripts/benchmark_e2e.py --models $m --sparsities 0.9 --reps 1 --warmup 1 \
         --skip-cudnn --out "$OUT/e2e_$m.md"
-      cat "$OUT/e2e_$m.md" 2>/dev/null | grep -E "^\|" | tail -n +3
+      grep -E "^\|" "$OUT/e2e_$m.md" 2>/dev/null | tail -n +3
     done
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;

@@ -12,7 +12,7 @@
 #                own hooks are compiler-disabled in diffusers), with and without draft attention, and the default
 #   families     one forward per setting (default, flash-attn-4 dense, draft 0.9) of the newer families at their
 #                published sizes, one model per run (HunyuanVideo-1.5 last: diffusers' default attention builds a
-#                [B, 1, S, S] mask there, ~13 GB per call, and runs minutes per forward)
+#                [B, 1, S, S] mask there, ~13 GB per call: its warm-up and timed forward did not finish in 100 s)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail

@@ -243,6 +243,75 @@ def test_whole_model_compile_in_a_pipeline_follows_the_schedule():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+def fixed_first_block_cache(pipe, schedule: list[bool]) -> None:
+    """diffusers' FirstBlockCache with its data-dependent decision replaced by ``schedule`` (full compute per step),
+    as scripts/benchmark_pipeline.py does; the replacement stays out of graphs, like diffusers' own decision."""
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    head = pipe.transformer.blocks[0]._diffusers_hook.get_hook("fbc_leader_block_hook")
+    head._should_compute_remaining_blocks = torch.compiler.disable(
+        lambda residual: schedule[pipe.scheduler.step_index or 0])
+
+
+@pytest.mark.parametrize("order", ["draft_first", "cache_first"])
+def test_first_block_cache_and_regional_compile_workaround(monkeypatch, order):
+    """FirstBlockCache + draft attention + compile_repeated_blocks. dynamo specialises diffusers' cache hooks on
+    their state: head/middle/tail hook, cond/uncond, the size of the per-context state dict (it grows during step
+    0), and after the first cache-skipped step torch stops compiling FBCBlockHook.new_forward for good (a frame that
+    traces no op is skipped) and compiles the blocks' own forward instead. Each variant needs a dense and a sparse
+    graph: without draft attention one warm-up call covers them all; with it, a dense step after step 0 and a dense
+    step after a skipped step need graphs of their own, and FBCBlockHook.new_forward needs 10 (more than
+    dynamo's recompile_limit of 8: the rest run uncompiled). The workaround, checked here: recompile_limit >= 16
+    and two warm-up calls of the real schedule; a third call then compiles nothing, runs every video
+    self-attention call compiled and equals the same stack uncompiled."""
+    import torch._dynamo as dynamo
+    from diffusers.models.transformers.transformer_wan import WanAttention
+
+    steps = 6  # 2 dense steps (0.25), then sparse; the cache skips steps 3 and 5 (after sparse step 2 computed)
+    schedule = [True, True, True, False, True, False]
+    pipe = build_tiny_pipeline("wan", num_layers=3)  # a head, a middle and a tail block
+    parts = [lambda: enable_draft_attention(pipe, sparsity=0.5, dense_steps_fraction=0.25),
+             lambda: fixed_first_block_cache(pipe, schedule)]
+    for part in parts if order == "draft_first" else parts[::-1]:
+        part()
+
+    eager_calls, graphs = [], []
+    forward = WanAttention.forward
+
+    def counted(self, *args, **kwargs):  # counts video self-attention calls that run outside a compiled graph
+        if not self.is_cross_attention and not torch.compiler.is_compiling():
+            eager_calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(WanAttention, "forward", counted)
+    try:
+        want, _ = run(pipe, steps=steps, guidance_scale=5.0)
+        want_steps = get_draft_stats(pipe).summary()["steps"]
+        assert want_steps == {i: "dense" if i < 2 else "sparse" for i in range(steps)}
+        dynamo.reset()
+        pipe.transformer.compile_repeated_blocks(backend=backend)
+        with dynamo.config.patch(recompile_limit=16, fail_on_recompile_limit_hit=True):
+            for _ in range(2):  # warm-up
+                run(pipe, steps=steps, guidance_scale=5.0)
+            warm_graphs = len(graphs)
+            eager_calls.clear()
+            got, _ = run(pipe, steps=steps, guidance_scale=5.0)
+        stats = get_draft_stats(pipe).summary()
+    finally:
+        for block in pipe.transformer.modules():
+            block._compiled_call_impl = None
+        dynamo.reset()
+        pipe.transformer.disable_cache()
+        disable_draft_attention(pipe)
+    assert len(graphs) == warm_graphs, "graphs compiled after the warm-up"
+    assert eager_calls == [], "video self-attention ran uncompiled"
+    assert stats["steps"] == want_steps
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_export_hunyuan_sparse():
     """diffusers' test_compile_works_with_aot exports the model first: the text-mask check must stay host-free."""
     t = build_tiny_pipeline("hunyuan").transformer

@@ -56,7 +56,7 @@ case $stage in
     ;;
   wan14b-fbcache)
     run pipeline_14b_fbc 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 1 --budget-s 0 \
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
       --settings default@1,fbcache-mag+draft+compile@8,fbcache-mag+compile@4 --out "$OUT/p14f"
     cat "$OUT/p14f/benchmark_pipeline.md" 2>/dev/null
     ;;

@@ -650,6 +650,8 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
     The input files go in under the pipeline's own argument names (``LoadRecipe.inputs``): an image as it is (the
     pipeline resizes it to the run's size), a video's frames resized to ``s.height x s.width``; without those, the
     video's size is the run's (and a pipeline that needs ``num_frames`` video frames gets the video's count).
+    A setting the pipeline takes no argument for is left out with a warning (HunyuanVideo-1.5 I2V takes no height
+    or width: its video has the image's aspect ratio at the model's resolution).
     Raises :class:`CLIError` when the inputs do not fit the pipeline (:func:`check_inputs`, checked again here
     for the built pipeline)."""
     from PIL import Image
@@ -691,7 +693,25 @@ def call_kwargs(pipe, s: RunSettings) -> dict[str, Any]:
         kw[spec.argument] = [f if f.size == size else f.resize(size, Image.BICUBIC) for f in frames]
         if spec.same_frames:
             kw.setdefault("num_frames", len(frames))
-    return family.pipeline_kwargs(pipe, kw)
+    return _drop_unaccepted(pipe, family.pipeline_kwargs(pipe, kw))
+
+
+_SETTING_FLAGS = {"height": "--height", "width": "--width", "num_frames": "--frames", "num_inference_steps": "--steps",
+                  "guidance_scale": "--guidance"}
+
+
+def _drop_unaccepted(pipe, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` without the run's settings that ``pipe.__call__`` takes no argument for (HunyuanVideo-1.5 I2V sizes
+    the video from its image: no height, width), with a warning naming them."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kw
+    dropped = [k for k in _SETTING_FLAGS if k in kw and k not in params]
+    if dropped:
+        given = ", ".join(f"{_SETTING_FLAGS[k]} {kw[k]}" for k in dropped)
+        sizes = " (it sizes the video itself, from its input)" if {"height", "width"} & set(dropped) else ""
+        warn(f"{given} ignored: {type(pipe).__name__} takes no {' or '.join(dropped)} argument{sizes}")
+    return {k: v for k, v in kw.items() if k not in dropped}
 
 
 def _sync(device: torch.device) -> None:
@@ -699,12 +719,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, float]]:
+def step_timing_unavailable(pipe) -> str | None:
+    """Why :func:`run_pipeline` cannot time the denoising of ``pipe`` (its ``__call__`` takes no
+    ``callback_on_step_end``, e.g. HunyuanVideo-1.5's pipelines in diffusers 0.42.1), or None when it can."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return (f"{type(pipe).__name__} takes no callback_on_step_end, so per-step timing is unavailable: only the whole "
+            "call is timed")
+
+
+def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Run ``pipe(**kwargs)`` with a seeded CPU generator (same noise on any device).
 
     Returns ``(frames, times)``: frames float ``[F, H, W, 3]`` in ``[0, 1]`` (first video); times in seconds:
     ``total`` (the whole call) and ``denoise`` (from the call to the end of the last denoising step: text encoding
-    and the transformer, not the VAE decode).
+    and the transformer, not the VAE decode). ``denoise`` is measured with a ``callback_on_step_end``; for a pipeline
+    that takes none it is None and ``denoise_unavailable`` says why (:func:`step_timing_unavailable`).
     """
     device = pipe._execution_device
     marks: list[float] = []
@@ -715,14 +746,25 @@ def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, d
             marks.append(time.perf_counter())
         return {}
 
+    unavailable = step_timing_unavailable(pipe)
+    callback = {} if unavailable else {"callback_on_step_end": on_step_end}
     _sync(device)
     start = time.perf_counter()
-    out = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step_end)
+    out = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), **callback)
     _sync(device)
     end = time.perf_counter()
     frames = out.frames[0]
     frames = frames.float().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if unavailable:
+        return frames, {"total": end - start, "denoise": None, "denoise_unavailable": unavailable}
     return frames, {"total": end - start, "denoise": (marks[-1] if marks else end) - start}
+
+
+def format_times(times: dict[str, Any]) -> str:
+    """``"1.23 s (denoising 1.01 s)"``, or the whole call's time and why the denoising was not timed."""
+    if times["denoise"] is None:
+        return f"{times['total']:.2f} s (denoising not timed: {times['denoise_unavailable']})"
+    return f"{times['total']:.2f} s (denoising {times['denoise']:.2f} s)"
 
 
 def video_fps(pipe, s: RunSettings) -> int:
@@ -735,7 +777,8 @@ def compare(pipe, s: RunSettings, warmup: int = 0, with_lpips: bool = True) -> d
 
     ``warmup`` runs per mode before timing (2 steps, latent output) take compilation and autotuning out of the
     times. Returns ``{"dense": frames, "draft": frames, "times": {"dense": {...}, "draft": {...}},
-    "speedup": dense/draft denoising time, "speedup_total": the same for whole calls, "metrics": video_metrics,
+    "speedup": dense/draft denoising time (None where the pipeline's denoising cannot be timed: the times'
+    ``denoise_unavailable`` says why), "speedup_total": the same for whole calls, "metrics": video_metrics,
     "draft_attention": stats summary, "stats_text": formatted stats}``.
     """
     from . import draft_attention_enabled, get_draft_stats
@@ -754,13 +797,15 @@ def compare(pipe, s: RunSettings, warmup: int = 0, with_lpips: bool = True) -> d
         summary, text = stats.summary(), stats.format()
     device = pipe._execution_device
     return {"dense": dense, "draft": draft, "times": {"dense": t_dense, "draft": t_draft},
-            "speedup": t_dense["denoise"] / t_draft["denoise"], "speedup_total": t_dense["total"] / t_draft["total"],
+            "speedup": None if t_draft["denoise"] is None else t_dense["denoise"] / t_draft["denoise"],
+            "speedup_total": t_dense["total"] / t_draft["total"],
             "metrics": video_metrics(dense, draft, with_lpips=with_lpips, device=device),
             "draft_attention": summary, "stats_text": text}
 
 
 __all__ = ["RunSettings", "CLIError", "resolve_settings", "add_run_options", "settings_from_args", "load_pipeline",
-           "apply_flow_shift", "call_kwargs", "run_pipeline", "compare", "check_backend", "check_model_path",
+           "apply_flow_shift", "call_kwargs", "run_pipeline", "compare",
+           "step_timing_unavailable", "format_times", "check_backend", "check_model_path",
            "pick_device", "looks_like_local_path", "family_of", "prompt_seed", "video_fps", "warn", "reset_warnings",
            "first_line", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
            "DEVICE_FORMS", "MODELS_TITLE", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",

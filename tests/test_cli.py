@@ -53,6 +53,60 @@ def test_generate_tiny_wan_writes_video_and_statistics(capsys, tmp_path):
     assert result["settings"]["config"]["sparsity"] == 0.5 and result["times"]["total"] > 0
 
 
+def test_generate_tiny_hunyuan15_without_a_step_callback(capsys, tmp_path):
+    """HunyuanVideo-1.5's pipelines take no callback_on_step_end: the run times the whole call only, and says so."""
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-hunyuan15", *SMALL, "--steps", "2", "--sparsity", "0.5",
+                          "--output", tmp_path / "h.gif", "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    assert ("denoising not timed: HunyuanVideo15Pipeline takes no callback_on_step_end, so per-step timing is "
+            "unavailable") in stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    times = result["times"]
+    assert times["total"] > 0 and times["denoise"] is None and "callback_on_step_end" in times["denoise_unavailable"]
+    da = result["draft_attention"]
+    assert da["steps"] == {"0": "dense", "1": "sparse"} and da["sparse_calls"] > 0 and da["fallbacks"] == {}
+    assert read_video(tmp_path / "h.gif").shape == (5, 128, 256, 3)
+    pipe = runner.load_pipeline("tiny-wan", "cpu")
+    assert runner.step_timing_unavailable(pipe) is None
+
+
+def _text_to_video_tiny_models() -> list[str]:
+    """The tiny pipelines that run without an input file (every family's text-to-video ones)."""
+    out = []
+    for name in runner.TINY_MODELS:
+        family, cls = runner.pipeline_to_load(name)
+        if not any(i.required for i in family.pipelines[cls].inputs):
+            out.append(name)
+    return out
+
+
+def test_every_family_has_a_text_to_video_tiny_model():
+    from draftattention_diffusers.models import families, family_for_pipeline
+
+    names = _text_to_video_tiny_models()
+    assert {family_for_pipeline(runner.pipeline_to_load(n)[1]).name for n in names} == {
+        f.name for f in families() if f.tiny_variants}
+    assert "tiny-hunyuan15" in names and "tiny-wan-i2v" not in names
+
+
+@pytest.mark.slow  # about 60 s in all on two CPU cores
+@pytest.mark.parametrize("model", _text_to_video_tiny_models())
+def test_generate_every_tiny_text_to_video_model(model, capsys, tmp_path):
+    """Smoke test: `generate` end to end on each tiny text-to-video pipeline (written video, draft statistics). 9
+    frames: a count every family's VAE decodes to as many frames (LTX compresses time 8x)."""
+    rc, stdout, err = run(capsys, "generate", "--model", model, "--height", "128", "--width", "256", "--frames", "9",
+                          "--steps", "2", "--no-progress", "--output", tmp_path / "v.gif",
+                          "--json", tmp_path / "r.json")
+    assert rc == 0, err
+    assert read_video(tmp_path / "v.gif").shape == (9, 128, 256, 3)
+    result = json.loads((tmp_path / "r.json").read_text())
+    da = result["draft_attention"]
+    assert da["steps"] == {"0": "dense", "1": "sparse"} and da["sparse_calls"] > 0 and da["fallbacks"] == {}
+    times = result["times"]
+    assert times["total"] > 0 and (times["denoise"] is not None or times["denoise_unavailable"])
+    assert "wrote" in stdout and "achieved sparsity" in stdout
+
+
 def test_generate_dense_switches_draft_attention_off(capsys, tmp_path):
     out = tmp_path / "dense.gif"
     rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan", *SMALL, "--dense", "--output", out)
@@ -147,6 +201,16 @@ def test_compare_function_reuses_one_pipeline(tmp_path):
     assert not hasattr(pipe.transformer, "_draftattention")  # disabled again afterwards
     again, _ = runner.run_pipeline(pipe, runner.call_kwargs(pipe, s), s.seed)
     np.testing.assert_array_equal(again, r["dense"])  # dense run is reproducible with the same seed
+
+
+def test_compare_without_a_step_callback_reports_the_whole_call(capsys, tmp_path):
+    rc, stdout, err = run(capsys, "compare", "--model", "tiny-hunyuan15", *SMALL, "--steps", "2", "--warmup", "0",
+                          "--no-lpips", "--output", tmp_path / "c.gif", "--json", tmp_path / "c.json")
+    assert rc == 0, err
+    assert "x whole call (warm-up runs: 0); denoising not timed: HunyuanVideo15Pipeline takes no" in stdout
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["speedup"] is None and r["speedup_total"] > 0
+    assert r["times"]["dense"]["denoise"] is None and r["times"]["draft"]["denoise_unavailable"]
 
 
 # ----------------------------------------------------------------------------------------------- info, bench
@@ -564,3 +628,57 @@ def test_evaluate_writes_csv(tmp_path, monkeypatch, capsys):
         assert float(r["psnr"]) > 10
     # tiny prompts differ only through their embeddings: different prompts, different videos
     assert rows[0]["psnr"] != rows[1]["psnr"]
+
+
+def _evaluate(monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "scripts" / "evaluate.py"), run_name="__main__")
+    return e.value.code
+
+
+def test_evaluate_passes_the_image_to_an_image_to_video_pipeline(tmp_path, monkeypatch, capsys):
+    """--image is checked before loading and passed to the pipeline as generate does; HunyuanVideo-1.5 I2V takes no
+    step callback, so its denoising speedup is empty and the whole call's is given."""
+    import csv
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("A cat walks on the grass.\n")
+    image = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 256, 3), dtype=np.uint8)).save(image)
+    seen = {}
+    load, call_kwargs = runner.load_pipeline, runner.call_kwargs
+
+    def loading(*args, **kwargs):
+        seen["inputs"] = kwargs.get("inputs")
+        return load(*args, **kwargs)
+
+    def calling(pipe, s):
+        seen["kwargs"] = kw = call_kwargs(pipe, s)
+        return kw
+
+    monkeypatch.setattr(runner, "load_pipeline", loading)  # evaluate.py imports them from the runner module
+    monkeypatch.setattr(runner, "call_kwargs", calling)
+    csv_path = tmp_path / "eval.csv"
+    code = _evaluate(monkeypatch, "--model", "tiny-hunyuan15-i2v", "--image", image, "--prompts", prompts, "--csv",
+                     csv_path, "--frames", "5", "--steps", "2", "--warmup", "0", "--no-progress", "--no-lpips")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert seen["inputs"] == ("image",) and seen["kwargs"]["image"].size == (256, 128)
+    [row] = list(csv.DictReader(csv_path.open()))
+    assert row["speedup"] == "" and float(row["speedup_total"]) > 0 and row["dense_denoise_s"] == ""
+    assert float(row["psnr"]) > 10 and "denoising not timed: HunyuanVideo15ImageToVideoPipeline" in out
+
+
+def test_evaluate_checks_the_inputs_before_loading(tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("A cat.\n")
+
+    def loader(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(runner, "load_pipeline", loader)
+    code = _evaluate(monkeypatch, "--model", "tiny-wan-i2v", "--prompts", prompts, "--csv", tmp_path / "o" / "e.csv")
+    assert code == 1
+    assert "evaluate: error: WanImageToVideoPipeline needs an input image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

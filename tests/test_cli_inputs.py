@@ -3,7 +3,9 @@ table, ``LoadRecipe.inputs``), the tiny image-to-video pipelines end to end with
 order is not the identity, how checkpoints load, and the one-line errors, raised before the model loads."""
 
 import contextlib
+import importlib.util
 import json
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -18,8 +20,8 @@ from draftattention_diffusers.models.base import IMAGE_TO_VIDEO, LoadRecipe, Mod
 SIZE = ["--height", REORDERING_SIZE["height"], "--width", REORDERING_SIZE["width"],
         "--frames", REORDERING_SIZE["num_frames"]]
 # 2 steps: step 0 dense, step 1 sparse (half the tiles); guidance 1: one transformer call per step (fast)
-FAST = [*SIZE, "--steps", "2", "--guidance", "1", "--sparsity", "0.5", "--dense-steps-fraction", "0.5",
-        "--no-progress"]
+STEPS = ["--steps", "2", "--guidance", "1", "--sparsity", "0.5", "--dense-steps-fraction", "0.5", "--no-progress"]
+FAST = [*SIZE, *STEPS]
 
 
 def run(capsys, *argv):
@@ -44,6 +46,14 @@ def _picture(height, width, seed=0):
 def image(tmp_path_factory):
     path = tmp_path_factory.mktemp("inputs") / "first.png"
     _picture(96, 160).save(path)  # not the run's size: the pipeline resizes it
+    return path
+
+
+@pytest.fixture(scope="module")
+def wide_image(tmp_path_factory):
+    """144 x 448 pixels: HunyuanVideo-1.5 I2V sizes its video from the image (here 9 x 28 tokens per frame)."""
+    path = tmp_path_factory.mktemp("inputs") / "wide.png"
+    _picture(144, 448).save(path)
     return path
 
 
@@ -94,9 +104,26 @@ def never_load(monkeypatch):
 def test_image_to_video_pipelines_are_declared_with_their_recipes():
     loadable = runner.SUPPORTED_PIPELINES
     for cls, family in [("WanImageToVideoPipeline", "wan"), ("HunyuanVideoImageToVideoPipeline", "hunyuan_video"),
-                        ("SkyReelsV2ImageToVideoPipeline", "skyreels_v2")]:
+                        ("SkyReelsV2ImageToVideoPipeline", "skyreels_v2"),
+                        ("HunyuanVideo15ImageToVideoPipeline", "hunyuan_video15"),
+                        ("LTXImageToVideoPipeline", "ltx_video"), ("LTX2ImageToVideoPipeline", "ltx2"),
+                        ("CogVideoXImageToVideoPipeline", "cogvideox")]:
         assert loadable[cls] == family
         assert family_for_pipeline(cls, loadable=True).pipelines[cls].inputs == IMAGE_TO_VIDEO
+    # as diffusers' docs load them: HunyuanVideo-1.5 I2V and CogVideoX-5b-I2V in bfloat16 with VAE tiling, LTX-Video
+    # and LTX-2 I2V from the text-to-video checkpoint (the same folder) in bfloat16
+    bf16 = {"transformer": torch.bfloat16, "transformer_2": torch.bfloat16, "vae": torch.bfloat16,
+            "default": torch.bfloat16}
+    for cls, tiling in [("HunyuanVideo15ImageToVideoPipeline", True), ("CogVideoXImageToVideoPipeline", True),
+                        ("LTXImageToVideoPipeline", False), ("LTX2ImageToVideoPipeline", False)]:
+        recipe = family_for_pipeline(cls, loadable=True).pipelines[cls]
+        assert recipe.dtypes() == bf16 and recipe.vae_tiling == tiling, cls
+    ltx = family_for_pipeline("LTXPipeline", loadable=True).pipelines
+    assert ltx["LTXPipeline"].loads_as == {"image": "LTXImageToVideoPipeline"}  # every LTXPipeline checkpoint
+    assert ltx["LTXPipeline"].loads_as_if is None
+    assert [(i.kind, i.argument, i.required) for i in ltx["LTXConditionPipeline"].inputs] == [("image", "image", False)]
+    ltx2 = family_for_pipeline("LTX2Pipeline", loadable=True).pipelines["LTX2Pipeline"]
+    assert ltx2.loads_as == {"image": "LTX2ImageToVideoPipeline"} and ltx2.loads_as_if is None
     wan = family_for_pipeline("WanPipeline", loadable=True).pipelines
     # Wan2.1 I2V as the diffusers example loads it: float32 CLIP image encoder and VAE, bfloat16 transformer(s)
     assert wan["WanImageToVideoPipeline"].dtypes() == {
@@ -114,7 +141,8 @@ def test_tiny_declarations_match_the_built_pipelines():
 
     declared = {name: b for name, (_, b) in tiny_models().items() if isinstance(b, TinyPipeline)}
     assert {"tiny-wan", "tiny-wan-i2v", "tiny-wan22-i2v", "tiny-wan-ti2v", "tiny-hunyuan-i2v",
-            "tiny-skyreels-v2-i2v", "tiny-wan-vace"} <= set(declared)
+            "tiny-skyreels-v2-i2v", "tiny-wan-vace", "tiny-hunyuan15", "tiny-hunyuan15-i2v", "tiny-ltx", "tiny-ltx2",
+            "tiny-cogvideox", "tiny-cogvideox15", "tiny-cogvideox-i2v"} <= set(declared)
     for name, tiny in declared.items():
         pipe = build_tiny_pipeline(name, num_layers=1)
         assert type(pipe).__name__ == tiny.pipeline, name
@@ -126,6 +154,11 @@ def test_tiny_declarations_match_the_built_pipelines():
     ("tiny-wan-ti2v", ("image",), "WanImageToVideoPipeline"),  # Wan2.2 TI2V-5B: image-to-video as another class
     ("tiny-wan", ("image",), "WanPipeline"),  # no expand_timesteps: stays text-to-video (and --image is refused)
     ("tiny-wan-i2v", ("image",), "WanImageToVideoPipeline"),
+    ("tiny-ltx", (), "LTXPipeline"),
+    ("tiny-ltx", ("image",), "LTXImageToVideoPipeline"),  # the same checkpoint does image-to-video
+    ("tiny-ltx2", ("image",), "LTX2ImageToVideoPipeline"),
+    ("tiny-hunyuan15-i2v", ("image",), "HunyuanVideo15ImageToVideoPipeline"),
+    ("tiny-cogvideox-i2v", ("image",), "CogVideoXImageToVideoPipeline"),
 ])
 def test_pipeline_to_load_follows_the_inputs(model, inputs, expected):
     assert runner.pipeline_to_load(model, inputs)[1] == expected
@@ -144,32 +177,67 @@ def test_declarations_are_checked():
 
 
 # ------------------------------------------------------------------------------- image-to-video, end to end
-# every family's image-to-video pipeline, and the TI2V checkpoint that loads as one
-I2V_MODELS = {"tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan22-i2v": "WanImageToVideoPipeline",
-              "tiny-wan-ti2v": "WanImageToVideoPipeline", "tiny-skyreels-v2-i2v": "SkyReelsV2ImageToVideoPipeline",
-              "tiny-hunyuan-i2v": "HunyuanVideoImageToVideoPipeline"}
+class I2V(NamedTuple):
+    """A tiny image-to-video case: the pipeline it runs as, its size flags, the video it writes, the fixture of its
+    image, and what the latent re-runs change (a width whose tile order moves tokens across frames, where the run's
+    size does not already)."""
+
+    pipeline: str
+    size: tuple = tuple(SIZE)
+    frames: tuple = (5, 128, 512, 3)
+    image: str = "image"
+    latent: dict = {"width": 576}
+
+
+# 32x / 8x VAE (LTX-Video, LTX-2): 2 x 8 x 20 tokens, one 8x16 region and an 8x4 edge strip per frame
+LTX_SIZE = ("--height", 256, "--width", 640, "--frames", 9)
+# every family's image-to-video pipeline, and the text-to-video checkpoints that load as one (Wan2.2 TI2V-5B,
+# LTX-Video, LTX-2)
+I2V_MODELS = {"tiny-wan-i2v": I2V("WanImageToVideoPipeline"), "tiny-wan22-i2v": I2V("WanImageToVideoPipeline"),
+              "tiny-wan-ti2v": I2V("WanImageToVideoPipeline"),
+              "tiny-skyreels-v2-i2v": I2V("SkyReelsV2ImageToVideoPipeline"),
+              "tiny-hunyuan-i2v": I2V("HunyuanVideoImageToVideoPipeline"),
+              # sized by its image (no height / width argument): 144 x 448 -> 9 x 28 tokens, edge strips
+              "tiny-hunyuan15-i2v": I2V("HunyuanVideo15ImageToVideoPipeline", ("--frames", 5), (5, 144, 448, 3),
+                                        "wide_image", {}),
+              "tiny-ltx": I2V("LTXImageToVideoPipeline", LTX_SIZE, (9, 256, 640, 3), latent={}),
+              "tiny-ltx2": I2V("LTX2ImageToVideoPipeline", LTX_SIZE, (9, 256, 640, 3), latent={}),
+              # learned positional embeddings: its sample size only (16 x 32 tokens, four regions per frame)
+              "tiny-cogvideox-i2v": I2V("CogVideoXImageToVideoPipeline", ("--height", 256, "--width", 512,
+                                                                          "--frames", 9), (9, 256, 512, 3), latent={})}
 
 
 @pytest.mark.parametrize("model", I2V_MODELS)
-def test_generate_image_to_video(model, capsys, tmp_path, image, captured):
-    rc, stdout, err = run(capsys, "generate", "--model", model, "--image", image, *FAST,
+def test_generate_image_to_video(model, capsys, tmp_path, request, captured, monkeypatch):
+    case = I2V_MODELS[model]
+    image = request.getfixturevalue(case.image)
+    if model == "tiny-ltx2" and importlib.util.find_spec("av") is None:
+        # LTX2ImageToVideoPipeline re-compresses the image with H.264 through PyAV (diffusers' default CRF, as LTX-2
+        # was trained); PyAV is not installed here, so skip that step of the image's preprocessing (image_crf=0)
+        monkeypatch.setattr("diffusers.pipelines.ltx2.pipeline_ltx2_image2video.resolve_default_image_crf",
+                            lambda text_encoder: 0)
+    rc, stdout, err = run(capsys, "generate", "--model", model, "--image", image, *case.size, *STEPS,
                           "--output", tmp_path / "v.gif", "--json", tmp_path / "r.json")
     assert rc == 0, err
     pipe, kwargs = captured["pipe"], captured["kwargs"]
-    assert type(pipe).__name__ == I2V_MODELS[model] and captured["load_kwargs"]["inputs"] == ("image",)
+    assert type(pipe).__name__ == case.pipeline and captured["load_kwargs"]["inputs"] == ("image",)
     if model == "tiny-wan22-i2v":  # Wan2.2 I2V-A14B-style: two experts, no image encoder
         assert pipe.transformer_2 is not None and pipe.image_encoder is None
-    assert isinstance(kwargs["image"], Image.Image) and kwargs["image"].size == (160, 96)
+    if model == "tiny-hunyuan15-i2v":  # the tiny models' default size is not passed, and the user is told
+        assert "height" not in kwargs and "width" not in kwargs
+        assert ("--height 256, --width 512 ignored: HunyuanVideo15ImageToVideoPipeline takes no height or width "
+                "argument (it sizes the video itself, from its input)") in " ".join(err.split())
+    assert isinstance(kwargs["image"], Image.Image) and kwargs["image"].size == Image.open(image).size
     assert f"image: {image}" in stdout
     da = json.loads((tmp_path / "r.json").read_text())["draft_attention"]
     assert da["steps"] == {"0": "dense", "1": "sparse"} and da["sparse_calls"] > 0 and da["fallbacks"] == {}
-    assert captured["frames"].shape == (5, 128, 512, 3) and np.isfinite(captured["frames"]).all()
+    assert captured["frames"].shape == case.frames and np.isfinite(captured["frames"]).all()
     # the same pipeline and call (latents out): draft attention with every step dense equals no draft attention
     # bit for bit; at sparsity 0 in tile order (every token reordered and back) it equals it up to float rounding;
-    # sparse differs. 36 tokens wide: each frame's 4-token edge strip is ordered after every frame's full regions, so
-    # tokens change frames (at 32 wide the tile order keeps frames in place, and per-frame timesteps or a first
-    # frame read by position would look right even when not reordered)
-    latent = dict(kwargs, output_type="latent", width=576)
+    # sparse differs. Wan-style 128 x 512 runs again 36 tokens wide: each frame's 4-token edge strip is ordered after
+    # every frame's full regions, so tokens change frames (at 32 wide the tile order keeps frames in place, and
+    # per-frame timesteps or a first frame read by position would look right even when not reordered)
+    latent = dict(kwargs, output_type="latent", **case.latent)
 
     def go(**config):
         with draft_attention_enabled(pipe, **config) if config else contextlib.nullcontext():
@@ -298,7 +366,20 @@ ERRORS = {  # name: (arguments after `generate`, given tmp_path, the image and a
     "video-frame-count": (lambda t, i, f: ["--model", "tiny-wan-vace", "--video", f, "--frames", "9"],
                           "has 5 frames; WanVACEPipeline needs exactly as many as it generates (--frames 9): pass a "
                           "video of 9 frames or --frames 5"),
+    "hunyuan15-t2v-with-image": (lambda t, i, f: ["--model", "tiny-hunyuan15", "--image", i],
+                                 "--image: HunyuanVideo15Pipeline takes no image; the HunyuanVideo-1.5 pipelines that "
+                                 "do: HunyuanVideo15ImageToVideoPipeline; pass --model with one of those"),
+    "hunyuan15-i2v-without-image": (lambda t, i, f: ["--model", "tiny-hunyuan15-i2v"],
+                                    "HunyuanVideo15ImageToVideoPipeline needs an input image"),
+    "cogvideox-i2v-without-image": (lambda t, i, f: ["--model", "tiny-cogvideox-i2v"],
+                                    "CogVideoXImageToVideoPipeline needs an input image"),
+    "ltx-with-video": (lambda t, i, f: ["--model", "tiny-ltx", "--video", f],
+                       "--video: LTXPipeline takes no video, nor does any LTX-Video pipeline the command line loads"),
     # real checkpoints: the class (and its config) comes from model_index.json, before any weights load
+    "local-cogvideox-t2v-with-image": (lambda t, i, f: ["--model", _model_index(t / "m", "CogVideoXPipeline"),
+                                                        "--image", i],
+                                       "--image: CogVideoXPipeline takes no image; the CogVideoX pipelines that do: "
+                                       "CogVideoXImageToVideoPipeline"),
     "local-t2v-with-image": (lambda t, i, f: ["--model", _model_index(t / "m", "WanPipeline", expand_timesteps=False),
                                            "--image", i], "--image: WanPipeline takes no image"),
     "local-i2v-without-image": (lambda t, i, f: ["--model", _model_index(t / "m", "WanImageToVideoPipeline")],
@@ -322,7 +403,15 @@ def test_compare_and_capture_check_inputs_too(command, capsys, tmp_path, never_l
     assert not never_load
 
 
-def test_ti2v_checkpoint_with_an_image_goes_on_to_load(capsys, tmp_path, image, never_load):
-    folder = _model_index(tmp_path / "m", "WanPipeline", expand_timesteps=True)
+@pytest.mark.parametrize("class_name, config, loads", [
+    ("WanPipeline", {"expand_timesteps": True}, "WanImageToVideoPipeline"),  # Wan2.2 TI2V-5B
+    ("LTXPipeline", {}, "LTXImageToVideoPipeline"),  # LTX-Video 0.9.0-0.9.5: the same folder does image-to-video
+    ("LTXConditionPipeline", {}, "LTXConditionPipeline"),  # LTX-Video 0.9.7+: takes the image itself
+    ("LTX2Pipeline", {}, "LTX2ImageToVideoPipeline"),
+])
+def test_checkpoints_that_take_an_image_go_on_to_load(class_name, config, loads, capsys, tmp_path, image,
+                                                     never_load):
+    folder = _model_index(tmp_path / "m", class_name, **config)
+    assert runner.pipeline_to_load(str(folder), ("image",))[1] == loads
     rc, _, err = run(capsys, "generate", "--model", folder, "--image", image, "--output", tmp_path / "x.mp4")
     one_line_error(rc, err, "the model was loaded")

@@ -145,14 +145,17 @@ def test_bare_set_attn_processor_reads_the_grid_from_the_forward():
 
 
 def test_pipelines_and_load_recipe():
-    """CogVideoXPipeline loads as the 5B model cards do (bfloat16, VAE tiling); I2V / V2V / Fun-Control are served
-    through the Python API; CFG uses the negative prompt."""
+    """CogVideoXPipeline and CogVideoXImageToVideoPipeline (its own checkpoint, --image) load as the 5B model cards
+    do (bfloat16, VAE tiling); V2V / Fun-Control are served through the Python API; CFG uses the negative prompt."""
     from draftattention_diffusers.models import family_for_pipeline
-    from draftattention_diffusers.models.base import LoadRecipe
+    from draftattention_diffusers.models.base import IMAGE_TO_VIDEO, LoadRecipe
 
     family = family_for_pipeline("CogVideoXPipeline", loadable=True)
     assert family.pipelines["CogVideoXPipeline"] == LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
                                                                vae_tiling=True)
-    for name in ("CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline"):
+    i2v = family_for_pipeline("CogVideoXImageToVideoPipeline", loadable=True)
+    assert i2v is family and family.pipelines["CogVideoXImageToVideoPipeline"] == LoadRecipe(
+        torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True, inputs=IMAGE_TO_VIDEO)
+    for name in ("CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline"):
         assert family_for_pipeline(name) is family and family_for_pipeline(name, loadable=True) is None
     assert family.text_position == "leading" and family.takes_negative_prompt and family.default_fps == 8

@@ -22,20 +22,24 @@ def test_cli_tables_derive_from_the_families():
                                "tiny-skyreels-v2": "skyreels-v2", "tiny-wan-vace": "wan-vace",
                                "tiny-wan-i2v": "wan-i2v", "tiny-wan22-i2v": "wan22-i2v", "tiny-wan-ti2v": "wan-ti2v",
                                "tiny-hunyuan-i2v": "hunyuan-i2v", "tiny-skyreels-v2-i2v": "skyreels-v2-i2v",
-                               "tiny-cogvideox": "cogvideox", "tiny-cogvideox15": "cogvideox15", "tiny-ltx": "ltx",
-                               "tiny-ltx2": "ltx2", "tiny-hunyuan15": "hunyuan15"}
+                               "tiny-cogvideox": "cogvideox", "tiny-cogvideox15": "cogvideox15",
+                               "tiny-cogvideox-i2v": "cogvideox-i2v", "tiny-ltx": "ltx", "tiny-ltx2": "ltx2",
+                               "tiny-hunyuan15": "hunyuan15", "tiny-hunyuan15-i2v": "hunyuan15-i2v"}
     assert TINY_FAMILIES == ("wan", "wan22", "wan-i2v", "wan22-i2v", "wan-ti2v", "hunyuan", "hunyuan-i2v",
-                             "skyreels-v2", "skyreels-v2-i2v", "wan-vace", "cogvideox", "cogvideox15", "ltx",
-                             "ltx2", "hunyuan15")
+                             "skyreels-v2", "skyreels-v2-i2v", "wan-vace", "cogvideox", "cogvideox15",
+                             "cogvideox-i2v", "ltx", "ltx2", "hunyuan15", "hunyuan15-i2v")
     assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video",
                                        "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace",
                                        "WanImageToVideoPipeline": "wan",
                                        "HunyuanVideoImageToVideoPipeline": "hunyuan_video",
                                        "SkyReelsV2ImageToVideoPipeline": "skyreels_v2",
                                        "CogVideoXPipeline": "cogvideox",
-                                       "LTXPipeline": "ltx_video", "LTXConditionPipeline": "ltx_video",
-                                       "LTX2Pipeline": "ltx2",
-                                       "HunyuanVideo15Pipeline": "hunyuan_video15"}
+                                       "CogVideoXImageToVideoPipeline": "cogvideox",
+                                       "LTXPipeline": "ltx_video", "LTXImageToVideoPipeline": "ltx_video",
+                                       "LTXConditionPipeline": "ltx_video",
+                                       "LTX2Pipeline": "ltx2", "LTX2ImageToVideoPipeline": "ltx2",
+                                       "HunyuanVideo15Pipeline": "hunyuan_video15",
+                                       "HunyuanVideo15ImageToVideoPipeline": "hunyuan_video15"}
     assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16, "cogvideox": 8,
                                "ltx_video": 24, "ltx2": 24, "hunyuan_video15": 24}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"

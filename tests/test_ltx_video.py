@@ -130,7 +130,8 @@ def test_load_recipes_and_the_docs_decode_settings(pipe):
 
     family = family_for_pipeline("LTXConditionPipeline", loadable=True)
     assert family is family_for_pipeline("LTXPipeline", loadable=True) and family.name == "ltx_video"
-    assert family.pipelines["LTXPipeline"] == LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16)
+    assert family.pipelines["LTXPipeline"] == LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                                         loads_as={"image": "LTXImageToVideoPipeline"})
     assert family.pipelines["LTXConditionPipeline"].vae_tiling
     assert family.pipeline_kwargs(pipe, {"height": 256}) == {"height": 256}  # the tiny VAE has no timestep input
     pipe.vae.register_to_config(timestep_conditioning=True)

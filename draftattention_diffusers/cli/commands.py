@@ -128,7 +128,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             summary = stats.summary()
     write_video(frames, out, fps=runner.video_fps(pipe, s))
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[1]}x{frames.shape[2]})")
-    print(f"time: {times['total']:.2f} s (denoising {times['denoise']:.2f} s)")
+    print(f"time: {runner.format_times(times)}")
     if stats is not None:
         print(stats.format())
     if saver is not None:
@@ -155,9 +155,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              labels=[f"dense {td['total']:.1f}s", f"draft {s.config.sparsity:g} {tr['total']:.1f}s"]),
                 out, fps=runner.video_fps(pipe, s))
     print(f"wrote {out} (left: dense, right: draft attention)")
-    print(f"dense: {td['total']:.2f} s (denoising {td['denoise']:.2f} s); draft: {tr['total']:.2f} s "
-          f"(denoising {tr['denoise']:.2f} s); speedup {r['speedup']:.2f}x denoising, {r['speedup_total']:.2f}x "
-          f"whole call (warm-up runs: {args.warmup})")
+    if r["speedup"] is None:  # the pipeline takes no step callback: whole calls only, and say so
+        print(f"dense: {td['total']:.2f} s; draft: {tr['total']:.2f} s; speedup {r['speedup_total']:.2f}x whole "
+              f"call (warm-up runs: {args.warmup}); denoising not timed: {td['denoise_unavailable']}")
+    else:
+        print(f"dense: {runner.format_times(td)}; draft: {runner.format_times(tr)}; speedup {r['speedup']:.2f}x "
+              f"denoising, {r['speedup_total']:.2f}x whole call (warm-up runs: {args.warmup})")
     if pipe._execution_device.type == "cpu":
         print("note: on a CPU draft attention runs the reference backend (for correctness): these times say "
               "nothing about GPU speed")

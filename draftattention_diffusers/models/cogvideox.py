@@ -31,7 +31,7 @@ from diffusers.models.attention_processor import (Attention, CogVideoXAttnProces
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 _OWN_PROCESSORS = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)  # the model's own (fused or not)
@@ -72,6 +72,24 @@ def build_tiny_cogvideox(seed: int = 0, num_layers: int = 2, heads: int = 2, ver
     return CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
 
 
+def build_tiny_cogvideox_i2v(seed: int = 0, num_layers: int = 2, heads: int = 2):
+    """A tiny random-weight ``CogVideoXImageToVideoPipeline``, CogVideoX-5B-I2V-style: the transformer takes the
+    noise and the image latents (4 + 4 channels), RoPE and learned positional embeddings (random, not the sincos
+    table). Like the real one it runs at its sample size only (learned embeddings): 256 x 512 pixels, 16 x 32 tokens
+    per frame (the command line's default size for tiny models); the other components are the T2V pipeline's."""
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+
+    components = build_tiny_cogvideox(seed, num_layers, heads).components
+    torch.manual_seed(seed + 2)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=32, in_channels=8, out_channels=4, time_embed_dim=32,
+        text_embed_dim=TINY_TEXT_DIM, num_layers=num_layers, sample_height=32, sample_width=64, sample_frames=9,
+        patch_size=2, max_text_seq_length=16, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=True).eval()
+    torch.nn.init.normal_(transformer.patch_embed.pos_embedding)  # learned: not the sincos table
+    return CogVideoXImageToVideoPipeline(**{**components, "transformer": transformer})
+
+
 class CogVideoXFamily(ModelFamily):
     """CogVideoX (2B, 5B; T2V, I2V, V2V, Fun-Control) and CogVideoX 1.5: text tokens before the video tokens in
     every block's self-attention, no context-parallel plan."""
@@ -81,12 +99,17 @@ class CogVideoXFamily(ModelFamily):
     transformer_classes = ("CogVideoXTransformer3DModel",)
     text_position = "leading"
     # as diffusers' CogVideoX docs and the 5B model cards load it: bfloat16 throughout, VAE tiling
-    # (CogVideoX-2B's card recommends float16; bfloat16 also runs it)
-    pipelines = {"CogVideoXPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True)}
-    other_pipelines = ("CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline")
+    # (CogVideoX-2B's card recommends float16; bfloat16 also runs it); image-to-video is its own checkpoint
+    # (CogVideoX-5b-I2V, whose card loads it the same way)
+    pipelines = {"CogVideoXPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True),
+                 "CogVideoXImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                                             vae_tiling=True, inputs=IMAGE_TO_VIDEO)}
+    other_pipelines = ("CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline")
     default_fps = 8  # CogVideoX 1.0 (diffusers' examples export at 8 fps); the 1.5 preset says 16
-    tiny_variants = {"tiny-cogvideox": build_tiny_cogvideox,
-                     "tiny-cogvideox15": partial(build_tiny_cogvideox, version="1.5")}
+    tiny_variants = {"tiny-cogvideox": TinyPipeline(build_tiny_cogvideox, "CogVideoXPipeline"),
+                     "tiny-cogvideox15": TinyPipeline(partial(build_tiny_cogvideox, version="1.5"),
+                                                      "CogVideoXPipeline"),
+                     "tiny-cogvideox-i2v": TinyPipeline(build_tiny_cogvideox_i2v, "CogVideoXImageToVideoPipeline")}
 
     # diffusers 0.42.1 has no context-parallel plan for this model (its processor calls
     # F.scaled_dot_product_attention directly), and none was verified with draft attention

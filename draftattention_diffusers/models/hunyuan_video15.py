@@ -25,7 +25,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, keep_or_default, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
+                   keep_or_default, register_hook)
 
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 
@@ -94,14 +95,19 @@ class HunyuanVideo15Family(ModelFamily):
     transformer_classes = ("HunyuanVideo15Transformer3DModel",)
     text_position = "trailing"
     grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
-    # as diffusers' HunyuanVideo-1.5 docs load it: bfloat16 everywhere, VAE tiling
+    # as diffusers' HunyuanVideo-1.5 docs load them: bfloat16 everywhere, VAE tiling (T2V and I2V are separate
+    # checkpoints; the I2V pipeline sizes the video from its image and takes no height / width)
     pipelines = {"HunyuanVideo15Pipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
-                                                      vae_tiling=True)}
-    other_pipelines = ("HunyuanVideo15ImageToVideoPipeline",)
+                                                      vae_tiling=True),
+                 "HunyuanVideo15ImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                                                  vae_tiling=True, inputs=IMAGE_TO_VIDEO)}
+    other_pipelines = ()
     default_fps = 24  # 121 frames = 5 s, as the published model card describes its videos
     # the published (not distilled) checkpoints run classifier-free guidance (guider scale 6.0): negative prompts count
     takes_negative_prompt = True
-    tiny_variants = {"tiny-hunyuan15": build_tiny_hunyuan_video15}
+    tiny_variants = {"tiny-hunyuan15": TinyPipeline(build_tiny_hunyuan_video15, "HunyuanVideo15Pipeline"),
+                     "tiny-hunyuan15-i2v": TinyPipeline(build_tiny_hunyuan_video15_i2v,
+                                                        "HunyuanVideo15ImageToVideoPipeline")}
 
     # diffusers 0.42.1 has no context-parallel plan for this model, and none was verified with draft attention
     cp_unsupported_because = (

@@ -27,7 +27,7 @@ from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2A
                                                             apply_interleaved_rotary_emb, apply_split_rotary_emb)
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook)
 from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, prepared_mask
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
@@ -89,11 +89,16 @@ class LTX2Family(ModelFamily):
     title = "LTX-2"
     transformer_classes = ("LTX2VideoTransformer3DModel",)
     grid_locals = ("num_frames", "height", "width")
-    # as diffusers' LTX-2 docs load it: every component in bfloat16
-    pipelines = {"LTX2Pipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16)}
-    other_pipelines = ("LTX2ImageToVideoPipeline",)
+    # as diffusers' LTX-2 docs load it: every component in bfloat16; image-to-video from the same checkpoint as
+    # LTX2ImageToVideoPipeline (diffusers' example loads Lightricks/LTX-2 with it). That pipeline re-compresses the
+    # image with H.264 as LTX-2 was trained (diffusers' default CRF; needs PyAV).
+    pipelines = {"LTX2Pipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                            loads_as={"image": "LTX2ImageToVideoPipeline"}),
+                 "LTX2ImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                                        inputs=IMAGE_TO_VIDEO)}
+    other_pipelines = ()
     default_fps = 24  # LTX2Pipeline's frame_rate default
-    tiny_variants = {"tiny-ltx2": build_tiny_ltx2}
+    tiny_variants = {"tiny-ltx2": TinyPipeline(build_tiny_ltx2, "LTX2Pipeline")}  # --image: LTX2ImageToVideoPipeline
 
     # diffusers 0.42.1 has a plan (_cp_plan) splitting the video tokens and RoPE, not verified with draft attention
     cp_unsupported_because = (

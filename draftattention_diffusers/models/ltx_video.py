@@ -21,7 +21,8 @@ import torch
 from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor, apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, numbered_roles, register_hook
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline, numbered_roles,
+                   register_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTXVideoTransformer3DModel.forward's positional parameters, to read arguments however they were passed
@@ -97,11 +98,18 @@ class LTXVideoFamily(ModelFamily):
     grid_locals = ("num_frames", "height", "width")
     # As diffusers' LTX-Video docs load them: every component in bfloat16; 0.9.0-0.9.5 (2B) are LTXPipeline folders,
     # 0.9.7+ (2B, 13B) LTXConditionPipeline folders (text-to-video without conditions), with VAE tiling in those docs.
-    pipelines = {"LTXPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16),
-                 "LTXConditionPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True)}
-    other_pipelines = ("LTXImageToVideoPipeline",)
+    # Image-to-video: an LTXPipeline checkpoint loads as LTXImageToVideoPipeline (the same folder: diffusers' example
+    # loads Lightricks/LTX-Video with it); LTXConditionPipeline takes the image itself (a condition at frame 0). Its
+    # `video` argument is a list of condition videos, not one video's frames: not passed from --video.
+    pipelines = {"LTXPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                           loads_as={"image": "LTXImageToVideoPipeline"}),
+                 "LTXImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
+                                                       inputs=IMAGE_TO_VIDEO),
+                 "LTXConditionPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True,
+                                                    inputs=(PipelineInput("image", "image"),))}
+    other_pipelines = ()
     default_fps = 24  # diffusers' LTX-Video examples export at 24 fps (the pipelines condition on frame_rate=25)
-    tiny_variants = {"tiny-ltx": build_tiny_ltx_video}
+    tiny_variants = {"tiny-ltx": TinyPipeline(build_tiny_ltx_video, "LTXPipeline")}  # --image: LTXImageToVideoPipeline
 
     # diffusers 0.42.1 has a plan (_cp_plan, splitting the RoPE tables): not verified with draft attention yet
     cp_unsupported_because = (

@@ -129,6 +129,10 @@ def draft_attention(
     """
     check_inputs(q, k, v, grid, text_len, key_lengths, check_key_lengths)
     layout = get_layout(grid, text_len, config.region_size, q.device)
+    if layout.num_video_tiles == 0:
+        raise ValueError(f"grid {grid.frames} x {grid.height} x {grid.width} has {grid.num_tokens} video tokens, fewer "
+                         f"than one {layout.tile_size}-token tile before the {text_len} text tokens: draft attention "
+                         "needs at least one whole video tile; use dense attention for such small inputs")
     inputs = AttentionInputs.from_tensors(q, v, layout.tile_size, key_lengths is not None)
     backend = resolve_backend(config.backend, inputs)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -364,3 +364,16 @@ def test_dense_backend_never_drops_a_mask_it_cannot_express():
     want = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
                                                             attn_mask=mask).transpose(1, 2)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_video_smaller_than_one_tile_before_text_runs_dense_visibly(hunyuan):
+    """HunyuanVideo at 64 x 64 pixels: 2 x 4 x 4 video tokens, then text: nothing to select, so every call runs dense,
+    listed in the statistics, and the output equals diffusers' (it used to raise IndexError in the selection)."""
+    size = dict(height=64, width=64, num_frames=5)
+    base, _ = run_pipeline(hunyuan, steps=2, size=size)
+    with draft_attention_enabled(hunyuan, sparsity=0.5, dense_steps_fraction=0.0):
+        with pytest.warns(DraftAttentionWarning, match="fewer than one 128-token tile"):
+            out, _ = run_pipeline(hunyuan, steps=2, size=size)
+        stats = get_draft_stats(hunyuan).summary()
+    assert stats["sparse_calls"] == 0 and any("fewer than one 128-token tile" in m for m in stats["fallbacks"])
+    assert torch.equal(out, base)

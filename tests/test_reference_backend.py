@@ -144,3 +144,10 @@ class TestBadInput:
         q, k, v = self.qkv()
         with pytest.raises(ValueError, match="head_dim"):
             draft_attention(q, k[..., :8], v, self.grid, DraftAttentionConfig(backend="reference"))
+
+
+def test_fewer_video_tokens_than_one_tile_before_text_is_a_clear_error():
+    grid = VideoGrid(1, 4, 8)  # 32 video tokens, then text: no whole video tile to select from
+    q = k = v = torch.randn(1, 32 + 16, 2, 16)
+    with pytest.raises(ValueError, match="fewer than one 128-token tile before the 16 text tokens"):
+        draft_attention(q, k, v, grid, DraftAttentionConfig(backend="reference"), text_len=16)

@@ -411,6 +411,10 @@ class DraftAttnProcessor:
                            f"{grid.width} + {text_len} text tokens")
             elif not padding_mask:
                 problem = "the attention mask is not a key-padding suffix mask"
+            elif get_layout(grid, text_len, self.config.region_size, q.device).num_video_tiles == 0:
+                tile = self.config.region_size[0] * self.config.region_size[1]
+                problem = (f"the video has {grid.num_tokens} tokens, fewer than one {tile}-token tile before the text "
+                           "tokens: there is nothing to select")
             if problem:
                 self.stats.record_fallback(f"{role.name}: {problem}; running dense attention for it")
                 dense = True

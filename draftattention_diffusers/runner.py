@@ -459,6 +459,18 @@ def pipeline_to_load(model: str, inputs=()) -> tuple[ModelFamily, str] | None:
     return None if found is None else found[:2]
 
 
+def _check_sizes_for(family, s: RunSettings) -> None:
+    """Frame count and pixel sizes the family's pipelines take as given (LTX: 8k+1 frames, multiples of 32)."""
+    n, step = s.num_frames, family.frame_step
+    if n is not None and (n - 1) % step:
+        raise CLIError(f"--frames {n}: {family.title} takes {step}k+1 frames (its VAE compresses time {step}x), e.g. "
+                       f"{', '.join(str(step * k + 1) for k in (1, 4, 15))}")
+    for name in ("height", "width"):
+        v = getattr(s, name)
+        if v is not None and v % family.pixel_step:
+            raise CLIError(f"--{name} {v}: {family.title} takes multiples of {family.pixel_step}")
+
+
 def check_inputs(s: RunSettings) -> str | None:
     """Check ``--image`` / ``--video`` of ``s`` against the pipeline :func:`load_pipeline` will load, before it
     loads: a pipeline that takes no image (or video) names those of its family that do; one that needs an input
@@ -466,6 +478,8 @@ def check_inputs(s: RunSettings) -> str | None:
     class (None for a tiny builder that declares none: :func:`call_kwargs` checks once it is built). Raises
     :class:`CLIError`."""
     found = _pipeline_to_load(s.model, s.inputs)
+    if found is not None:
+        _check_sizes_for(found[0], s)
     if found is None or found[1] not in found[0].pipelines:
         return None
     family, cls, index = found

@@ -375,7 +375,13 @@ ERRORS = {  # name: (arguments after `generate`, given tmp_path, the image and a
                                     "CogVideoXImageToVideoPipeline needs an input image"),
     "ltx-with-video": (lambda t, i, f: ["--model", "tiny-ltx", "--video", f],
                        "--video: LTXPipeline takes no video, nor does any LTX-Video pipeline the command line loads"),
+    "ltx-frames-not-8k+1": (lambda t, i, f: ["--model", "tiny-ltx", "--frames", "5"],
+                            "--frames 5: LTX-Video takes 8k+1 frames (its VAE compresses time 8x), e.g. 9, 33, 121"),
+    "ltx2-width-not-multiple-of-32": (lambda t, i, f: ["--model", "tiny-ltx2", "--width", "272"],
+                                      "--width 272: LTX-2 takes multiples of 32"),
     # real checkpoints: the class (and its config) comes from model_index.json, before any weights load
+    "local-ltx-frames": (lambda t, i, f: ["--model", _model_index(t / "m", "LTXPipeline"), "--frames", "29"],
+                         "--frames 29: LTX-Video takes 8k+1 frames"),
     "local-cogvideox-t2v-with-image": (lambda t, i, f: ["--model", _model_index(t / "m", "CogVideoXPipeline"),
                                                         "--image", i],
                                        "--image: CogVideoXPipeline takes no image; the CogVideoX pipelines that do: "

@@ -172,6 +172,11 @@ class ModelFamily:
     other_pipelines: ClassVar[tuple[str, ...]] = ()
     """Further pipeline classes built on its transformers that the Python API serves (named in messages)."""
     default_fps: ClassVar[int] = 16
+    frame_step: ClassVar[int] = 4
+    """Its pipelines take ``frame_step * k + 1`` frames (the VAE's temporal compression); other counts are cut or
+    padded by diffusers, so the command line refuses them."""
+    pixel_step: ClassVar[int] = 16
+    """Its pipelines take heights and widths that are multiples of this (VAE spatial compression x patch size)."""
     """Frames per second of a written video when neither a preset nor ``--fps`` says."""
     takes_negative_prompt: ClassVar[bool] = True
     """Whether its pipelines use ``negative_prompt`` as the command line calls them."""

@@ -98,6 +98,8 @@ class LTX2Family(ModelFamily):
                                                         inputs=IMAGE_TO_VIDEO)}
     other_pipelines = ()
     default_fps = 24  # LTX2Pipeline's frame_rate default
+    frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
+    pixel_step = 32  # and space 32x, patch 1
     tiny_variants = {"tiny-ltx2": TinyPipeline(build_tiny_ltx2, "LTX2Pipeline")}  # --image: LTX2ImageToVideoPipeline
 
     # diffusers 0.42.1 has a plan (_cp_plan) splitting the video tokens and RoPE, not verified with draft attention

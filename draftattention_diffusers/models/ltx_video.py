@@ -109,6 +109,8 @@ class LTXVideoFamily(ModelFamily):
                                                     inputs=(PipelineInput("image", "image"),))}
     other_pipelines = ()
     default_fps = 24  # diffusers' LTX-Video examples export at 24 fps (the pipelines condition on frame_rate=25)
+    frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
+    pixel_step = 32  # and space 32x, patch 1
     tiny_variants = {"tiny-ltx": TinyPipeline(build_tiny_ltx_video, "LTXPipeline")}  # --image: LTXImageToVideoPipeline
 
     # diffusers 0.42.1 has a plan (_cp_plan, splitting the RoPE tables): not verified with draft attention yet

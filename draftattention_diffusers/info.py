@@ -1,7 +1,8 @@
-"""What this machine can run: package versions, the GPU, and every backend's status with its reasons.
+"""What this machine can run: package versions, the GPU, and every backend's status with its reasons; and the
+supported models.
 
-``python -m draftattention_diffusers info`` prints :func:`backend_status_report` (also
-``python -m draftattention_diffusers.info``).
+``python -m draftattention_diffusers info`` prints :func:`backend_status_report` and :func:`supported_models_report`
+(also ``python -m draftattention_diffusers.info``).
 """
 
 from __future__ import annotations
@@ -62,5 +63,24 @@ def backend_status_report(device: str | torch.device | None = None, dtype: torch
     return "\n".join(lines)
 
 
+def supported_models_report() -> str:
+    """One line per model family: its transformer classes, the pipelines the command line loads (with the inputs
+    each takes), those served by the Python API only, and its tiny models.
+
+    Example:
+        >>> print(supported_models_report().splitlines()[0])
+        supported models (family: transformer; command-line pipelines; Python API only; tiny models):
+    """
+    from .models import families
+
+    lines = ["supported models (family: transformer; command-line pipelines; Python API only; tiny models):"]
+    for f in families():
+        loads = ", ".join(name + "".join(f" --{i.kind}" for i in recipe.inputs) for name, recipe in f.pipelines.items())
+        lines.append(f"  {f.title}: {', '.join(f.transformer_classes)}; {loads}; "
+                     f"{', '.join(f.other_pipelines) or '-'}; {', '.join(f.tiny_variants) or '-'}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(backend_status_report())
+    print(supported_models_report())

@@ -336,6 +336,11 @@ def test_status_report_lists_every_backend():
     for name in BACKEND_NAMES:
         assert f"  {name}" in text
     assert "torch " in text and "diffusers" in text and "auto -> reference" in text
+    from draftattention_diffusers.info import supported_models_report
+
+    models = supported_models_report()
+    assert "LTX-Video: LTXVideoTransformer3DModel; LTXPipeline, " in models and "LTXImageToVideoPipeline --image" in models
+    assert "Wan VACE" in models and "tiny-hunyuan15" in models
     assert "reference  ok" in text
 
 

@@ -175,10 +175,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     try:
-        from ..info import backend_status_report
+        from ..info import backend_status_report, supported_models_report
     except ImportError as e:
         raise CLIError(f"the backend report is not available in this install ({e})") from None
     print(backend_status_report())
+    print(supported_models_report())
     return 0
 
 

@@ -6,6 +6,7 @@ read the import statements of every module (in-function imports included).
 """
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,23 +54,43 @@ def test_layer_imports_only_lower_layers(layer):
         assert not extra, f"{path.relative_to(PKG.parent)} imports {sorted(extra)} (allowed: {sorted(ALLOWED[layer])})"
 
 
-@pytest.mark.parametrize("module, forbidden", [
-    ("config", ["backends", "core", "attention", "integration", "models", "torch"]),
-    ("core", ["backends", "attention", "integration", "models"]),
-    ("backends", ["attention", "integration", "models"]),
-    ("attention", ["integration", "models"]),
-])
-def test_importing_a_layer_loads_no_higher_layer(module, forbidden):
-    # a bare parent package (no __init__ run), then the layer, in a fresh interpreter
+# layer -> what importing it must not load; lowest layer first
+LOADS_NOTHING_HIGHER = {
+    "config": ["backends", "core", "attention", "integration", "models", "torch"],
+    "core": ["backends", "attention", "integration", "models"],
+    "backends": ["attention", "integration", "models"],
+    "attention": ["integration", "models"],
+}
+
+
+@pytest.fixture(scope="module")
+def loaded_by_each_layer() -> dict:
+    """In one fresh interpreter (each one costs seconds of torch import): a bare parent package (no ``__init__``
+    run), then the layers lowest first; after each import, which of that layer's forbidden modules are loaded (or
+    the import's traceback). As strict as one interpreter per layer: the layers imported before are lower, and
+    the check before this one found none of this layer's forbidden modules loaded."""
     code = f"""
-import sys, types
+import json, sys, traceback, types
 pkg = types.ModuleType({PKG.name!r}); pkg.__path__ = [{str(PKG)!r}]; sys.modules[{PKG.name!r}] = pkg
-import {PKG.name}.{module}
-bad = [m for m in {forbidden!r} if ({PKG.name!r} + "." + m if m != "torch" else m) in sys.modules]
-assert not bad, bad
+found = {{}}
+for module, forbidden in {list(LOADS_NOTHING_HIGHER.items())!r}:
+    try:
+        __import__({PKG.name!r} + "." + module)
+    except Exception:
+        found[module] = traceback.format_exc()
+        break
+    found[module] = [m for m in forbidden if ({PKG.name!r} + "." + m if m != "torch" else m) in sys.modules]
+print(json.dumps(found))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", list(LOADS_NOTHING_HIGHER))
+def test_importing_a_layer_loads_no_higher_layer(module, loaded_by_each_layer):
+    assert module in loaded_by_each_layer, f"a lower layer failed to import: {loaded_by_each_layer}"
+    assert loaded_by_each_layer[module] == [], f"importing {module} loaded {loaded_by_each_layer[module]}"
 
 
 def test_public_names_and_compatibility_aliases():

@@ -140,11 +140,15 @@ def run_disabled_after_parallelism(parallel_run: bool) -> torch.Tensor:
 
 
 def _all_cases() -> dict:
-    """What every rank runs (in one spawn: starting a rank costs ~10 s of imports)."""
+    """What every rank runs (in one spawn: starting a rank costs ~10 s of imports), test_parallel_cache's cases
+    included."""
+    import test_parallel_cache
+
     results = {"cases": {name: run_case(name, parallel_run=True) for name in CASES}}
     results["errors"] = {name: run_error(name) for name in ERRORS}
     results["plain_hunyuan"] = run_plain_hunyuan_with_plan(parallel_run=True)
     results["disabled"] = run_disabled_after_parallelism(parallel_run=True)
+    results["cache"] = test_parallel_cache.all_cases()
     return results
 
 
@@ -153,6 +157,9 @@ def _rank_main(rank: int, port: int, out_dir: str, job) -> None:
 
     # enable_parallelism picks the device rank % accelerator count, which is 0 on a CPU-only torch.
     torch.accelerator.device_count = lambda: 1
+    # the ranks share the machine's cores: torch's default thread count in each one oversubscribes them (on 2 cores
+    # the ranks run ~1.5x slower)
+    torch.set_num_threads(max(1, torch.get_num_threads() // WORLD))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
@@ -178,9 +185,19 @@ def run_in_ranks(job, out_dir: str) -> list[dict]:
     return results
 
 
+_RANK_RESULTS: list = []
+
+
+def rank_results(tmp_path_factory) -> list[dict]:
+    """Each rank's ``_all_cases()``, run once per session (test_parallel_cache reads its part of the same spawn)."""
+    if not _RANK_RESULTS:
+        _RANK_RESULTS.extend(run_in_ranks(_all_cases, str(tmp_path_factory.mktemp("ranks"))))
+    return _RANK_RESULTS
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    return run_in_ranks(_all_cases, str(tmp_path_factory.mktemp("ranks")))
+    return rank_results(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

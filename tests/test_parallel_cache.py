@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import TaylorSeerCacheConfig
-from test_parallel import SIZE, WORLD, _enable_parallelism, _pipe_kwargs, run_in_ranks
+from test_parallel import SIZE, WORLD, _enable_parallelism, _pipe_kwargs, rank_results
 
 from draftattention_diffusers import enable_draft_attention, get_draft_stats
 from draftattention_diffusers.tiny import build_tiny_pipeline
@@ -45,13 +45,14 @@ def run_case(name: str, parallel_run: bool) -> dict:
     return dict(out=out, stats=get_draft_stats(pipe).summary())
 
 
-def _all_cases() -> dict:
+def all_cases() -> dict:
+    """What every rank runs, inside test_parallel's spawn (starting ranks costs ~10 s of imports)."""
     return {name: run_case(name, parallel_run=True) for name in CASES}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    return run_in_ranks(_all_cases, str(tmp_path_factory.mktemp("ranks_cache")))
+    return [r["cache"] for r in rank_results(tmp_path_factory)]
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,0 +1,14 @@
+"""Test-session settings shared by every test module."""
+
+import os
+
+import torch
+
+# On a CPU-only machine, one intra-op thread unless the caller chose otherwise (OMP_NUM_THREADS=N pytest ...): the
+# tiny pipelines' ops are too small to gain from more threads, and where the cores are shared (a 2-core CI runner
+# with other jobs, the two gloo ranks of test_parallel, a CLI subprocess beside pytest) torch's spinning worker
+# threads slow the suite several-fold. Set in the environment too, so that subprocesses and spawned ranks inherit it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if os.environ["OMP_NUM_THREADS"].isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -12,28 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from cli_utils import one_line_error, run
 
 from draftattention_diffusers import cli, runner
 from draftattention_diffusers.video import read_video, render_draft_png, side_by_side, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--height", "128", "--width", "256", "--frames", "5", "--steps", "3", "--no-progress"]
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, needle):
-    assert rc == 1, err
-    assert "Traceback" not in err
-    # libraries may print progress bars to stderr before; ours is exactly one line, the last
-    ours = [ln for ln in err.splitlines() if "draftattention: error:" in ln]
-    assert len(ours) == 1 and err.strip().splitlines()[-1] == ours[0], err
-    assert needle in ours[0], ours[0]
-    return ours[0]
 
 
 # ------------------------------------------------------------------------------------------------ generate

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from cli_utils import one_line_error, run
 from pipeline_utils import REORDERING_SIZE
 
-from draftattention_diffusers import cli, draft_attention_enabled, runner
+from draftattention_diffusers import draft_attention_enabled, runner
 from draftattention_diffusers.models import family_for_pipeline, tiny_models
 from draftattention_diffusers.models.base import IMAGE_TO_VIDEO, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline
 
@@ -22,20 +23,6 @@ SIZE = ["--height", REORDERING_SIZE["height"], "--width", REORDERING_SIZE["width
 # 2 steps: step 0 dense, step 1 sparse (half the tiles); guidance 1: one transformer call per step (fast)
 STEPS = ["--steps", "2", "--guidance", "1", "--sparsity", "0.5", "--dense-steps-fraction", "0.5", "--no-progress"]
 FAST = [*SIZE, *STEPS]
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, needle):
-    assert rc == 1, err
-    ours = [ln for ln in err.splitlines() if "draftattention: error:" in ln]
-    assert len(ours) == 1 and err.strip().splitlines()[-1] == ours[0] and "Traceback" not in err, err
-    assert needle in ours[0], ours[0]
-    return ours[0]
 
 
 def _picture(height, width, seed=0):

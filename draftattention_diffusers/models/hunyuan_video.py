@@ -31,6 +31,24 @@ def _qkv(attn, x, projections, norms):
     return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v
 
 
+def project_streams(attn, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last step of HunyuanVideo's processors (1.0 and 1.5): attention output ``[B, S, H*D]`` of the video and
+    the text tokens through ``to_out`` and ``to_add_out`` (where the module has them)."""
+    if getattr(attn, "to_out", None) is not None:
+        video = attn.to_out[1](attn.to_out[0](video))
+    if getattr(attn, "to_add_out", None) is not None:
+        text = attn.to_add_out(text)
+    return video, text
+
+
+def call_with_image_rotary_emb(processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
+                               **kwargs):
+    """Call a HunyuanVideo-style processor as the model does (RoPE as ``image_rotary_emb``)."""
+    if rope is not None:
+        kwargs["image_rotary_emb"] = rope
+    return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
 def hunyuan_video_cp_plan() -> dict[str, Any]:
     """The context-parallel plan ``HunyuanVideoTransformer3DModel`` lacks in diffusers 0.42.1, for use with draft
     attention.
@@ -196,17 +214,11 @@ class HunyuanVideoFamily(ModelFamily):
         out = attend(query, key, value, text_len, attention_mask)
         out = out.flatten(2, 3).to(query.dtype)
 
-        video, text = out[:, :-text_len], out[:, -text_len:]
-        if getattr(attn, "to_out", None) is not None:
-            video = attn.to_out[1](attn.to_out[0](video))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return video, text
+        return project_streams(attn, out[:, :-text_len], out[:, -text_len:])
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
-        if rope is not None:
-            kwargs["image_rotary_emb"] = rope
-        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return call_with_image_rotary_emb(processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
+                                          **kwargs)
 
     def tile_order_hooks(self, transformer, order):
         if getattr(transformer.config, "image_condition_type", None) == "token_replace":

@@ -27,6 +27,7 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVid
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
                    keep_or_default, register_hook)
+from .hunyuan_video import call_with_image_rotary_emb, project_streams
 
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 
@@ -172,16 +173,11 @@ class HunyuanVideo15Family(ModelFamily):
         video, text = out[:, :-text_len], out[:, -text_len:]
         if attention_mask is not None:  # padded text queries: all-masked rows, which diffusers' attention zeroes
             text = text * attention_mask[:, :, None].to(text.dtype)
-        if getattr(attn, "to_out", None) is not None:
-            video = attn.to_out[1](attn.to_out[0](video))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return video, text
+        return project_streams(attn, video, text)
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
-        if rope is not None:
-            kwargs["image_rotary_emb"] = rope
-        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return call_with_image_rotary_emb(processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
+                                          **kwargs)
 
     def tile_order_hooks(self, transformer, order):
         def patches(module, args, out):  # [B, S, C]

@@ -7,11 +7,11 @@ import torch
 from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                        TaylorSeerCacheConfig)
 from diffusers.models.attention_dispatch import attention_backend
-from pipeline_utils import is_wan, max_diff, run
+from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run
 
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
-from draftattention_diffusers.tiny import build_tiny_pipeline
+from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
 STEPS = 6
 
@@ -514,3 +514,48 @@ def test_processor_api_with_cache_and_set_attn_processor(pipe):
         disable_draft_attention(pipe)
     assert max_diff(out, alone) < 1e-5 * max(1.0, alone.abs().max().item())
 
+
+
+# Every newer family, on a grid whose tile order moves tokens: (tiny pipeline, size, the modules to compile: the
+# model's repeated blocks, or for CogVideoX, which declares none, its transformer blocks)
+NEWER_FAMILIES = {
+    "skyreels-v2": (REORDERING_SIZE, None), "wan-vace": (REORDERING_SIZE, None),
+    "cogvideox": (REORDERING_SIZE, "transformer_blocks"), "ltx": (dict(height=256, width=1280, num_frames=9), None),
+    "ltx2": (dict(height=256, width=1280, num_frames=9), None), "hunyuan15": (REORDERING_SIZE, None),
+}
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f == "ltx2" else f  # ltx2: ~19 s
+                                    for f in NEWER_FAMILIES])
+def test_newer_families_compile_regionally_with_draft_attention(family):
+    """Regional compile (fullgraph, aot_eager) of each newer family with draft attention over dense and sparse
+    steps: no graph break, output equal to eager draft attention, the same schedule and statistics."""
+    import torch._dynamo as dynamo
+
+    size, blocks = NEWER_FAMILIES[family]
+    pipe = build_tiny_pipeline(family, num_layers=1)
+    kw = dict(tiny_prompt_kwargs(pipe), **size, num_inference_steps=2, output_type="latent")
+
+    def call():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.5):
+        eager = call()
+        eager_stats = get_draft_stats(pipe).summary()
+        dynamo.reset()
+        if blocks is None:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+        else:
+            for block in getattr(pipe.transformer, blocks):
+                block.compile(fullgraph=True, backend="aot_eager")
+        try:
+            compiled = call()
+            stats = get_draft_stats(pipe).summary()
+        finally:
+            for module in pipe.transformer.modules():
+                module._compiled_call_impl = None
+            dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert stats["steps"] == eager_stats["steps"] == {0: "dense", 1: "sparse"}
+    assert (stats["sparse_calls"], stats["dense_calls"]) == (eager_stats["sparse_calls"], eager_stats["dense_calls"])
+    assert stats["sparse_calls"] > 0 and stats["fallbacks"] == {}

@@ -411,7 +411,8 @@ class DraftAttnProcessor:
                            f"{grid.width} + {text_len} text tokens")
             elif not padding_mask:
                 problem = "the attention mask is not a key-padding suffix mask"
-            elif get_layout(grid, text_len, self.config.region_size, q.device).num_video_tiles == 0:
+            elif text_len and grid.num_tokens < self.config.region_size[0] * self.config.region_size[1]:
+                # (layout.num_video_tiles == 0, in plain integers: nothing for a compiled graph to trace)
                 tile = self.config.region_size[0] * self.config.region_size[1]
                 problem = (f"the video has {grid.num_tokens} tokens, fewer than one {tile}-token tile before the text "
                            "tokens: there is nothing to select")

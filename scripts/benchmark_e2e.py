@@ -202,6 +202,15 @@ TRANSFORMERS = {
 }
 
 
+def video_tokens(config: dict, latent: tuple[int, int, int]) -> int:
+    """Video tokens of a latent ``(frames, height, width)`` after the config's patching (Wan: a 3-tuple
+    ``patch_size``; others: ``patch_size`` and ``patch_size_t``, 1 where absent)."""
+    p = config.get("patch_size", 1)
+    pt, ph, pw = p if isinstance(p, (tuple, list)) else (config.get("patch_size_t") or 1, p, p)
+    f, h, w = latent
+    return -(-f // pt) * (h // ph) * (w // pw)
+
+
 def build(name: str, device: torch.device, dtype: torch.dtype):
     """The transformer with random weights directly on ``device`` (no CPU copy of the weights)."""
     import diffusers
@@ -273,7 +282,7 @@ def run_model(name: str, args, device, dtype) -> dict:
     res = {"model": name, "label": label, "calls_per_step": calls, "times": {}, "first_call": {}, "notes": [],
            "sparsity": {}}
     _, _, (f, h, w), _, _ = MODELS[name]
-    large = f * h * w // 4 > 60_000  # video tokens after the 2x2 patch
+    large = video_tokens(MODELS[name][1], (f, h, w)) > 60_000
     reps, warmup = args.reps, (args.warmup_large if large and args.warmup_large is not None else args.warmup)
     res["warmup"] = warmup
 

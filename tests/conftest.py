@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # On a CPU-only machine, one intra-op thread unless the caller chose otherwise (OMP_NUM_THREADS=N pytest ...): the
@@ -12,3 +13,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if os.environ["OMP_NUM_THREADS"].isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture
+def never_load(monkeypatch):
+    """Loading a model is an error that names itself; yields the load attempts (must stay empty). For the CLI tests
+    of errors that must come before any model loads."""
+    from draftattention_diffusers import runner
+
+    calls = []
+
+    def loader(*args, **kwargs):
+        calls.append(args)
+        raise runner.CLIError("the model was loaded")
+
+    monkeypatch.setattr(runner, "load_pipeline", loader)  # the commands look it up on the runner
+    return calls

@@ -31,3 +31,13 @@ def is_wan(pipe) -> bool:
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
+
+
+def uncompile(model: torch.nn.Module) -> None:
+    """Back to eager after ``module.compile()`` / ``compile_repeated_blocks`` anywhere in ``model`` (each set its
+    ``_compiled_call_impl``), and forget dynamo's graphs."""
+    import torch._dynamo as dynamo
+
+    for module in model.modules():
+        module._compiled_call_impl = None
+    dynamo.reset()

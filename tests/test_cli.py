@@ -358,17 +358,6 @@ def test_output_not_writable(capsys, tmp_path):
 
 
 # -------------------------------------------------------------------------- fail fast: before loading the model
-@pytest.fixture
-def never_load(monkeypatch):
-    """Make loading a model an error that names itself; yields the list of load attempts (must stay empty)."""
-    calls = []
-
-    def loader(*args, **kwargs):
-        calls.append(args)
-        raise runner.CLIError("the model was loaded")
-
-    monkeypatch.setattr(runner, "load_pipeline", loader)  # the commands look it up on the runner
-    return calls
 
 
 def _file(path):

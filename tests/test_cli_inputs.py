@@ -74,19 +74,6 @@ def captured(monkeypatch):
     return seen
 
 
-@pytest.fixture
-def never_load(monkeypatch):
-    """Loading a model is an error that names itself; yields the load attempts (must stay empty)."""
-    calls = []
-
-    def loader(*args, **kwargs):
-        calls.append(args)
-        raise runner.CLIError("the model was loaded")
-
-    monkeypatch.setattr(runner, "load_pipeline", loader)
-    return calls
-
-
 # ------------------------------------------------------------------------------------------- declarations
 def test_image_to_video_pipelines_are_declared_with_their_recipes():
     loadable = runner.SUPPORTED_PIPELINES

@@ -7,7 +7,7 @@ import torch
 from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                        TaylorSeerCacheConfig)
 from diffusers.models.attention_dispatch import attention_backend
-from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run
+from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile
 
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
@@ -215,9 +215,7 @@ def test_regional_fullgraph_compile_in_a_pipeline(family):
                 compiled, _ = run(pipe, steps=4)
             stats = get_draft_stats(pipe).summary()
         finally:
-            for block in pipe.transformer.modules():
-                block._compiled_call_impl = None
-            dynamo.reset()
+            uncompile(pipe.transformer)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert stats["steps"] == eager_stats["steps"]
     assert (stats["sparse_calls"], stats["dense_calls"]) == (eager_stats["sparse_calls"], eager_stats["dense_calls"])
@@ -237,8 +235,7 @@ def test_whole_model_compile_in_a_pipeline_follows_the_schedule():
             compiled, _ = run(pipe, steps=4)
             stats = get_draft_stats(pipe).summary()
         finally:
-            pipe.transformer._compiled_call_impl = None
-            dynamo.reset()
+            uncompile(pipe.transformer)
     assert stats["steps"] == {0: "dense", 1: "dense", 2: "sparse", 3: "sparse"}
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
@@ -302,9 +299,7 @@ def test_first_block_cache_and_regional_compile_workaround(monkeypatch, order):
             got, _ = run(pipe, steps=steps, guidance_scale=5.0)
         stats = get_draft_stats(pipe).summary()
     finally:
-        for block in pipe.transformer.modules():
-            block._compiled_call_impl = None
-        dynamo.reset()
+        uncompile(pipe.transformer)
         pipe.transformer.disable_cache()
         disable_draft_attention(pipe)
     assert len(graphs) == warm_graphs, "graphs compiled after the warm-up"
@@ -552,9 +547,7 @@ def test_newer_families_compile_regionally_with_draft_attention(family):
             compiled = call()
             stats = get_draft_stats(pipe).summary()
         finally:
-            for module in pipe.transformer.modules():
-                module._compiled_call_impl = None
-            dynamo.reset()
+            uncompile(pipe.transformer)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert stats["steps"] == eager_stats["steps"] == {0: "dense", 1: "sparse"}
     assert (stats["sparse_calls"], stats["dense_calls"]) == (eager_stats["sparse_calls"], eager_stats["dense_calls"])

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from pipeline_utils import run as run_pipeline
+from pipeline_utils import uncompile
 
 from draftattention_diffusers import (DraftAttentionWarning, DraftAttnProcessor, HunyuanVideoDraftAttnProcessor,
                                       WanDraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
@@ -342,8 +343,7 @@ def test_regional_torch_compile_shares_one_graph_across_blocks():
             tr(**args)
             compiled = tr(**args).sample
         assert get_draft_stats(tr).summary()["sparse_calls"] == 6 * 3
-    for block in tr.blocks:
-        block._compiled_call_impl = None  # back to eager for other tests
+    uncompile(tr)  # back to eager for other tests
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 

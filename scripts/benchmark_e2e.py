@@ -69,6 +69,12 @@ HUNYUAN15 = dict(in_channels=65, out_channels=32, num_attention_heads=16, attent
                  num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
                  text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
                  rope_axes_dim=(16, 56, 56), target_size=960, task_type="t2v")
+# Wan2.1-VACE-14B: diffusers' scripts/convert_wan_to_diffusers.py ("Wan-VACE-14B"): Wan 14B plus a VACE block at every
+# 5th layer; its control input is 96 channels (inactive + reactive video latents 2 x 16, the 8x8 mask folded to 64)
+WAN_VACE_14B = dict(WAN_14B, vace_layers=[0, 5, 10, 15, 20, 25, 30, 35], vace_in_channels=96)
+# SkyReels-V2 14B 720P (T2V-14B-720P and DF-14B-720P share it): diffusers' scripts/convert_skyreelsv2_to_diffusers.py,
+# Wan 14B's shape without sample-info (fps) injection
+SKYREELS_V2_14B = dict(WAN_14B, inject_sample_info=False)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -91,6 +97,13 @@ MODELS = {
     # HunyuanVideo-1.5 720p T2V (VAE: 16x spatial, 4x temporal; 121 frames -> 31 latent frames); its guider runs CFG
     # as two calls per step (guidance 6.0)
     "hunyuan15-720p": ("hunyuan15", HUNYUAN15, (31, 45, 80), 2, "HunyuanVideo-1.5, 720x1280, 121 frames"),
+    # Wan2.1 VACE 14B at Wan's 720p (81 frames -> 21 latent frames); the VACE blocks' self-attention runs over the
+    # control tokens on the same grid; CFG as two calls per step (WanVACEPipeline, guidance 5.0)
+    "wan-vace14b-720p": ("wan_vace", WAN_VACE_14B, (21, 90, 160), 2, "Wan2.1 VACE 14B, 720x1280, 81 frames"),
+    # SkyReels-V2 14B 720P: the diffusers SkyReels-V2 docs give 720x1280 and 121 frames (base_num_frames) for the 720P
+    # models (121 frames -> 31 latent frames); CFG as two calls per step (SkyReelsV2Pipeline, guidance 6.0)
+    "skyreels-v2-14b-720p": ("skyreels_v2", SKYREELS_V2_14B, (31, 90, 160), 2,
+                             "SkyReels-V2 14B, 720x1280, 121 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -114,13 +127,31 @@ MODELS = {
                                          attention_head_dim=16, num_layers=1, num_refiner_layers=1, text_embed_dim=32,
                                          text_embed_2_dim=16, image_embed_dim=16, rope_axes_dim=(4, 6, 6)),
                        (2, 16, 32), 2, "tiny HunyuanVideo-1.5 (CPU dry run)"),
+    "tiny-wan-vace": ("wan_vace", dict(WAN_VACE_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
+                                       num_layers=2, text_dim=32, freq_dim=32, vace_layers=[0, 1]),
+                      (2, 32, 64), 2, "tiny Wan VACE (CPU dry run)"),
+    "tiny-skyreels-v2": ("skyreels_v2", dict(SKYREELS_V2_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
+                                             num_layers=2, text_dim=32, freq_dim=32),
+                         (2, 32, 64), 2, "tiny SkyReels-V2 (CPU dry run)"),
 }
+DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2"]  # --tiny without --models
 STEPS, DENSE_FRACTION = 50, 0.25
 
 
 def _wan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     return dict(hidden_states=latents, timestep=torch.tensor([500], device=latents.device),
                 encoder_hidden_states=rnd(1, 512, config["text_dim"]), return_dict=False)
+
+
+def _wan_vace_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as WanVACEPipeline calls it: Wan's inputs plus the control latents (video latents and mask, vace_in_channels) on
+    # the same latent grid, and conditioning_scale 1.0 per VACE layer in the transformer's dtype
+    _, _, f, h, w = latents.shape
+    return dict(_wan_inputs(config, latents, rnd, text_tokens),
+                control_hidden_states=rnd(1, config["vace_in_channels"], f, h, w),
+                control_hidden_states_scale=torch.ones(len(config["vace_layers"]), device=latents.device,
+                                                       dtype=latents.dtype))
 
 
 def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -199,6 +230,9 @@ TRANSFORMERS = {
     "ltx2": ("LTX2VideoTransformer3DModel", _ltx2_inputs),
     "cogvideox": ("CogVideoXTransformer3DModel", _cogvideox_inputs),
     "hunyuan15": ("HunyuanVideo15Transformer3DModel", _hunyuan15_inputs),
+    "wan_vace": ("WanVACETransformer3DModel", _wan_vace_inputs),
+    # SkyReelsV2Pipeline (T2V) calls it as WanPipeline does: no diffusion forcing, no fps (inject_sample_info=False)
+    "skyreels_v2": ("SkyReelsV2Transformer3DModel", _wan_inputs),
 }
 
 
@@ -328,7 +362,7 @@ def run_model(name: str, args, device, dtype) -> dict:
         record(f"draft {s}", draft(sparsity=s, backend=args.backend, dense_steps_fraction=0.0))
     if args.compile:
         res["compile"] = compile_runs(model, kw, device, args)
-    del model
+    model = None  # free the weights (a `del` would make pyflakes flag the closures above as undefined names)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -436,8 +470,9 @@ def markdown(results, meta) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"])
-    p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS),
+                   help=f"default: {' '.join(DEFAULT_MODELS)} (with --tiny: {' '.join(TINY_MODELS)})")
+    p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (the rows above, or --models)")
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     p.add_argument("--backend", default="auto", help="sparse backend for draft attention (default: auto)")
     p.add_argument("--reps", type=int, default=1)
@@ -453,8 +488,9 @@ def main(argv=None) -> None:
     if args.warmup < 1 or (args.warmup_large is not None and args.warmup_large < 1):
         p.error("--warmup and --warmup-large must be >= 1: a setting timed on its first forward at a new shape "
                 "would include flash-attn-4's / FlexAttention's JIT compile (and depend on the run order)")
+    if args.models is None:
+        args.models = TINY_MODELS if args.tiny else DEFAULT_MODELS
     if args.tiny:
-        args.models = ["tiny-wan", "tiny-hunyuan"]
         args.backend = "reference" if not torch.cuda.is_available() else args.backend
         if not torch.cuda.is_available() and args.compile_backends == ["fa4", "flex"]:
             args.compile_backends = ["reference"]

@@ -350,3 +350,46 @@ def test_build_tile_mask_drops_wholly_padded_key_tiles_for_every_backend():
     keep = torch.ones(1, 1, 1, 1, dtype=torch.bool)
     tiles = build_tile_mask(keep, lay, torch.tensor([128 + 100]))
     assert tiles.kept[0, 0, :, 1].all() and not tiles.kept[0, 0, :, 2:].any()
+
+
+@pytest.mark.parametrize("in_tile_order", [False, True])
+def test_queries_text_first_give_the_same_rows(in_tile_order):
+    # q as [text, video] (the kernel starts the dense text rows first), k/v as [video, text]: every token gets the
+    # same output. A ragged grid (edge tiles) whose last video tile is partial and shares a tile with the text,
+    # several regions per frame, and padded keys.
+    grid, text_len = VideoGrid(2, 12, 36), 256
+    lay = get_layout(grid, text_len, (8, 16))
+    assert lay.num_video_tokens % 128 and lay.queries_text_first_ok
+    B, S, H, D = 2, lay.seq_len, 2, 32
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, S, H, D) for _ in range(3))
+    kl = torch.tensor([S - 100, S])
+    config = DraftAttentionConfig(sparsity=0.6, backend="reference")
+    ref, ref_tiles = draft_attention(q, k, v, grid, config, text_len=text_len, key_lengths=kl)
+    q_text_first = torch.cat([q[:, -text_len:], q[:, :-text_len]], dim=1)
+    if in_tile_order:
+        out, tiles = draft_attention(q_text_first[:, lay.text_first_perm], k[:, lay.perm], v[:, lay.perm], grid,
+                                     config, text_len=text_len, key_lengths=kl, in_tile_order=True,
+                                     queries_text_first=True)
+        out = out[:, lay.text_first_inv_perm]
+    else:
+        out, tiles = draft_attention(q_text_first, k, v, grid, config, text_len=text_len, key_lengths=kl,
+                                     queries_text_first=True)
+    assert tiles.queries_text_first and tiles.video_rows == slice(2, 2 + lay.num_video_tiles)
+    assert torch.equal(tiles.kept[:, :, tiles.video_rows], ref_tiles.kept[:, :, :lay.num_video_tiles])
+    assert tiles.kept[:, :, :2].sum() == ref_tiles.kept[:, :, -2:].sum()  # text rows: every live key tile
+    assert 0.5 < tiles.mean_sparsity < 0.7
+    back = torch.cat([out[:, text_len:], out[:, :text_len]], dim=1)
+    torch.testing.assert_close(back, ref, atol=1e-5, rtol=1e-5)
+    # FlexAttention (eager on CPU) reads the rows the same way
+    qp, kp, vp = q_text_first[:, lay.text_first_perm], k[:, lay.perm], v[:, lay.perm]
+    torch.testing.assert_close(FlexBackend().forward(qp, kp, vp, tiles, kl, D ** -0.5),
+                               ReferenceBackend().forward(qp, kp, vp, tiles, kl, D ** -0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_queries_text_first_need_whole_text_tiles():
+    grid = VideoGrid(2, 8, 32)
+    q = torch.randn(1, grid.num_tokens + 100, 2, 32)
+    with pytest.raises(ValueError, match="expected text that fills whole 128-token tiles, got 100 text tokens"):
+        draft_attention(q, q, q, grid, DraftAttentionConfig(sparsity=0.5, backend="reference"), text_len=100,
+                        queries_text_first=True)

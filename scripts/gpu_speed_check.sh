@@ -11,8 +11,11 @@
 #   wan14b-fbcache  Wan 14B: First Block Cache on MagCache's published schedule with regional compile (MagCache's
 #                own hooks are compiler-disabled in diffusers), with and without draft attention, and the default
 #   families     one forward per setting (default, flash-attn-4 dense, draft 0.9) of the newer families at their
-#                published sizes, one model per run (HunyuanVideo-1.5 last: diffusers' default attention builds a
-#                [B, 1, S, S] mask there, ~13 GB per call: its warm-up and timed forward did not finish in 100 s)
+#                published sizes, one model per run: LTX-Video, CogVideoX 1.5, LTX-2, Wan VACE, SkyReels-V2
+#   hunyuan      the HunyuanVideo 720p loop: default, flash-attn-4 dense, draft attention
+#   hunyuan-kernel  queries text first on the GPU backends (test), the attention call at HunyuanVideo 720p (text
+#                queries first against video first), then HunyuanVideo-1.5's forward per setting (its default
+#                attention builds a [B, 1, S, S] mask, ~13 GB per call: minutes, not seconds)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -21,7 +24,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families}
+stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -31,6 +34,16 @@ run() {  # name, timeout seconds, command...
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "=== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
+}
+
+e2e_models() {  # model:seconds ...: one benchmark_e2e run per model, each with its own time limit
+  local entry m
+  for entry in "$@"; do
+    m=${entry%%:*}
+    run "e2e_$m" "${entry##*:}" python3 scripts/benchmark_e2e.py --models "$m" --sparsities 0.9 --reps 1 --warmup 1 \
+      --skip-cudnn --out "$OUT/e2e_$m.md"
+    grep -E "^\|" "$OUT/e2e_$m.md" 2>/dev/null | tail -n +3
+  done
 }
 
 case $stage in
@@ -61,13 +74,21 @@ case $stage in
     cat "$OUT/p14f/benchmark_pipeline.md" 2>/dev/null
     ;;
   families)
-    # model:seconds (HunyuanVideo-1.5's default forward runs SDPA with its [B, 1, S, S] mask: ~40 s estimated)
-    for entry in ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 hunyuan15-720p:260; do
-      m=${entry%%:*}
-      run "e2e_$m" "${entry##*:}" python3 scripts/benchmark_e2e.py --models $m --sparsities 0.9 --reps 1 --warmup 1 \
-        --skip-cudnn --out "$OUT/e2e_$m.md"
-      grep -E "^\|" "$OUT/e2e_$m.md" 2>/dev/null | tail -n +3
-    done
+    e2e_models ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 wan-vace14b-720p:100 skyreels-v2-14b-720p:130
+    ;;
+  hunyuan)
+    run pipeline_hunyuan 560 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode --warmup-steps 1 \
+      --budget-s 550 --settings default@2,fa4-dense@2,draft@4 --out "$OUT/phv"
+    cat "$OUT/phv/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  hunyuan-kernel)
+    run gpu_text_first 90 python3 -m pytest tests/gpu/test_gpu_backends.py -q -x -rs -p no:cacheprovider -k text_first
+    tail -3 "$OUT/gpu_text_first.log"
+    run attention_hv 120 python3 scripts/benchmark_attention.py --shapes hunyuan-720p --backends fa4 --sparsities 0.9 \
+      --out "$OUT/attention_hv.md"
+    cat "$OUT/attention_hv.md" 2>/dev/null
+    # HunyuanVideo-1.5's default forward runs SDPA with its [B, 1, S, S] mask
+    e2e_models hunyuan15-720p:300
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -92,7 +92,6 @@ def draft_attention(
     draft_timer: StageTimer | None = None,
     check_key_lengths: bool = True,
     in_tile_order: bool = False,
-    queries_text_first: bool = False,
 ) -> tuple[torch.Tensor, TileMask]:
     """Draft attention over one video (+ trailing text) sequence.
 
@@ -109,11 +108,6 @@ def draft_attention(
             once per forward pass False.
         in_tile_order: q, k, v are already in tile order (``x[:, layout.perm]``, e.g. the transformer reordered its
             tokens once per forward); the output is then returned in tile order too.
-        queries_text_first: ``q`` (and so the output) is ``[text, video]`` while ``k, v`` stay ``[video, text]``;
-            needs text that fills whole tiles (:attr:`.TokenLayout.queries_text_first_ok`). The same result, row for
-            row, as video first: it lets a block-sparse kernel start the long dense text rows first (HunyuanVideo:
-            930 key tiles against ~93 for a video row) instead of ending each call with them. A family that
-            concatenates its streams itself gets it without a copy.
 
     Returns:
         ``(out, tiles)``: ``out`` ``[B, S, H, D]`` in the original token order and ``q.dtype``; ``tiles`` the
@@ -135,9 +129,6 @@ def draft_attention(
     """
     check_inputs(q, k, v, grid, text_len, key_lengths, check_key_lengths)
     layout = get_layout(grid, text_len, config.region_size, q.device)
-    if queries_text_first and not layout.queries_text_first_ok:
-        raise ValueError(f"queries_text_first: expected text that fills whole {layout.tile_size}-token tiles, got "
-                         f"{text_len} text tokens; hand the queries video first")
     if layout.num_video_tiles == 0:
         raise ValueError(f"grid {grid.frames} x {grid.height} x {grid.width} has {grid.num_tokens} video tokens, fewer "
                          f"than one {layout.tile_size}-token tile before the {text_len} text tokens: draft attention "
@@ -146,15 +137,11 @@ def draft_attention(
     backend = resolve_backend(config.backend, inputs)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
-    q_perm, q_inv = ((layout.text_first_perm, layout.text_first_inv_perm) if queries_text_first
-                     else (layout.perm, layout.inv_perm))
-    qp, kp, vp = (q, k, v) if in_tile_order else (q.index_select(1, q_perm), k.index_select(1, layout.perm),
-                                                   v.index_select(1, layout.perm))
+    qp, kp, vp = (q, k, v) if in_tile_order else (x.index_select(1, layout.perm) for x in (q, k, v))
     timed = draft_timer is not None and not torch.compiler.is_compiling()  # CUDA events would break the graph
     token = draft_timer.start(q.device) if timed else None
-    tiles = select_tiles(qp, kp, layout, config.sparsity, config.selection, config.pooling, scale, key_lengths,
-                         queries_text_first)
+    tiles = select_tiles(qp, kp, layout, config.sparsity, config.selection, config.pooling, scale, key_lengths)
     if timed:
         draft_timer.stop(token)
     out = backend.forward(qp, kp, vp, tiles, key_lengths, scale)
-    return (out if in_tile_order else out.index_select(1, q_inv)), tiles
+    return (out if in_tile_order else out.index_select(1, layout.inv_perm)), tiles

@@ -42,10 +42,9 @@ SHAPES = {
     # small shapes for CPU runs
     "cpu-small": (2, (2, 16, 32), 0),
     "cpu-small-text": (2, (2, 15, 26), 40),
-    "cpu-small-text-tiles": (2, (2, 16, 32), 128),  # text of whole tiles: queries text first run too
 }
 GPU_SHAPES = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p", "hunyuan-768p"]
-CPU_SHAPES = ["cpu-small", "cpu-small-text", "cpu-small-text-tiles"]
+CPU_SHAPES = ["cpu-small", "cpu-small-text"]
 
 
 class Timing(float):
@@ -179,25 +178,6 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> tu
             add(f"{n} +draft", sparsity, timed(call, device, reps))
             add(f"{n} +draft+gather", sparsity,
                 timed(lambda: draft_attention(q, k, v, grid, cfg, text_len=text, scale=scale), device, reps))
-            if lay.queries_text_first_ok:  # queries [text, video] (k, v unchanged): the text rows launch first
-                nv = grid.num_tokens
-                qt = torch.cat([qp[:, nv:], qp[:, :nv]], dim=1)
-
-                def call_text_first():
-                    t = select_tiles(qt, kp, lay, sparsity, "topk", "avg", scale, queries_text_first=True)
-                    return backend.forward(qt, kp, vp, t, None, scale)
-
-                out_t = call_text_first()
-                ref_o = outputs[(n, sparsity)]
-                d = ((torch.cat([out_t[:, text:], out_t[:, :text]], 1).float() - ref_o.float()).abs().max()
-                     / ref_o.float().abs().max()).item()
-                print(f"  check {n} text queries first vs video first at {sparsity}: max rel diff {d:.2e}")
-                if hasattr(backend, "plan"):
-                    plan_t = backend.plan(select_tiles(qt, kp, lay, sparsity, "topk", "avg", scale,
-                                                       queries_text_first=True), None)
-                    add(f"{n} kernel, text q first", sparsity,
-                        timed(lambda: backend.run(qt, kp, vp, plan_t, scale), device, reps))
-                add(f"{n} +draft, text q first", sparsity, timed(call_text_first, device, reps))
         parts.append(part)
     # cross-check the backends on the same tiles (and against the reference where it is cheap)
     for sparsity in args.sparsities:

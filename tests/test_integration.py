@@ -180,40 +180,6 @@ def test_sparse_layer_equals_reference_on_the_same_mask(pipe, monkeypatch, reord
         assert (out.double() - ref).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("reorder", ["per_forward", "per_call"])
-def test_hunyuan_queries_text_first_change_no_output(hunyuan, monkeypatch, reorder):
-    # A prompt of whole text tiles (128 tokens, 100 real): the family hands queries [text, video] to the sparse
-    # calls (the kernel then starts the long text rows first); dense calls and observed runs keep video first.
-    kw = tiny_prompt_kwargs(hunyuan, text_len=128, valid_len=100)
-    size = dict(height=240, width=416, num_frames=5)  # 15 x 26 tokens per frame: ragged regions, 2 per frame
-    flags = []
-    real = processor_module.draft_attention
-
-    def spy(*args, **kwargs):
-        flags.append(kwargs["queries_text_first"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(processor_module, "draft_attention", spy)
-    outs = {}
-    for text_first in (True, False):
-        if not text_first:
-            monkeypatch.setattr(DraftAttnProcessor, "_prefers_queries_text_first", lambda self, dense, n: False)
-        with draft_attention_enabled(hunyuan, sparsity=0.6, dense_steps_fraction=0.5, reorder=reorder,
-                                     backend="reference"):
-            outs[text_first], _ = run(hunyuan, steps=2, size=size, **kw)
-            assert get_draft_stats(hunyuan).summary()["fallbacks"] == {}
-        assert flags and all(f is text_first for f in flags)
-        flags.clear()
-    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
-    monkeypatch.undo()
-    with draft_attention_enabled(hunyuan, sparsity=0.6, dense_steps_fraction=0.0, backend="reference"):
-        events = []
-        get_draft_processor(hunyuan).add_observer(events.append)
-        monkeypatch.setattr(processor_module, "draft_attention", spy)
-        run(hunyuan, steps=1, size=size, **kw)
-    assert events and not any(flags)  # observers see q video first, like k and v
-
-
 def test_per_forward_and_per_call_reordering_agree(pipe):
     size = dict(height=240, width=416, num_frames=5)
     outs = {}

@@ -58,9 +58,6 @@ class TokenLayout:
             ``num_video_tiles`` on hold text tokens and are always computed (dense rows and columns).
         num_full_region_tiles: tiles that are exactly one full ``rh x rw`` region; the rest are edge tiles.
         tile_counts: float ``[num_video_tiles]``, tokens in each video tile (the last may be partial).
-        text_first_perm, text_first_inv_perm: int64 ``[S]`` or None: the same for *queries* handed text first
-            (``[text, video]``, see :attr:`queries_text_first_ok`): ``q[:, text_first_perm]`` is ``[text, video in
-            tile order]`` and ``y[:, text_first_inv_perm]`` undoes it.
     """
 
     grid: VideoGrid
@@ -73,16 +70,6 @@ class TokenLayout:
     num_video_tiles: int
     num_full_region_tiles: int
     tile_counts: torch.Tensor
-    text_first_perm: torch.Tensor | None = None
-    text_first_inv_perm: torch.Tensor | None = None
-
-    @property
-    def queries_text_first_ok(self) -> bool:
-        """Queries may come text first (``[text, video]``, keys staying ``[video, text]``) when the text fills whole
-        tiles: the video query tiles then stay the same token sets, one row further down per text tile. Block-sparse
-        kernels launch query tiles in order, so the long dense text rows then start first instead of forming the
-        kernel's tail."""
-        return self.text_len > 0 and self.text_len % self.tile_size == 0
 
     @property
     def seq_len(self) -> int:
@@ -141,13 +128,6 @@ def get_layout(grid: VideoGrid, text_len: int = 0, region_size: tuple[int, int] 
     if not text_len and nv % tile:
         counts[-1] = float(nv % tile)
     device = torch.device(device)
-    text_first = text_first_inv = None
-    if text_len and text_len % tile == 0:
-        text_first = torch.cat([torch.arange(text_len), text_len + vperm])  # queries [text, video] -> tile order
-        text_first_inv = torch.empty_like(text_first)
-        text_first_inv[text_first] = torch.arange(seq)
-        text_first, text_first_inv = text_first.to(device), text_first_inv.to(device)
     return TokenLayout(grid=grid, text_len=text_len, region_size=region_size, tile_size=tile,
                        perm=perm.to(device), inv_perm=inv.to(device), num_tiles=num_tiles,
-                       num_video_tiles=num_video_tiles, num_full_region_tiles=n_full, tile_counts=counts.to(device),
-                       text_first_perm=text_first, text_first_inv_perm=text_first_inv)
+                       num_video_tiles=num_video_tiles, num_full_region_tiles=n_full, tile_counts=counts.to(device))

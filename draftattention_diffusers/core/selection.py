@@ -23,21 +23,11 @@ class TileMask:
             columns of text tiles are True; key tiles made only of padded keys are False.
         layout: the :class:`TokenLayout` it belongs to.
         video_sparsity: float ``[B, H]``, fraction of video-video tiles skipped (achieved, not requested).
-        queries_text_first: the rows follow queries handed ``[text, video]`` (see
-            :attr:`.TokenLayout.queries_text_first_ok`): the ``text_len / tile_size`` text rows come first and the
-            video rows start there; columns are unchanged.
     """
 
     kept: torch.Tensor
     layout: TokenLayout
     video_sparsity: torch.Tensor
-    queries_text_first: bool = False
-
-    @property
-    def video_rows(self) -> slice:
-        """The rows of ``kept`` that belong to the video query tiles that take part in the draft map."""
-        start = self.layout.text_len // self.layout.tile_size if self.queries_text_first else 0
-        return slice(start, start + self.layout.num_video_tiles)
 
     @property
     def mean_sparsity(self) -> float:
@@ -121,43 +111,35 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
     raise ValueError(f"selection={rule!r}: expected 'topk', 'paper', 'row_topk' or 'topk_heads'")
 
 
-def build_tile_mask(video_keep: torch.Tensor, layout: TokenLayout, key_lengths: torch.Tensor | None = None,
-                    queries_text_first: bool = False) -> TileMask:
+def build_tile_mask(video_keep: torch.Tensor, layout: TokenLayout, key_lengths: torch.Tensor | None = None
+                    ) -> TileMask:
     """Embed video-video decisions ``[B, H, g, g]`` in the full ``[B, H, T, T]`` tile grid.
 
     Text tiles attend and are attended densely; key tiles that hold only padded keys (``>= key_lengths[b]``) are
-    dropped. ``video_sparsity`` is measured on ``video_keep``. ``queries_text_first``: rows for queries handed
-    ``[text, video]`` (the layout must allow it: :attr:`.TokenLayout.queries_text_first_ok`).
+    dropped. ``video_sparsity`` is measured on ``video_keep``.
     """
     B, H, g, _ = video_keep.shape
     T = layout.num_tiles
-    if queries_text_first and not layout.queries_text_first_ok:
-        raise ValueError(f"queries text first need text that fills whole tiles: {layout.text_len} text tokens, "
-                         f"tiles of {layout.tile_size}")
-    r = layout.text_len // layout.tile_size if queries_text_first else 0  # first video row
     if T == g:
         kept = video_keep.clone()
     else:
         kept = torch.ones(B, H, T, T, dtype=torch.bool, device=video_keep.device)
-        kept[:, :, r:r + g, :g] = video_keep
+        kept[:, :, :g, :g] = video_keep
     if key_lengths is not None:
         tile_start = torch.arange(T, device=kept.device) * layout.tile_size
         live = tile_start.view(1, T) < key_lengths.view(B, 1).to(kept.device)  # [B, T]
         kept &= live.view(B, 1, 1, T)
     sparsity = 1.0 - video_keep.float().mean(dim=(-1, -2))
-    return TileMask(kept=kept, layout=layout, video_sparsity=sparsity, queries_text_first=queries_text_first)
+    return TileMask(kept=kept, layout=layout, video_sparsity=sparsity)
 
 
 def select_tiles(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, sparsity: float, rule: str = "topk",
-                 pooling: str = "avg", scale: float | None = None, key_lengths: torch.Tensor | None = None,
-                 queries_text_first: bool = False) -> TileMask:
-    """The whole draft step on permuted ``q, k [B, S, H, D]``: pool, score, select, embed text tiles.
-
-    ``queries_text_first``: ``q`` is ``[text, video in tile order]`` (k stays ``[video in tile order, text]``)."""
+                 pooling: str = "avg", scale: float | None = None, key_lengths: torch.Tensor | None = None
+                 ) -> TileMask:
+    """The whole draft step on permuted ``q, k [B, S, H, D]``: pool, score, select, embed text tiles."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q_video = q[:, layout.text_len:] if queries_text_first else q  # a view: pooling reads the video tiles only
-    scores = draft_scores(pool_tiles(q_video, layout, pooling), pool_tiles(k, layout, pooling), scale)
-    return build_tile_mask(select_video_tiles(scores, sparsity, rule), layout, key_lengths, queries_text_first)
+    scores = draft_scores(pool_tiles(q, layout, pooling), pool_tiles(k, layout, pooling), scale)
+    return build_tile_mask(select_video_tiles(scores, sparsity, rule), layout, key_lengths)
 
 
 def tile_mask_to_token_mask(kept: torch.Tensor, tile_size: int, seq_len: int) -> torch.Tensor:

@@ -355,7 +355,7 @@ class DraftAttnProcessor:
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
         # every family hands `attend` video first, then text (one with leading text reorders its own q, k, v)
-        attend = _Attend(self, attn, role, dense, kernel)
+        attend = partial(self._attend, attn, role, dense, kernel)
         return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
 
     def _forward_kernel(self, transformer, x: torch.Tensor) -> str | None:
@@ -390,22 +390,14 @@ class DraftAttnProcessor:
         return self._dense_kernels[key]
 
     def _attend(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
-                attention_mask, queries_text_first: bool = False):
+                attention_mask):
         q, k, v = _one_dtype(q, k, v)
         if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
-            if queries_text_first:  # (never preferred here: the all-to-all interleaves the streams per rank)
-                q = _move_text(q, text_len, to_front=False)
-            out = self._cp.attend(q, k, v, partial(self._attend_full, attn, role, dense, kernel))
-            return _move_text(out, text_len, to_front=True) if queries_text_first else out
-        return self._attend_full(attn, role, dense, kernel, q, k, v, text_len, attention_mask, queries_text_first)
-
-    def _prefers_queries_text_first(self, dense: bool, text_len: int) -> bool:
-        tile = self.config.region_size[0] * self.config.region_size[1]
-        return (not dense and text_len > 0 and text_len % tile == 0 and self._cp is None and not self._observers
-                and self.grid is not None and self.grid.num_tokens >= tile)
+            return self._cp.attend(q, k, v, partial(self._attend_full, attn, role, dense, kernel))
+        return self._attend_full(attn, role, dense, kernel, q, k, v, text_len, attention_mask)
 
     def _attend_full(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
-                     attention_mask, queries_text_first: bool = False):
+                     attention_mask):
         key_lengths = self._key_lengths(attention_mask, q.shape[1]) if attention_mask is not None else None
         padding_mask = key_lengths is not False  # no mask, or a key-padding suffix that key_lengths describes
         key_lengths = key_lengths if padding_mask else None
@@ -439,12 +431,9 @@ class DraftAttnProcessor:
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
-                                         in_tile_order=in_tile_order, queries_text_first=queries_text_first)
+                                         in_tile_order=in_tile_order)
             count_call(attn, (tiles if self._cp is None else self._cp.global_tiles(tiles)).video_sparsity)
         if self._observers:
-            if queries_text_first:  # (never preferred with observers) they see q video first, as k and v
-                q = _move_text(q, text_len, to_front=False)
-                tiles = None if tiles is None else _video_first_rows(tiles)
             if in_tile_order:  # observers see diffusers' token order
                 inv = get_layout(grid, text_len, self.config.region_size, q.device).inv_perm
                 q, k, v = (x.index_select(1, inv) for x in (q, k, v))
@@ -529,37 +518,6 @@ def _pick_dense_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) 
     probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
     return None if get_backend("fa4").not_supported_reasons(AttentionInputs.from_tensors(probe, probe, 128)) \
         else "fa4"
-
-
-class _Attend:
-    """The ``attend`` a family's ``self_attention`` calls (:class:`~draftattention_diffusers.models.base.AttendFn`)
-    for one attention call of a processor."""
-
-    __slots__ = ("processor", "attn", "role", "dense", "kernel")
-
-    def __init__(self, processor: DraftAttnProcessor, attn, role: AttentionRole, dense: bool, kernel: str | None):
-        self.processor, self.attn, self.role, self.dense, self.kernel = processor, attn, role, dense, kernel
-
-    def __call__(self, q, k, v, text_len: int, attention_mask, queries_text_first: bool = False):
-        return self.processor._attend(self.attn, self.role, self.dense, self.kernel, q, k, v, text_len,
-                                      attention_mask, queries_text_first)
-
-    def prefers_queries_text_first(self, text_len: int) -> bool:
-        return self.processor._prefers_queries_text_first(self.dense, text_len)
-
-
-def _move_text(x: torch.Tensor, text_len: int, to_front: bool) -> torch.Tensor:
-    """``[video, text] -> [text, video]`` along dim 1 (``to_front``), or back (a copy)."""
-    if to_front:
-        return torch.cat([x[:, -text_len:], x[:, :-text_len]], dim=1)
-    return torch.cat([x[:, text_len:], x[:, :text_len]], dim=1)
-
-
-def _video_first_rows(tiles):
-    """A :class:`TileMask` built for queries text first, with its rows back in the video-first order."""
-    r = tiles.layout.text_len // tiles.layout.tile_size
-    kept = torch.cat([tiles.kept[:, :, r:], tiles.kept[:, :, :r]], dim=2)
-    return dataclasses.replace(tiles, kept=kept, queries_text_first=False)
 
 
 def _one_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

@@ -8,25 +8,14 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from ..core.layout import VideoGrid
 
-class AttendFn(Protocol):
-    """What a family's ``self_attention`` calls in place of the model's attention (the processor supplies it)."""
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int, attention_mask: Any,
-                 queries_text_first: bool = False) -> torch.Tensor:
-        """``[B, S, H, D]`` q, k, v, video tokens first, then ``text_len`` text tokens -> out ``[B, S, H, D]`` in the
-        order of q. ``queries_text_first``: q is ``[text, video]`` (k, v unchanged), only where
-        :meth:`prefers_queries_text_first` said so."""
-
-    def prefers_queries_text_first(self, text_len: int) -> bool:
-        """True where queries handed ``[text, video]`` make this call faster (a sparse call whose text fills whole
-        tiles: the kernel then starts the long text rows first). A family that concatenates its streams itself can
-        do it without a copy; any other keeps video first."""
+# attend(q, k, v, text_len, attention_mask) -> out [B, S, H, D] in the order of q
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -193,17 +193,14 @@ class HunyuanVideoFamily(ModelFamily):
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # Steps 1-4 and 6 of diffusers' HunyuanVideoAttnProcessor2_0; step 5 (attention) is `attend`.
         text_len = encoder_hidden_states.shape[1]
-        # queries [text, video] where the kernel prefers it (its long dense text rows then start first): the
-        # concatenations below are needed anyway, so the order costs nothing; keys and values stay [video, text]
-        text_first = rope is not None and attend.prefers_queries_text_first(text_len)
         single_stream = attn.add_q_proj is None
         if single_stream:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
         query, key, value = _qkv(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
         if rope is not None:
             if single_stream:
-                q_parts = [apply_rotary_emb(query[:, :-text_len], rope, sequence_dim=1), query[:, -text_len:]]
-                query = torch.cat(q_parts[::-1] if text_first else q_parts, dim=1)
+                query = torch.cat([apply_rotary_emb(query[:, :-text_len], rope, sequence_dim=1),
+                                   query[:, -text_len:]], dim=1)
                 key = torch.cat([apply_rotary_emb(key[:, :-text_len], rope, sequence_dim=1),
                                  key[:, -text_len:]], dim=1)
             else:
@@ -212,14 +209,11 @@ class HunyuanVideoFamily(ModelFamily):
         if not single_stream:
             eq, ek, ev = _qkv(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
                               (attn.norm_added_q, attn.norm_added_k))
-            query = torch.cat((eq, query) if text_first else (query, eq), dim=1)
-            key, value = torch.cat((key, ek), dim=1), torch.cat((value, ev), dim=1)
+            query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
-        out = attend(query, key, value, text_len, attention_mask, queries_text_first=text_first)
+        out = attend(query, key, value, text_len, attention_mask)
         out = out.flatten(2, 3).to(query.dtype)
 
-        if text_first:
-            return project_streams(attn, out[:, text_len:], out[:, :text_len])
         return project_streams(attn, out[:, :-text_len], out[:, -text_len:])
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):

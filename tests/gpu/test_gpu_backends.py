@@ -101,25 +101,6 @@ def test_entry_point_matches_reference_backend(name):
     assert rel_err(out, ref) <= get_backend(name).tolerance["bfloat16"]
 
 
-@pytest.mark.parametrize("name", GPU_BACKENDS)
-def test_queries_text_first_match_video_first(name):
-    # q as [text, video] (k, v as [video, text]): the same output per token; padded keys (varlen in fa4), a partial
-    # last video tile that shares a tile with the text
-    grid, text = VideoGrid(3, 30, 52), 256
-    B, H, D = 2, 4, 128
-    torch.manual_seed(4)
-    q, k, v = (torch.randn(B, grid.num_tokens + text, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    kl = torch.tensor([grid.num_tokens + 200, grid.num_tokens + 5], device="cuda", dtype=torch.int32)
-    require(name, AttentionInputs.from_tensors(q, v, 128, True))
-    cfg = DraftAttentionConfig(sparsity=0.9, backend=name)
-    ref, _ = draft_attention(q, k, v, grid, cfg, text_len=text, key_lengths=kl)
-    q_text_first = torch.cat([q[:, -text:], q[:, :-text]], dim=1)
-    out, tiles = draft_attention(q_text_first, k, v, grid, cfg, text_len=text, key_lengths=kl,
-                                 queries_text_first=True)
-    assert tiles.queries_text_first
-    assert rel_err(torch.cat([out[:, text:], out[:, :text]], dim=1), ref) <= get_backend(name).tolerance["bfloat16"]
-
-
 @pytest.mark.parametrize("dtype,padded", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float16, True)])
 def test_fa4_dense_matches_reference(dtype, padded):
     torch.manual_seed(4)

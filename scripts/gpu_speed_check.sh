@@ -13,9 +13,8 @@
 #   families     one forward per setting (default, flash-attn-4 dense, draft 0.9) of the newer families at their
 #                published sizes, one model per run: LTX-Video, CogVideoX 1.5, LTX-2, Wan VACE, SkyReels-V2
 #   hunyuan      the HunyuanVideo 720p loop: default, flash-attn-4 dense, draft attention
-#   hunyuan-kernel  queries text first on the GPU backends (test), the attention call at HunyuanVideo 720p (text
-#                queries first against video first), then HunyuanVideo-1.5's forward per setting (its default
-#                attention builds a [B, 1, S, S] mask, ~13 GB per call: minutes, not seconds)
+#   hunyuan-kernel  the attention call at HunyuanVideo 720p, then HunyuanVideo-1.5's forward per setting (its
+#                default attention builds a [B, 1, S, S] mask, ~13 GB per call: minutes, not seconds)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -82,8 +81,6 @@ case $stage in
     cat "$OUT/phv/benchmark_pipeline.md" 2>/dev/null
     ;;
   hunyuan-kernel)
-    run gpu_text_first 90 python3 -m pytest tests/gpu/test_gpu_backends.py -q -x -rs -p no:cacheprovider -k text_first
-    tail -3 "$OUT/gpu_text_first.log"
     run attention_hv 120 python3 scripts/benchmark_attention.py --shapes hunyuan-720p --backends fa4 --sparsities 0.9 \
       --out "$OUT/attention_hv.md"
     cat "$OUT/attention_hv.md" 2>/dev/null

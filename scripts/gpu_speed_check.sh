@@ -73,7 +73,7 @@ case $stage in
     cat "$OUT/p14f/benchmark_pipeline.md" 2>/dev/null
     ;;
   families)
-    e2e_models ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 wan-vace14b-720p:100 skyreels-v2-14b-720p:130
+    e2e_models ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 wan-vace14b-720p:100 skyreels-v2-14b-720p:160
     ;;
   hunyuan)
     run pipeline_hunyuan 560 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode --warmup-steps 1 \

@@ -148,52 +148,54 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> tu
     lay = get_layout(grid, text, (8, 16), device)
     qp, kp, vp = (x.index_select(1, lay.perm) for x in (q, k, v))
     outputs = {}
-    for sparsity in args.sparsities:
-        tiles = select_tiles(qp, kp, lay, sparsity, "topk", "avg", scale)
-        draft_ms = timed(lambda: select_tiles(qp, kp, lay, sparsity, "topk", "avg", scale), device, reps)
-        gather_ms = timed(lambda: [x.index_select(1, lay.perm) for x in (q, k, v)] + [q.index_select(1, lay.inv_perm)],
-                          device, reps)
-        part = {"shape": label, "sparsity": sparsity, "achieved": round(tiles.mean_sparsity, 4),
-                "draft map + selection": draft_ms, "gathers q,k,v + output": gather_ms}
-        for n in ok:
-            backend = get_backend(n)
-            cfg = DraftAttentionConfig(sparsity=sparsity, backend=n)
-            if hasattr(backend, "plan"):
-                plan = backend.plan(tiles, None)
-                part[f"{n} tile structures"] = timed(lambda: backend.plan(tiles, None), device, reps)
-                add(f"{n} kernel", sparsity, timed(lambda: backend.run(qp, kp, vp, plan, scale), device, reps))
-                outputs[(n, sparsity)] = backend.run(qp, kp, vp, plan, scale)
+    for rule in args.selections:
+        tag = "" if rule == "topk" else f" [{rule}]"  # rows of the default rule keep their plain names
+        for sparsity in args.sparsities:
+            tiles = select_tiles(qp, kp, lay, sparsity, rule, "avg", scale)
+            draft_ms = timed(lambda: select_tiles(qp, kp, lay, sparsity, rule, "avg", scale), device, reps)
+            gather_ms = timed(lambda: [x.index_select(1, lay.perm) for x in (q, k, v)]
+                              + [q.index_select(1, lay.inv_perm)], device, reps)
+            part = {"shape": label, "sparsity": sparsity, "selection": rule, "achieved": round(tiles.mean_sparsity, 4),
+                    "draft map + selection": draft_ms, "gathers q,k,v + output": gather_ms}
+            for n in ok:
+                backend = get_backend(n)
+                cfg = DraftAttentionConfig(sparsity=sparsity, backend=n, selection=rule)
+                if hasattr(backend, "plan"):
+                    plan = backend.plan(tiles, None)
+                    part[f"{n} tile structures"] = timed(lambda: backend.plan(tiles, None), device, reps)
+                    add(f"{n} kernel{tag}", sparsity, timed(lambda: backend.run(qp, kp, vp, plan, scale), device, reps))
+                    outputs[(n, sparsity, rule)] = backend.run(qp, kp, vp, plan, scale)
 
-                def call():
-                    t = select_tiles(qp, kp, lay, sparsity, "topk", "avg", scale)
-                    return backend.run(qp, kp, vp, backend.plan(t, None), scale)
-            else:
-                add(f"{n} kernel", sparsity, timed(lambda: backend.forward(qp, kp, vp, tiles, None, scale), device,
-                                                    reps))
-                outputs[(n, sparsity)] = backend.forward(qp, kp, vp, tiles, None, scale)
+                    def call():
+                        t = select_tiles(qp, kp, lay, sparsity, rule, "avg", scale)
+                        return backend.run(qp, kp, vp, backend.plan(t, None), scale)
+                else:
+                    add(f"{n} kernel{tag}", sparsity,
+                        timed(lambda: backend.forward(qp, kp, vp, tiles, None, scale), device, reps))
+                    outputs[(n, sparsity, rule)] = backend.forward(qp, kp, vp, tiles, None, scale)
 
-                def call():
-                    t = select_tiles(qp, kp, lay, sparsity, "topk", "avg", scale)
-                    return backend.forward(qp, kp, vp, t, None, scale)
-            add(f"{n} +draft", sparsity, timed(call, device, reps))
-            add(f"{n} +draft+gather", sparsity,
-                timed(lambda: draft_attention(q, k, v, grid, cfg, text_len=text, scale=scale), device, reps))
-        parts.append(part)
+                    def call():
+                        t = select_tiles(qp, kp, lay, sparsity, rule, "avg", scale)
+                        return backend.forward(qp, kp, vp, t, None, scale)
+                add(f"{n} +draft{tag}", sparsity, timed(call, device, reps))
+                add(f"{n} +draft+gather{tag}", sparsity,
+                    timed(lambda: draft_attention(q, k, v, grid, cfg, text_len=text, scale=scale), device, reps))
+            parts.append(part)
     # cross-check the backends on the same tiles (and against the reference where it is cheap)
-    for sparsity in args.sparsities:
-        outs = {n: o for (n, s), o in outputs.items() if s == sparsity}
+    for sparsity, rule in ((s, r) for s in args.sparsities for r in args.selections):
+        outs = {n: o for (n, s, r), o in outputs.items() if (s, r) == (sparsity, rule)}
         if len(outs) > 1:
             base_name, base = next(iter(outs.items()))
             for n, o in outs.items():
                 if n != base_name:
                     d = ((o.float() - base.float()).abs().max() / base.float().abs().max()).item()
-                    print(f"  check {n} vs {base_name} at {sparsity}: max rel diff {d:.2e}")
+                    print(f"  check {n} vs {base_name} at {sparsity} ({rule}): max rel diff {d:.2e}")
     if S * heads * B <= 12 * 33_000 and "reference" not in ok and outputs:
-        sparsity = args.sparsities[-1]
-        tiles = select_tiles(qp, kp, lay, sparsity, "topk", "avg", scale)
+        sparsity, rule = args.sparsities[-1], args.selections[0]
+        tiles = select_tiles(qp, kp, lay, sparsity, rule, "avg", scale)
         ref = get_backend("reference").forward(qp, kp, vp, tiles, None, scale)
-        for (n, s), o in outputs.items():
-            if s == sparsity:
+        for (n, s, r), o in outputs.items():
+            if (s, r) == (sparsity, rule):
                 d = ((o.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
                 print(f"  check {n} vs reference at {sparsity}: max rel diff {d:.2e}")
     return rows, parts
@@ -247,14 +249,16 @@ def markdown(rows, parts, memory, meta) -> str:
         lines.append(f"| {r['shape']} | {r['method']} | {sp} | {r['ms']:.2f} | {ratio(fa4)} | {ratio(sd)} | "
                      f"{'-' if b2b is None else f'{b2b:.2f}'} | {ratio(fa4, 'ms_back_to_back')} |")
     if parts:
-        keys = [k for k in parts[0] if k not in ("shape", "sparsity", "achieved")]
+        label_keys = ("shape", "sparsity", "selection", "achieved")
+        keys = [k for k in parts[0] if k not in label_keys]
         for p in parts[1:]:
-            keys += [k for k in p if k not in keys and k not in ("shape", "sparsity", "achieved")]
+            keys += [k for k in p if k not in keys and k not in label_keys]
         lines += ["", "Overhead parts (ms):", "",
-                  "| shape | sparsity | achieved | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+                  "| shape | sparsity | selection | achieved | " + " | ".join(keys) + " |",
+                  "|---" * (4 + len(keys)) + "|"]
         for p in parts:
             vals = " | ".join(f"{p[k]:.2f}" if k in p else "-" for k in keys)
-            lines.append(f"| {p['shape']} | {p['sparsity']} | {p['achieved']} | {vals} |")
+            lines.append(f"| {p['shape']} | {p['sparsity']} | {p['selection']} | {p['achieved']} | {vals} |")
     if memory:
         lines += ["", "Extra memory of draft step + tile structures, hunyuan-720p, batch 2, sparsity 0.9, padded keys:",
                   "", "| backend | peak MiB | held MiB |", "|---|---|---|"]
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     p.add_argument("--backends", nargs="+", choices=list(BACKEND_NAMES),
                    help="sparse backends to time (default: every one that runs; reference only on CPU)")
+    p.add_argument("--selections", nargs="+", default=["topk"], choices=["topk", "paper", "row_topk", "topk_heads"],
+                   help="selection rules to time (default: topk, the default config's; others are labelled)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--reps", type=int, default=0, help="timed runs per row (default: 3 at large shapes, else 10)")

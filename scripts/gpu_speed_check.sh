@@ -13,6 +13,8 @@
 #   families     one forward per setting (default, flash-attn-4 dense, draft 0.9) of the newer families at their
 #                published sizes, one model per run: LTX-Video, CogVideoX 1.5, LTX-2, Wan VACE, SkyReels-V2
 #   hunyuan      the HunyuanVideo 720p loop: default, flash-attn-4 dense, draft attention
+#   kernel-rows  the attention call at 90% with topk (uneven rows) and row_topk (every row the same tile count), Wan 14B
+#                and HunyuanVideo 720p: how much of the kernel's distance from its tile count is row imbalance
 #   hunyuan-kernel  the attention call at HunyuanVideo 720p, then HunyuanVideo-1.5's forward per setting (its
 #                default attention builds a [B, 1, S, S] mask, ~13 GB per call: minutes, not seconds)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
@@ -23,7 +25,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel}
+stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -79,6 +81,11 @@ case $stage in
     run pipeline_hunyuan 560 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode --warmup-steps 1 \
       --budget-s 550 --settings default@2,fa4-dense@2,draft@4 --out "$OUT/phv"
     cat "$OUT/phv/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  kernel-rows)
+    run attention_rows 200 python3 scripts/benchmark_attention.py --shapes wan14b-720p hunyuan-720p --backends fa4 \
+      --sparsities 0.9 --selections topk row_topk --out "$OUT/attention_rows.md"
+    cat "$OUT/attention_rows.md" 2>/dev/null
     ;;
   hunyuan-kernel)
     run attention_hv 120 python3 scripts/benchmark_attention.py --shapes hunyuan-720p --backends fa4 --sparsities 0.9 \

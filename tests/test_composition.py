@@ -11,6 +11,7 @@ from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile
 
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
+from draftattention_diffusers.integration.stats import COUNTERS_ATTR
 from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
 STEPS = 6
@@ -309,7 +310,8 @@ def test_first_block_cache_and_regional_compile_workaround(monkeypatch, order):
 
 
 def test_torch_export_hunyuan_sparse():
-    """diffusers' test_compile_works_with_aot exports the model first: the text-mask check must stay host-free."""
+    """diffusers' test_compile_works_with_aot exports the model first: the text-mask check must stay host-free, and
+    the program must not update the statistics counters in place (AOTInductor refuses a mutated constant)."""
     t = build_tiny_pipeline("hunyuan").transformer
     kw = bare_inputs(t, "hunyuan")
     with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0):
@@ -317,6 +319,24 @@ def test_torch_export_hunyuan_sparse():
         with torch.no_grad():
             exported = torch.export.export(t, args=(), kwargs=kw)
         out = exported.module()(**kw)[0]
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    # the call counters stay out of the program: AOTInductor refuses one that updates a lifted constant in place
+    assert not [name for name in exported.constants if COUNTERS_ATTR in name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_aot_inductor_package_runs_sparse(family, tmp_path):
+    """diffusers' test_compile_works_with_aot: export, AOTInductor compile and package, load, run: equal to eager."""
+    t = build_tiny_pipeline(family).transformer
+    kw = bare_inputs(t, family)
+    with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0, region_size=(2, 4)):
+        eager = t(**kw)[0]
+        with torch.no_grad():
+            exported = torch.export.export(t, args=(), kwargs=kw)
+        path = torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp_path / "model.pt2"))
+        out = torch._inductor.aoti_load_package(path)(**kw)[0]
+        assert get_draft_stats(t).summary()["sparse_calls"] > 0  # the eager call ran sparse on a reordering grid
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 

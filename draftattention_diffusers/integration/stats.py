@@ -180,9 +180,11 @@ class DraftStats:
 
 def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
     """Count one video self-attention call on ``module``'s counters: sparse (with its achieved sparsity ``[B, H]``)
-    or dense (``sparsity`` None). Traceable by torch.compile (in-place adds on a tensor reached through the module)."""
+    or dense (``sparsity`` None). Traceable by torch.compile (in-place adds on a tensor reached through the module).
+    Not counted in ``torch.export``: export lifts the counters as constants, and AOTInductor refuses a program that
+    mutates a constant; an exported program runs without the processor's bookkeeping anyway."""
     counters = getattr(module, COUNTERS_ATTR, None)
-    if counters is None:
+    if counters is None or torch.compiler.is_exporting():
         return
     if sparsity is None:
         counters[1].add_(1.0)

@@ -11,6 +11,7 @@ from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile
 
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
+from draftattention_diffusers.core.layout import _cached_layout
 from draftattention_diffusers.integration.stats import COUNTERS_ATTR
 from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
@@ -314,14 +315,46 @@ def test_torch_export_hunyuan_sparse():
     the program must not update the statistics counters in place (AOTInductor refuses a mutated constant)."""
     t = build_tiny_pipeline("hunyuan").transformer
     kw = bare_inputs(t, "hunyuan")
+    _cached_layout.cache_clear()  # exported first, on an empty cache: export's fake tensors must not be cached
     with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0):
-        eager = t(**kw)[0]
         with torch.no_grad():
             exported = torch.export.export(t, args=(), kwargs=kw)
         out = exported.module()(**kw)[0]
+        eager = t(**kw)[0]
+    assert type(eager) is torch.Tensor  # not a FakeTensor left over from the export
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     # the call counters stay out of the program: AOTInductor refuses one that updates a lifted constant in place
     assert not [name for name in exported.constants if COUNTERS_ATTR in name]
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_of_diffusers_test_model(tmp_path):
+    """diffusers' own WanTransformer3D test model and inputs (tests/models/transformers/test_models_transformer_wan.py)
+    as its test_compile_works_with_aot runs them (deterministic algorithms, exported first, gradients enabled): 2 x 8 x
+    8 tokens, regions of 2 x 4 so that it is sparse. Its AOTInductor C++ wrapper failed to compile our selection's
+    scalar-bool scatter (torch 2.13), and the export cached fake layouts that broke later eager calls."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    t = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                              out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                              qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16), encoder_hidden_states=torch.randn(1, 12, 16),
+              timestep=torch.tensor([500]), return_dict=False)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    _cached_layout.cache_clear()
+    try:
+        torch.use_deterministic_algorithms(True)  # as diffusers' tests run (enable_full_determinism)
+        with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0, region_size=(2, 4)):
+            path = torch._inductor.aoti_compile_and_package(torch.export.export(t, args=(), kwargs=kw),
+                                                            package_path=str(tmp_path / "model.pt2"))
+            with torch.no_grad():
+                out = torch._inductor.aoti_load_package(path)(**kw)[0]
+                eager = t(**kw)[0]
+            assert get_draft_stats(t).summary()["sparse_calls"] == 2  # the eager call, not the export
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -101,7 +101,6 @@ def video_permutation(grid: VideoGrid, region_size: tuple[int, int]) -> tuple[to
     return torch.cat([full, edge]), F * nb * nc
 
 
-@functools.lru_cache(maxsize=64)
 def get_layout(grid: VideoGrid, text_len: int = 0, region_size: tuple[int, int] = (8, 16),
                device: torch.device | str = "cpu") -> TokenLayout:
     """The (cached) :class:`TokenLayout` for a grid, a text length and a region size, on ``device``.
@@ -111,6 +110,14 @@ def get_layout(grid: VideoGrid, text_len: int = 0, region_size: tuple[int, int] 
         >>> lay.num_tiles, lay.num_full_region_tiles
         (25, 18)
     """
+    if torch.compiler.is_exporting():
+        # torch.export runs this Python on fake tensors: a cached fake layout would break every later eager call
+        return _build_layout(grid, text_len, tuple(region_size), device)
+    return _cached_layout(grid, text_len, tuple(region_size), device)
+
+
+def _build_layout(grid: VideoGrid, text_len: int, region_size: tuple[int, int],
+                  device: torch.device | str) -> TokenLayout:
     if not isinstance(text_len, int) or text_len < 0:
         raise ValueError(f"text_len={text_len!r}: expected a non-negative integer")
     region_size = tuple(region_size)
@@ -131,3 +138,6 @@ def get_layout(grid: VideoGrid, text_len: int = 0, region_size: tuple[int, int] 
     return TokenLayout(grid=grid, text_len=text_len, region_size=region_size, tile_size=tile,
                        perm=perm.to(device), inv_perm=inv.to(device), num_tiles=num_tiles,
                        num_video_tiles=num_video_tiles, num_full_region_tiles=n_full, tile_counts=counts.to(device))
+
+
+_cached_layout = functools.lru_cache(maxsize=64)(_build_layout)

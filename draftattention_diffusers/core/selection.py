@@ -103,12 +103,18 @@ def select_video_tiles(scores: torch.Tensor, sparsity: float, rule: str) -> torc
         boosted = scores.scatter(-1, scores.argmax(dim=-1, keepdim=True), 2.0).reshape(B, H // pool, pool * n)
         idx = boosted.topk(budget, dim=-1, sorted=False).indices
         keep = torch.zeros_like(boosted, dtype=torch.bool)
-        return keep.scatter_(-1, idx, True).view(B, H, g, g)
+        return keep.scatter_(-1, idx, _true_like(idx)).view(B, H, g, g)
     if rule == "row_topk":
         kk = max(1, keep_budget(sparsity, g))
         idx = scores.topk(kk, dim=-1, sorted=False).indices
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, _true_like(idx))
     raise ValueError(f"selection={rule!r}: expected 'topk', 'paper', 'row_topk' or 'topk_heads'")
+
+
+def _true_like(index: torch.Tensor) -> torch.Tensor:
+    """Scatter a tensor of True, not the scalar: AOTInductor (torch 2.13) writes a scalar bool scatter value as
+    Python's ``True`` into its C++ wrapper, which then does not compile."""
+    return torch.ones_like(index, dtype=torch.bool)
 
 
 def build_tile_mask(video_keep: torch.Tensor, layout: TokenLayout, key_lengths: torch.Tensor | None = None

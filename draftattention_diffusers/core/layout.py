@@ -120,7 +120,6 @@ def _build_layout(grid: VideoGrid, text_len: int, region_size: tuple[int, int],
                   device: torch.device | str) -> TokenLayout:
     if not isinstance(text_len, int) or text_len < 0:
         raise ValueError(f"text_len={text_len!r}: expected a non-negative integer")
-    region_size = tuple(region_size)
     rh, rw = region_size
     tile = rh * rw
     vperm, n_full = video_permutation(grid, region_size)

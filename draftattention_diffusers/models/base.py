@@ -318,6 +318,32 @@ def register_hook(module: torch.nn.Module, kind: str, fn: Callable, with_kwargs:
     register(DraftHook(fn), with_kwargs=with_kwargs)
 
 
+def register_tokens_back_hook(module: torch.nn.Module, order: TileOrder) -> None:
+    """Pre-hook on ``module`` (the output projection, first input ``[B, S, C]`` video tokens) that puts the tokens
+    back in diffusers' order while ``order.active``."""
+    register_hook(module, "pre", functools.partial(_first_input_from_tiles, order))
+
+
+def _first_input_from_tiles(order: TileOrder, module, args):
+    return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+
+
+def permute_forward_argument(args: tuple, kwargs: dict, index: int, name: str, order: TileOrder,
+                             dims: tuple[int, ...], per_token_ndim: int = 2):
+    """A forward pre-hook's result putting the per-video-token argument ``name`` (positional ``index``) in tile order
+    along ``dims`` when it is per token (``per_token_ndim`` dims, more than one entry along ``dims[0]``); None
+    (nothing to change) otherwise."""
+    in_kwargs = name in kwargs
+    value = kwargs.get(name) if in_kwargs else (args[index] if len(args) > index else None)
+    if not isinstance(value, torch.Tensor) or value.ndim != per_token_ndim or value.shape[dims[0]] <= 1:
+        return None
+    for d in dims:
+        value = order.to_tiles(value, d)
+    if in_kwargs:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1:], kwargs
+
+
 _HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks")
 _HOOK_SETS = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
 

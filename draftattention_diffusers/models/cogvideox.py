@@ -31,7 +31,8 @@ from diffusers.models.attention_processor import (Attention, CogVideoXAttnProces
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook)
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
+                   register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 _OWN_PROCESSORS = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)  # the model's own (fused or not)
@@ -179,12 +180,9 @@ class CogVideoXFamily(ModelFamily):
                 return args[:5] + (permuted(args[5]),) + tuple(args[6:]), kwargs
             return None
 
-        def back(module, args):  # proj_out input [B, S_video, C]
-            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
-
         register_hook(transformer.patch_embed, "post", patches)
         register_hook(transformer, "pre", rope, with_kwargs=True)
-        register_hook(transformer.proj_out, "pre", back)
+        register_tokens_back_hook(transformer.proj_out, order)
         return True
 
     def pipeline_step(self, pipe, pipeline_locals):

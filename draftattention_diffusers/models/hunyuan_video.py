@@ -18,7 +18,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
-                   keep_or_default, register_hook)
+                   keep_or_default, register_hook, register_tokens_back_hook)
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
@@ -230,12 +230,9 @@ class HunyuanVideoFamily(ModelFamily):
         def rope(module, args, out):  # (cos, sin), each [S, D]
             return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
 
-        def back(module, args):  # proj_out input [B, S, C] (video stream only)
-            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
-
         register_hook(transformer.x_embedder, "post", patches)
         register_hook(transformer.rope, "post", rope)
-        register_hook(transformer.proj_out, "pre", back)
+        register_tokens_back_hook(transformer.proj_out, order)
         return True
 
     def cp_plan(self):

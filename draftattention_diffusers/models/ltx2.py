@@ -27,7 +27,8 @@ from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2A
                                                             apply_interleaved_rotary_emb, apply_split_rotary_emb)
 
 from ..core.layout import VideoGrid
-from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook)
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
+                   register_tokens_back_hook)
 from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, prepared_mask
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
@@ -187,14 +188,11 @@ class LTX2Family(ModelFamily):
                 return None
             return (), {**given, **changed}  # every argument by name
 
-        def back(module, args):  # proj_out input [B, S, C]
-            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
-
         register_hook(transformer.proj_in, "post", tokens)
         register_hook(transformer.rope, "post", rope)
         register_hook(transformer.cross_attn_rope, "post", rope)  # video side of audio-video attention
         register_hook(transformer, "pre", per_token_inputs, with_kwargs=True)
-        register_hook(transformer.proj_out, "pre", back)
+        register_tokens_back_hook(transformer.proj_out, order)
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):

@@ -22,7 +22,7 @@ from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideo
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline, numbered_roles,
-                   register_hook)
+                   permute_forward_argument, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTXVideoTransformer3DModel.forward's positional parameters, to read arguments however they were passed
@@ -178,13 +178,10 @@ class LTXVideoFamily(ModelFamily):
                 return None
             return permute_forward_argument(args, kwargs, 2, "timestep", order, dims=(1,))
 
-        def back(module, args):  # proj_out input [B, S, C]
-            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
-
         register_hook(transformer.proj_in, "post", tokens)
         register_hook(transformer.rope, "post", rope)
         register_hook(transformer, "pre", per_token_timestep, with_kwargs=True)
-        register_hook(transformer.proj_out, "pre", back)
+        register_tokens_back_hook(transformer.proj_out, order)
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
@@ -194,19 +191,3 @@ class LTXVideoFamily(ModelFamily):
         if negative:
             out.update(negative_prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), negative_prompt_attention_mask=mask)
         return out
-
-
-def permute_forward_argument(args: tuple, kwargs: dict, index: int, name: str, order, dims: tuple[int, ...],
-                             per_token_ndim: int = 2):
-    """A forward pre-hook's result putting the per-video-token argument ``name`` (positional ``index``) in tile order
-    along ``dims`` when it is per token (``per_token_ndim`` dims, more than one entry along ``dims[0]``); None
-    (nothing to change) otherwise."""
-    in_kwargs = name in kwargs
-    value = kwargs.get(name) if in_kwargs else (args[index] if len(args) > index else None)
-    if not isinstance(value, torch.Tensor) or value.ndim != per_token_ndim or value.shape[dims[0]] <= 1:
-        return None
-    for d in dims:
-        value = order.to_tiles(value, d)
-    if in_kwargs:
-        return args, {**kwargs, name: value}
-    return args[:index] + (value,) + args[index + 1:], kwargs

@@ -11,7 +11,7 @@ from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnP
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
-                   keep_or_default, register_hook)
+                   keep_or_default, permute_forward_argument, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^(\w+)\.(\d+)\.attn1$")
 
@@ -195,21 +195,12 @@ class WanFamily(ModelFamily):
         def per_token_timestep(module, args, kwargs=None):  # Wan2.2 TI2V: timestep [B, S]
             if not order.active or kwargs is None:  # (None: removed while this forward's hooks were running)
                 return None
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            if t is None or t.ndim != 2:
-                return None
-            t = order.to_tiles(t, 1)
-            if "timestep" in kwargs:
-                return args, {**kwargs, "timestep": t}
-            return (args[0], t) + tuple(args[2:]), kwargs
-
-        def back(module, args):  # proj_out input [B, S, C]
-            return (order.from_tiles(args[0], 1),) + tuple(args[1:]) if order.active else None
+            return permute_forward_argument(args, kwargs, 1, "timestep", order, dims=(1,))
 
         register_hook(transformer.patch_embedding, "post", patches)
         register_hook(transformer.rope, "post", rope)
         register_hook(transformer, "pre", per_token_timestep, with_kwargs=True)
-        register_hook(transformer.proj_out, "pre", back)
+        register_tokens_back_hook(transformer.proj_out, order)
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):

@@ -6,8 +6,9 @@ import torch
 
 HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
                "_backward_hooks", "_backward_pre_hooks")
-# compared by value below, not only by name
-VOLATILE = {"_compiled_call_impl"}
+# compared by value below, not by name: the compiled call; diffusers' hook registry by the hooks it holds (running a
+# pipeline creates an empty one on the transformer: the loop's `cache_context` initialises it)
+VOLATILE = {"_compiled_call_impl", "_diffusers_hook"}
 
 
 def footprint(pipe) -> dict:
@@ -25,7 +26,7 @@ def footprint(pipe) -> dict:
             out[f"{tname}.{name}"] = (
                 tuple(sorted(set(m.__dict__) - VOLATILE)),
                 tuple(len(getattr(m, table)) for table in HOOK_TABLES),
-                tuple(sorted(registry.hooks)) if registry is not None else None,
+                tuple(sorted(registry.hooks)) if registry is not None else (),
                 type(getattr(m, "processor", None)).__name__,
                 m.__dict__.get("_compiled_call_impl"),
                 tuple(sorted(m._parameters)), tuple(type(p.data).__name__ for p in m._parameters.values()

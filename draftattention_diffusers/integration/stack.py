@@ -107,6 +107,7 @@ class FastStack:
         of the running pipeline call.)"""
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise ValueError(f"num_steps={num_steps!r}: expected a positive integer")
+        mask = _mask_for(self.compute_mask, num_steps)  # a fixed list of another length: an error, nothing changed
         self.num_inference_steps = num_steps
         if self.cache is None:
             return
@@ -125,7 +126,6 @@ class FastStack:
                 t._cache_config.disable_cache_before_step = start
             self.cache.disable_cache_before_step = start
         elif self.cache_library == "cache-dit":
-            mask = _mask_for(self.compute_mask, num_steps)
             for cfg in _cache_dit_context_configs(self.pipe, self.modules()):
                 cfg.num_inference_steps = num_steps
                 if mask is not None:
@@ -587,7 +587,12 @@ def _disable_cache(stack: FastStack) -> None:
     if stack.cache_library == "cache-dit":
         import cache_dit
 
+        from cache_dit.caching.cache_blocks import remove_stats
+
         cache_dit.disable_cache(stack.pipe)
+        for t in stack.modules():  # cache-dit 1.5.3 leaves its statistics on the block lists it cached
+            for m in t.modules():
+                remove_stats(m)
     else:
         for t in stack.modules():
             if getattr(t, "is_cache_enabled", False):

@@ -20,6 +20,7 @@ How it knows what it needs (see docs/design.md):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import operator
@@ -40,7 +41,7 @@ from ..models import ModelFamily, family_for, require_family, supported_transfor
 from ..models.base import AttentionRole, TileOrder, forward_latents, register_hook
 from ..models.hunyuan_video import HunyuanVideoFamily
 from ..models.wan import WanFamily
-from . import parallel
+from . import parallel, routing
 from .lifecycle import ROLE_ATTR, Installation, install, installation, uninstall
 from .stats import AttentionEvent, DraftStats, count_call, warn_once
 
@@ -119,6 +120,9 @@ class DraftAttnProcessor:
         self._dense_kernels: dict[tuple, str | None] = {}  # (device, dtype, head dim) -> dense_backend="auto"'s pick
         self._resolved: set[tuple] = set()  # (device, dtype, head dim) whose sparse backends are resolved
         self._kernel: str | None = None  # the dense kernel of this forward (None: the modules' own processors)
+        self._routers: dict[type, Callable] = {}  # model processor class -> its __call__ with the attention routed
+        self._routing: tuple | None = None  # (attn, family, role, dense, kernel) of the routed call in progress
+        self._dense_modules: dict[str, str] = {}  # video self-attention modules that always run dense -> why
         # per forward
         self.grid: VideoGrid | None = None
         self.step: int | None = None
@@ -205,6 +209,8 @@ class DraftAttnProcessor:
                              f"blocks with video self-attention (indices 0..{blocks - 1}); {too_far} do not exist")
         uninstall(transformer)
         restore = {f"{r.name}.processor": r.default_processor for r in roles.values()}
+        if family.routes_attention_call:
+            roles = {m: self._route_role(family, m, r) if r.video_self else r for m, r in roles.items()}
         if prefix:
             roles = {m: dataclasses.replace(r, name=f"{prefix}.{r.name}") for m, r in roles.items()}
         for m, r in roles.items():  # on the module itself: no dict lookup keyed by module (torch.compile guards)
@@ -212,7 +218,10 @@ class DraftAttnProcessor:
             self._roles[m] = r
             if r.video_self:
                 self.stats.track(r.name, m)
-            if r.video_self and r.custom:
+            if r.dense_reason is not None:
+                self._dense_modules[r.name] = r.dense_reason
+                warn_once(f"{r.name}: {r.dense_reason}; it runs dense attention (listed in the statistics)")
+            elif r.video_self and r.custom:
                 warn_once(f"{r.name} has a custom processor ({type(r.default_processor).__name__}): it runs in dense "
                           "steps and dense_layers, but sparse steps compute attention with draft attention's own "
                           "q/k/v path, bypassing it")
@@ -229,6 +238,7 @@ class DraftAttnProcessor:
         order_ok = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
         watch = next((m for m, r in roles.items() if r.video_self), None)
         install(transformer, Installation(self, family, restore, watch, via_enable))
+        _warn_if_unchecked(family)
         transformer.__dict__["_draftattention_tile_order"] = order_ok
         if transformer not in self._transformers:
             self._transformers.append(transformer)
@@ -247,6 +257,7 @@ class DraftAttnProcessor:
         role = self._roles.pop(module, None)
         if role is not None and role.video_self:
             self.stats.untrack([module])
+            self._dense_modules.pop(role.name, None)
 
     def _forget_transformer(self, transformer: torch.nn.Module) -> None:
         self._transformers = [t for t in self._transformers if t is not transformer]
@@ -323,6 +334,9 @@ class DraftAttnProcessor:
         self._dense_forward = dense
         if record:
             self.stats.record_step(self.step, mode)
+            if not dense:
+                for name, why in self._dense_modules.items():
+                    self.stats.record_fallback(f"{name}: {why}; running dense attention for it")
         # Tile order in every forward that may be sparse, dense ones too: step caches keep tensors across forwards.
         reorder = (fraction < 1.0 and grid is not None and tile_order_device is not None
                    and self.config.reorder == "per_forward" and self._cp is None
@@ -350,13 +364,80 @@ class DraftAttnProcessor:
         dense = self._dense_forward or (bool(self.config.dense_layers) and role.block_index in self.config.dense_layers)
         # a user's own processor on the module stays the dense path unless a dense kernel was asked for by name
         kernel = None if not dense or (role.custom and self.config.dense_backend == "auto") else self._kernel
-        if dense and kernel is None and not self._observers:
+        if role.dense_reason is not None:  # its attention call cannot be routed: the model's processor, visibly
+            dense, kernel = True, None
+        if dense and kernel is None and (not self._observers or role.dense_reason is not None):
             count_call(attn, None)
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
-        # every family hands `attend` video first, then text (one with leading text reorders its own q, k, v)
-        attend = partial(self._attend, attn, role, dense, kernel)
-        return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
+        own = role.routed_processor
+        if own is None:  # the family computes q, k, v itself and hands `attend` video first, then text
+            attend = partial(self._attend, attn, role, dense, kernel)
+            return family.self_attention(attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend)
+        # the model's own processor, whose dispatch_attention_fn call comes to _route
+        self._routing = (attn, family, role, dense, kernel)
+        out = family.call_default(partial(self._routers[type(own)], own), attn, hidden_states, encoder_hidden_states,
+                                  attention_mask, rope, **kwargs)
+        if self._routing is not None:  # it computed its attention without the dispatcher: its own (dense) result
+            self._routing = None
+            count_call(attn, None)
+            self.stats.record_fallback(f"{role.name}: {type(default).__name__} made no dispatch_attention_fn call; "
+                                       "its own attention ran (dense)")
+        return out
+
+    def _route(self, original, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
+        """``dispatch_attention_fn`` as seen by the model processors draft attention routes (``routing.py``): the
+        first call of a routed processor call is its video self-attention, computed by draft attention; any other
+        call, or one draft attention cannot compute exactly, goes to ``original`` with the model's arguments."""
+        routing, self._routing = self._routing, None
+        problem = None if routing is None else _unroutable_call(query, key, value, dropout_p, is_causal, enable_gqa,
+                                                                 attention_kwargs)
+        if routing is None or problem is not None:
+            if problem is not None:
+                count_call(routing[0], None)
+                self.stats.record_fallback(f"{routing[2].name}: {problem}; running the model's own attention call")
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, backend=backend,
+                            parallel_config=parallel_config)
+        attn, family, role, dense, kernel = routing
+        extra = query.shape[1] - self.grid.num_tokens if self.grid is not None and self._cp is None else 0
+        if family.text_position == "leading" and extra > 0:  # a dense prefix, then the video tokens
+            q, k, v = (torch.cat([x[:, extra:], x[:, :extra]], dim=1) for x in (query, key, value))
+            mask = None if attn_mask is None else torch.cat([attn_mask[..., extra:], attn_mask[..., :extra]], dim=-1)
+            out = self._attend(attn, role, dense, kernel, q, k, v, extra, mask, scale)
+            return torch.cat([out[:, -extra:], out[:, :-extra]], dim=1)
+        text_len = max(extra, 0) if family.text_position == "trailing" else 0
+        return self._attend(attn, role, dense, kernel, query, key, value, text_len, attn_mask, scale)
+
+    def _route_role(self, family: ModelFamily, module: torch.nn.Module, role: AttentionRole) -> AttentionRole:
+        """``role`` with the model processor whose attention call is routed, or with the reason it cannot be (it
+        then always runs dense)."""
+        own = role.default_processor if not role.custom else family.own_processor(module)
+        if own is None:
+            return dataclasses.replace(role, dense_reason=f"the model's own processor class of {type(module).__name__}"
+                                                          " is not known")
+        cls = type(own)
+        reason = routing.unroutable_reason(cls)
+        if reason is not None:
+            return dataclasses.replace(role, dense_reason=reason)
+        if cls not in self._routers:  # one copy per class: compiled blocks share it (one graph for every block)
+            self._routers[cls] = self._routed_call(cls)
+        return dataclasses.replace(role, routed_processor=own)
+
+    def _routed_call(self, cls: type) -> Callable:
+        return routing.routed_call(cls, partial(self._route, routing.original_dispatch(cls)))
+
+    def __deepcopy__(self, memo):
+        # A deep copy (of an enabled transformer) gets routed calls of its own: the originals' globals route to
+        # this processor, and a function is never copied.
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            if key != "_routers":
+                clone.__dict__[key] = copy.deepcopy(value, memo)
+        clone._routers = {cls: clone._routed_call(cls) for cls in self._routers}
+        return clone
 
     def _forward_kernel(self, transformer, x: torch.Tensor) -> str | None:
         device = x.device
@@ -390,14 +471,16 @@ class DraftAttnProcessor:
         return self._dense_kernels[key]
 
     def _attend(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
-                attention_mask):
+                attention_mask, scale: float | None = None):
         q, k, v = _one_dtype(q, k, v)
         if self._cp is not None:  # context parallelism: attend on the gathered sequence for this rank's heads
-            return self._cp.attend(q, k, v, partial(self._attend_full, attn, role, dense, kernel))
-        return self._attend_full(attn, role, dense, kernel, q, k, v, text_len, attention_mask)
+            return self._cp.attend(q, k, v, partial(self._attend_full, attn, role, dense, kernel, scale=scale))
+        return self._attend_full(attn, role, dense, kernel, q, k, v, text_len, attention_mask, scale=scale)
 
     def _attend_full(self, attn, role: AttentionRole, dense: bool, kernel: str | None, q, k, v, text_len: int,
-                     attention_mask):
+                     attention_mask, scale: float | None = None):
+        """Attention over ``[B, S, H, D]`` (video first, then ``text_len`` text tokens); ``scale``: the model's
+        (None: ``D ** -0.5``, which is also what diffusers' attention uses then)."""
         key_lengths = self._key_lengths(attention_mask, q.shape[1]) if attention_mask is not None else None
         padding_mask = key_lengths is not False  # no mask, or a key-padding suffix that key_lengths describes
         key_lengths = key_lengths if padding_mask else None
@@ -419,7 +502,7 @@ class DraftAttnProcessor:
             if problem:
                 self.stats.record_fallback(f"{role.name}: {problem}; running dense attention for it")
                 dense = True
-        scale = q.shape[-1] ** -0.5
+        model_scale, scale = scale, (scale if scale is not None else q.shape[-1] ** -0.5)
         tiles = None
         in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
@@ -427,7 +510,7 @@ class DraftAttnProcessor:
             if kernel is not None and self.config.dense_backend == "auto" and q.requires_grad \
                     and torch.is_grad_enabled() and not get_backend(kernel).supports_backward:
                 kernel = None  # training: diffusers' attention has a backward pass
-            out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask, kernel)
+            out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask, kernel, model_scale)
         else:
             out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
@@ -443,12 +526,13 @@ class DraftAttnProcessor:
                 fn(event)
         return out
 
-    def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool, kernel: str | None):
+    def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool, kernel: str | None,
+               model_scale: float | None = None):
         # A dense kernel of ours takes key lengths only: any other mask goes through diffusers' dispatch.
         if kernel is None or not padding_mask:
             # No parallel_config: under context parallelism this runs on the gathered sequence already.
             return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=None)
+                                         scale=model_scale, backend=self._attention_backend, parallel_config=None)
         return get_backend(kernel).dense_forward(q, k, v, key_lengths, scale)
 
     def _key_lengths(self, attention_mask: torch.Tensor, seq_len: int):
@@ -518,6 +602,27 @@ def _pick_dense_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) 
     probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
     return None if get_backend("fa4").not_supported_reasons(AttentionInputs.from_tensors(probe, probe, 128)) \
         else "fa4"
+
+
+def _unroutable_call(query, key, value, dropout_p, is_causal, enable_gqa, attention_kwargs) -> str | None:
+    """Why draft attention cannot compute this dispatcher call exactly (None: it can)."""
+    if dropout_p or is_causal or enable_gqa or attention_kwargs:
+        return (f"the attention call asks for dropout_p={dropout_p}, is_causal={is_causal}, enable_gqa={enable_gqa}, "
+                f"attention_kwargs={attention_kwargs}")
+    if query.dim() != 4 or key.shape != value.shape or key.shape[1:] != query.shape[1:]:
+        return (f"the attention call is not self-attention over one [B, S, H, D] sequence (q {tuple(query.shape)}, "
+                f"k {tuple(key.shape)}, v {tuple(value.shape)})")
+    return None
+
+
+def _warn_if_unchecked(family: ModelFamily) -> None:
+    import diffusers
+
+    release = ".".join(diffusers.__version__.split(".")[:2])
+    if release != family.checked_diffusers:
+        warn_once(f"draft attention's {family.title} support was checked against diffusers {family.checked_diffusers}"
+                  f"; this is diffusers {diffusers.__version__}: calls it cannot interpret run dense and are listed "
+                  "in the statistics")
 
 
 def _one_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

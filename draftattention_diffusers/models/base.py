@@ -34,6 +34,13 @@ class AttentionRole:
     block_index: int | None
     default_processor: Any
     custom: bool = False
+    routed_processor: Any = None
+    """Set when draft attention attaches (families leave it None): the model's own processor instance whose
+    ``__call__`` runs, with its attention call routed to draft attention (``integration/routing.py``), in the
+    forwards draft attention computes (the default processor, or a new one where that is a user's)."""
+    dense_reason: str | None = None
+    """Set when draft attention attaches: why this video self-attention module always runs dense (its processor's
+    attention call cannot be routed in this diffusers release)."""
 
 
 TEXT_POSITIONS = ("none", "trailing", "leading")
@@ -149,9 +156,18 @@ class ModelFamily:
     about its models. A family is a module in ``models/`` with a subclass of this class, and one line in
     ``models/__init__.py::_FAMILIES``; nothing outside ``models/`` names a family.
 
-    Subclasses set the class attributes and implement ``grid``, ``roles``, ``self_attention`` and
-    ``call_default``; the other methods have defaults that fit a family without text in self-attention and with
-    diffusers' own context-parallel plan.
+    A family states facts and lets the model's own code run. Its video self-attention runs one of two ways:
+
+    * **routed** (``routes_attention_call = True``, the default): the model's own processor runs unchanged and only
+      its ``dispatch_attention_fn(q, k, v, ...)`` call becomes draft attention (``integration/routing.py``). The
+      family then needs no attention math at all: classes, which modules are video self-attention (``roles``), the
+      token grid (``grid``), where the video tokens sit in the sequence (``text_position``), how the model calls its
+      processor (``call_default``), and optionally the tile-order hooks.
+    * **its own** ``self_attention``: for models whose processors call ``F.scaled_dot_product_attention`` directly
+      (CogVideoX) or build what draft attention does not need (HunyuanVideo-1.5's ``[B, 1, S, S]`` mask).
+
+    The other methods have defaults that fit a family without text in self-attention and with diffusers' own
+    context-parallel plan.
     """
 
     name: ClassVar[str] = ""
@@ -161,7 +177,18 @@ class ModelFamily:
     transformer_classes: ClassVar[tuple[str, ...]] = ()
     """diffusers transformer class names (subclasses are found too)."""
     text_position: ClassVar[str] = "none"
-    """Text tokens in the video self-attention sequence: one of :data:`TEXT_POSITIONS`."""
+    """Text tokens in the video self-attention sequence: one of :data:`TEXT_POSITIONS`. For a routed family,
+    ``leading`` means everything before the video tokens (text, keyframes, history) is a dense prefix and the video
+    tokens are the sequence's tail; ``trailing`` that they are its head."""
+    routes_attention_call: ClassVar[bool] = True
+    """The model's own processor runs and its ``dispatch_attention_fn`` call becomes draft attention (see the class
+    docstring); False: the family implements :meth:`self_attention`."""
+    processor_class: ClassVar[type | None] = None
+    """The model's own processor class for video self-attention where the attention module does not declare it
+    (``_default_processor_cls``): what runs sparse steps when a user's processor sits on the module."""
+    checked_diffusers: ClassVar[str] = "0.42"
+    """The diffusers release (major.minor) whose model code this family was checked against; another release gets
+    a warning at ``enable`` (the routing checks of each processor still apply, see ``integration/routing.py``)."""
     grid_locals: ClassVar[tuple[str, str, str] | None] = None
     """Names of the token-grid sizes (frames, height, width after patching) among the transformer forward's
     locals: the grid of a forward that began before draft attention's hooks existed."""
@@ -232,10 +259,16 @@ class ModelFamily:
         raise NotImplementedError
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend: AttendFn):
-        """The model processor's computation with ``attend`` in place of its attention call. ``attend`` takes
-        ``[B, S, H, D]`` with the video tokens first and ``text_len`` text tokens after them, whatever the model's
-        own order (:data:`TEXT_POSITIONS`)."""
+        """Only where ``routes_attention_call`` is False: the model processor's computation with ``attend`` in place
+        of its attention call. ``attend`` takes ``[B, S, H, D]`` with the video tokens first and ``text_len`` text
+        tokens after them, whatever the model's own order (:data:`TEXT_POSITIONS`)."""
         raise NotImplementedError
+
+    def own_processor(self, module: torch.nn.Module) -> Any:
+        """A new instance of the model's own processor for ``module`` (:attr:`processor_class`, else the module's
+        ``_default_processor_cls``), or None where neither is known."""
+        cls = self.processor_class or getattr(type(module), "_default_processor_cls", None)
+        return None if cls is None else cls()
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         """Call the model's own processor exactly as the model would."""

@@ -99,6 +99,8 @@ class CogVideoXFamily(ModelFamily):
     title = "CogVideoX"
     transformer_classes = ("CogVideoXTransformer3DModel",)
     text_position = "leading"
+    # its processor calls F.scaled_dot_product_attention itself: nothing to route
+    routes_attention_call = False
     # as diffusers' CogVideoX docs and the 5B model cards load it: bfloat16 throughout, VAE tiling
     # (CogVideoX-2B's card recommends float16; bfloat16 also runs it); image-to-video is its own checkpoint
     # (CogVideoX-5b-I2V, whose card loads it the same way)

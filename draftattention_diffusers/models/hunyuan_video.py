@@ -4,7 +4,8 @@ over video tokens; the text tokens (appended after the video) attend and are att
 never. The token refiner (``context_embedder.token_refiner``) is never touched.
 
 ``dense_layers`` indices count the dual-stream blocks first, then the single-stream ones (0..19, 20..59 for the
-published model)."""
+published model). The model's own processor computes q, k, v, RoPE and the output projections; draft attention
+replaces its ``dispatch_attention_fn`` call only (``integration/routing.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..core.layout import VideoGrid
@@ -22,23 +22,6 @@ from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, Mod
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
-
-
-def _qkv(attn, x, projections, norms):
-    """q, k, v ``[B, S, H, D]`` of one stream: projections, then the optional q/k RMS norms."""
-    q, k, v = (proj(x).unflatten(2, (attn.heads, -1)) for proj in projections)
-    norm_q, norm_k = norms
-    return (q if norm_q is None else norm_q(q)), (k if norm_k is None else norm_k(k)), v
-
-
-def project_streams(attn, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last step of HunyuanVideo's processors (1.0 and 1.5): attention output ``[B, S, H*D]`` of the video and
-    the text tokens through ``to_out`` and ``to_add_out`` (where the module has them)."""
-    if getattr(attn, "to_out", None) is not None:
-        video = attn.to_out[1](attn.to_out[0](video))
-    if getattr(attn, "to_add_out", None) is not None:
-        text = attn.to_add_out(text)
-    return video, text
 
 
 def call_with_image_rotary_emb(processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
@@ -146,6 +129,7 @@ class HunyuanVideoFamily(ModelFamily):
     name = "hunyuan_video"
     title = "HunyuanVideo"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    processor_class = HunyuanVideoAttnProcessor2_0  # (legacy Attention modules declare no default processor)
     text_position = "trailing"
     grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
     # as diffusers' HunyuanVideo docs and the HunyuanVideoImageToVideoPipeline docstring example load them:
@@ -189,32 +173,6 @@ class HunyuanVideoFamily(ModelFamily):
             else:  # token refiner: plain self-attention over text
                 out[module] = AttentionRole(name, False, None, keep_or_default(cur, AttnProcessor2_0))
         return out
-
-    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
-        # Steps 1-4 and 6 of diffusers' HunyuanVideoAttnProcessor2_0; step 5 (attention) is `attend`.
-        text_len = encoder_hidden_states.shape[1]
-        single_stream = attn.add_q_proj is None
-        if single_stream:
-            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        query, key, value = _qkv(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
-        if rope is not None:
-            if single_stream:
-                query = torch.cat([apply_rotary_emb(query[:, :-text_len], rope, sequence_dim=1),
-                                   query[:, -text_len:]], dim=1)
-                key = torch.cat([apply_rotary_emb(key[:, :-text_len], rope, sequence_dim=1),
-                                 key[:, -text_len:]], dim=1)
-            else:
-                query = apply_rotary_emb(query, rope, sequence_dim=1)
-                key = apply_rotary_emb(key, rope, sequence_dim=1)
-        if not single_stream:
-            eq, ek, ev = _qkv(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
-                              (attn.norm_added_q, attn.norm_added_k))
-            query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
-
-        out = attend(query, key, value, text_len, attention_mask)
-        out = out.flatten(2, 3).to(query.dtype)
-
-        return project_streams(attn, out[:, :-text_len], out[:, -text_len:])
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         return call_with_image_rotary_emb(processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,

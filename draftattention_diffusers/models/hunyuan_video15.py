@@ -27,7 +27,7 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVid
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
                    keep_or_default, register_hook, register_tokens_back_hook)
-from .hunyuan_video import call_with_image_rotary_emb, project_streams
+from .hunyuan_video import call_with_image_rotary_emb
 
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 
@@ -35,6 +35,16 @@ _TINY_LATENT_CHANNELS = 4
 _TINY_BYT5_DIM = 16  # ByT5 (glyph) embedding width of the tiny pipelines
 _TINY_BYT5_LEN, _TINY_BYT5_VALID = 8, 3  # a short quoted (glyph) text, the rest padding
 _TINY_IMAGE_DIM = 16  # SigLIP feature width of the tiny pipelines
+
+
+def project_streams(attn, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last step of HunyuanVideo's processors (1.0 and 1.5): attention output ``[B, S, H*D]`` of the video and
+    the text tokens through ``to_out`` and ``to_add_out`` (where the module has them)."""
+    if getattr(attn, "to_out", None) is not None:
+        video = attn.to_out[1](attn.to_out[0](video))
+    if getattr(attn, "to_add_out", None) is not None:
+        text = attn.to_add_out(text)
+    return video, text
 
 
 def _qkv(attn, x, projections, norms):
@@ -95,6 +105,9 @@ class HunyuanVideo15Family(ModelFamily):
     title = "HunyuanVideo-1.5"
     transformer_classes = ("HunyuanVideo15Transformer3DModel",)
     text_position = "trailing"
+    # its processor expands the text mask to [B, 1, S, S] (13 GB at 720p) before its attention call: the family
+    # computes q, k, v itself and hands draft attention the key mask instead
+    routes_attention_call = False
     grid_locals = ("post_patch_num_frames", "post_patch_height", "post_patch_width")
     # as diffusers' HunyuanVideo-1.5 docs load them: bfloat16 everywhere, VAE tiling (T2V and I2V are separate
     # checkpoints; the I2V pipeline sizes the video from its image and takes no height / width)

@@ -23,13 +23,12 @@ from __future__ import annotations
 import re
 
 import torch
-from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2AudioVideoAttnProcessor,
-                                                            apply_interleaved_rotary_emb, apply_split_rotary_emb)
+from diffusers.models.transformers.transformer_ltx2 import LTX2Attention, LTX2AudioVideoAttnProcessor
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
                    register_tokens_back_hook)
-from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, prepared_mask
+from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTX2VideoTransformer3DModel.forward's positional parameters (up to the ones the hooks read)
@@ -138,23 +137,6 @@ class LTX2Family(ModelFamily):
                 "processors by name, which draft attention's processor does not take, so STG would silently stop "
                 "working; LTX-2.0 checkpoints (perturbed_attn=False) are supported")
         return numbered_roles(transformer, current, LTX2Attention, _SELF, LTX2AudioVideoAttnProcessor)
-
-    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
-        # LTX2AudioVideoAttnProcessor's computation for self-attention (one RoPE for queries and keys)
-        attention_mask = prepared_mask(attn, attention_mask, hidden_states)
-        gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(hidden_states))
-        value = attn.to_v(hidden_states)
-        if rope is not None:
-            apply = apply_interleaved_rotary_emb if attn.rope_type == "interleaved" else apply_split_rotary_emb
-            query, key = apply(query, rope), apply(key, rope)
-        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
-        out = attend(query, key, value, 0, attention_mask)
-        out = out.flatten(2, 3).to(query.dtype)
-        if gate_logits is not None:  # per-head gates, 2 sigmoid(logits)
-            out = (out.unflatten(2, (attn.heads, -1)) * (2.0 * torch.sigmoid(gate_logits)).unsqueeze(-1)).flatten(2, 3)
-        return attn.to_out[1](attn.to_out[0](out))
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                      key_rope=None, **kwargs):

@@ -18,7 +18,7 @@ import operator
 import re
 
 import torch
-from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor, apply_rotary_emb
+from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline, numbered_roles,
@@ -58,15 +58,6 @@ def grid_from_sizes(frames, height, width, num_tokens: int) -> VideoGrid | None:
     except (TypeError, ValueError):
         return None
     return grid if grid.num_tokens == num_tokens else None
-
-
-def prepared_mask(attn, attention_mask, hidden_states):
-    """An attention mask as diffusers' LTX / LTX-2 processors prepare it before their attention call."""
-    if attention_mask is None:
-        return None
-    b, s, _ = hidden_states.shape
-    attention_mask = attn.prepare_attention_mask(attention_mask, s, b)
-    return attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
 
 
 def build_tiny_ltx_video(seed: int = 0, num_layers: int = 2, heads: int = 2):
@@ -149,19 +140,6 @@ class LTXVideoFamily(ModelFamily):
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, LTXAttention, _SELF, LTXVideoAttnProcessor)
-
-    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
-        attention_mask = prepared_mask(attn, attention_mask, hidden_states)
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(hidden_states))
-        value = attn.to_v(hidden_states)
-        if rope is not None:
-            query = apply_rotary_emb(query, rope)
-            key = apply_rotary_emb(key, rope)
-        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
-        out = attend(query, key, value, 0, attention_mask)
-        out = out.flatten(2, 3).to(query.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs)

@@ -1,5 +1,7 @@
 """Wan2.1 / Wan2.2 (``WanTransformer3DModel``): T2V, I2V, TI2V. Only ``blocks.<i>.attn1`` (video self-attention)
-becomes sparse; ``attn2`` (text, and I2V image tokens) runs diffusers' ``WanAttnProcessor`` unchanged."""
+becomes sparse; ``attn2`` (text, and I2V image tokens) runs diffusers' ``WanAttnProcessor`` unchanged. The model's
+own processor computes q, k, v and RoPE; draft attention replaces its ``dispatch_attention_fn`` call only
+(``integration/routing.py``)."""
 
 from __future__ import annotations
 
@@ -7,24 +9,13 @@ import re
 from functools import partial
 
 import torch
-from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, _get_qkv_projections
+from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
                    keep_or_default, permute_forward_argument, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^(\w+)\.(\d+)\.attn1$")
-
-
-def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    # Same arithmetic as the closure inside diffusers' WanAttnProcessor (interleaved pairs).
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
 
 
 # The tiny Wan-architecture transformer (head dim 32) and VAE (8x spatial, 4x temporal compression, like the real
@@ -145,7 +136,7 @@ class WanFamily(ModelFamily):
     }
     # the model's attention module and processor classes (Wan-derived families set their own)
     attention_class: type = WanAttention
-    processor_class: type = WanAttnProcessor
+    processor_class = WanAttnProcessor
     # block lists whose ``attn1`` is video self-attention; ``dense_layers`` counts them in this order
     self_attention_blocks: tuple[str, ...] = ("blocks",)
 
@@ -169,18 +160,6 @@ class WanFamily(ModelFamily):
                 out[module] = AttentionRole(name, video_self, index, default,
                                             custom=not isinstance(default, self.processor_class))
         return out
-
-    def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rope is not None:
-            query = _apply_rotary_emb(query, *rope)
-            key = _apply_rotary_emb(key, *rope)
-        out = attend(query, key, value, 0, attention_mask)
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs)

@@ -521,7 +521,7 @@ def _quantize_fp8(stack: FastStack, keep: bool) -> None:
             raise ValueError(f"fp8: no linear layer of {type(t).__name__}'s blocks has dims divisible by 16")
         ids = {id(m) for m in targets.values()}
         for full, lin in targets.items():
-            stack._fp8_modules.append((tname, full, lin))
+            stack._fp8_modules.append((tname, full, lin, "extra_repr" in lin.__dict__))
             if keep:
                 stack._fp8_weights[(tname, full)] = (lin.weight.detach().to("cpu", copy=True),
                                                      lin.weight.requires_grad)
@@ -569,13 +569,15 @@ def _restore_fp8(stack: FastStack) -> None:
                           "enabled with fp8_keep_weights=False)", stacklevel=3)
         stack._fp8_modules.clear()
         return
-    for tname, full, lin in stack._fp8_modules:
+    for tname, full, lin, had_repr in stack._fp8_modules:
         saved = stack._fp8_weights.get((tname, full))
         if saved is None:
             continue
         weight, grad = saved
         device = lin.weight.device
         lin.weight = torch.nn.Parameter(weight.to(device), requires_grad=grad)
+        if not had_repr:  # quantize_ gives each layer an instance extra_repr that prints the float8 weight
+            lin.__dict__.pop("extra_repr", None)
     stack._fp8_modules.clear()
     stack._fp8_weights.clear()
 

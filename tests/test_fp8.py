@@ -1,0 +1,100 @@
+"""Float8 linear layers (torchao's Float8DynamicActivationFloat8WeightConfig) in the fast stack, with draft attention.
+
+torchao refuses float8 dynamic quantization without a CUDA GPU of compute capability >= 8.9 (its
+``_check_hardware_support``); the stack refuses it up front with that reason. The float8 arithmetic itself runs on a
+CPU (torch's CPU ``_scaled_mm``), so these tests lift torchao's hardware check and run the real quantized layers:
+what is quantized, that draft attention still runs, how far one forward moves from bf16, and that the undo gives
+back bit-identical weights and outputs. Speed needs the GPU (docs/benchmarks.md)."""
+
+import pytest
+import torch
+from pipeline_utils import max_diff, run
+from stack_utils import diff_footprints, footprint
+
+from draftattention_diffusers import disable_fast_stack, enable_fast_stack, get_draft_stats
+from draftattention_diffusers.tiny import build_tiny_pipeline
+
+torchao_quant = pytest.importorskip("torchao.quantization")
+SPARSITY_0 = dict(sparsity=0.0, dense_steps_fraction=0.0, backend="reference")
+
+
+def bf16_pipe(family="wan"):
+    pipe = build_tiny_pipeline(family)
+    pipe.transformer.to(torch.bfloat16)
+    return pipe
+
+
+@pytest.fixture
+def float8_on_cpu(monkeypatch):
+    import torchao.quantization.quant_api as quant_api
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torchao cannot run float8")
+def test_fp8_is_refused_where_torchao_cannot_run_it():
+    pipe = bf16_pipe()
+    before = footprint(pipe)
+    with pytest.raises(ValueError, match="torchao cannot run float8 dynamic quantization here"):
+        enable_fast_stack(pipe, "first_block", compile=False, fp8=True)
+    assert diff_footprints(before, footprint(pipe)) == []
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_fp8_with_draft_attention_and_exact_undo(float8_on_cpu, family):
+    pipe = bf16_pipe(family)
+    kw = dict(guidance_scale=5.0) if family == "wan" else {}
+    ref, _ = run(pipe, steps=2, **kw)
+    weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    before = footprint(pipe)
+    stack = enable_fast_stack(pipe, None, compile=False, fp8=True, **SPARSITY_0)
+    t = pipe.transformer
+    quantized = {n for n, m in t.named_modules() if isinstance(m, torch.nn.Linear)
+                 and type(m.weight).__name__ == "Float8Tensor"}
+    try:
+        blocks = t.blocks if family == "wan" else t.transformer_blocks
+        attn = blocks[0].attn1 if family == "wan" else blocks[0].attn
+        assert type(attn.to_q.weight).__name__ == "Float8Tensor"
+        assert {entry[1] for entry in stack._fp8_modules} == quantized
+        # the linear layers of the repeated blocks, nothing else (embeddings, output projection keep bf16)
+        blocks_of = [n for n, m in t.named_modules() if type(m).__name__ in t._repeated_blocks]
+        assert quantized and all(any(n.startswith(b + ".") for b in blocks_of) for n in quantized)
+        assert not any(n.startswith(("proj_out", "condition_embedder", "time_text_embed")) for n in quantized)
+        assert type(attn.processor).__name__.endswith("DraftAttnProcessor")  # draft attention still installed
+        out, _ = run(pipe, steps=2, **kw)
+        stats = get_draft_stats(pipe).summary()
+    finally:
+        disable_fast_stack(pipe)
+    assert stats["sparse_calls"] > 0 and stats["fallbacks"] == {}
+    # float8 (e4m3) weights and activations: a real change, within a few percent of the output's scale
+    diff, scale = max_diff(out, ref), ref.abs().max().item()
+    assert 0 < diff < 0.1 * scale, (diff, scale)
+    after = pipe.transformer.state_dict()
+    assert set(after) == set(weights) and all(torch.equal(after[k], weights[k]) for k in weights)
+    assert diff_footprints(before, footprint(pipe)) == []
+    assert torch.equal(run(pipe, steps=2, **kw)[0], ref)
+
+
+@pytest.mark.slow  # ~90 s on a CPU: dynamo traces torchao's float8 tensor subclass
+def test_fp8_with_cache_and_compile(float8_on_cpu):
+    """The whole stack: draft attention, First Block Cache, float8 linears, regional compile (aot_eager): runs
+    sparse with the quantized layers inside the compiled blocks, equal to the same stack uncompiled."""
+    import torch._dynamo as dynamo
+
+    pipe = bf16_pipe()
+    mask = [True, True, False, True]
+    enable_fast_stack(pipe, "first_block", compile=False, fp8="tensor", compute_mask=mask, sparsity=0.5)
+    want, _ = run(pipe, steps=4, guidance_scale=5.0)
+    disable_fast_stack(pipe)
+    dynamo.reset()
+    stack = enable_fast_stack(pipe, "first_block", fp8="tensor", compute_mask=mask, sparsity=0.5,
+                              compile_kwargs=dict(backend="aot_eager"))
+    try:
+        assert [line.split(" ")[0] for line in stack.describe()] == ["draft", "diffusers", "torchao",
+                                                                      "compile_repeated_blocks(backend='aot_eager')"]
+        got, _ = run(pipe, steps=4, guidance_scale=5.0)
+        stats = get_draft_stats(pipe).summary()
+    finally:
+        disable_fast_stack(pipe)
+    assert stats["sparse_calls"] > 0
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -214,6 +214,10 @@ class ModelFamily:
     heads)``, best a :class:`TinyPipeline` (which also names its pipeline class). The first is the family's default
     tiny pipeline."""
 
+    tiny_call: ClassVar[dict[str, Any]] = dict(height=128, width=512, num_frames=5)
+    """Size arguments of a call of its first tiny pipeline at which each frame holds several draft regions (a tile
+    order that is not the identity): what the shared family checks (``tests/test_family_conformance.py``) use."""
+
     cp_splits_text: ClassVar[bool] = False
     """Context parallelism: the plan splits text tokens of the self-attention sequence over the ranks."""
     text_mask_argument: ClassVar[str | None] = None

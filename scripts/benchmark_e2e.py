@@ -75,6 +75,9 @@ WAN_VACE_14B = dict(WAN_14B, vace_layers=[0, 5, 10, 15, 20, 25, 30, 35], vace_in
 # SkyReels-V2 14B 720P (T2V-14B-720P and DF-14B-720P share it): diffusers' scripts/convert_skyreelsv2_to_diffusers.py,
 # Wan 14B's shape without sample-info (fps) injection
 SKYREELS_V2_14B = dict(WAN_14B, inject_sample_info=False)
+# ChronoEdit-14B: a Wan2.1-I2V-14B transformer (its README: "a Wan2.1-I2V backbone"; ChronoEditTransformer3DModel's
+# defaults): noise + mask + image latents (36 channels), CLIP ViT-H image tokens (1280 wide) through added K/V
+CHRONOEDIT_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120, rope_temporal_skip_len=8)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -104,6 +107,11 @@ MODELS = {
     # models (121 frames -> 31 latent frames); CFG as two calls per step (SkyReelsV2Pipeline, guidance 6.0)
     "skyreels-v2-14b-720p": ("skyreels_v2", SKYREELS_V2_14B, (31, 90, 160), 2,
                              "SkyReels-V2 14B, 720x1280, 121 frames"),
+    # ChronoEdit-14B at 720x1280: 5 frames (2 latent frames) as its pipeline runs by default, and 29 frames (8 latent
+    # frames) with enable_temporal_reasoning (the ChronoEdit repository's setting); CFG as two calls per step
+    "chronoedit-14b-720p": ("chronoedit", CHRONOEDIT_14B, (2, 90, 160), 2, "ChronoEdit-14B, 720x1280, 5 frames"),
+    "chronoedit-14b-720p-29f": ("chronoedit", CHRONOEDIT_14B, (8, 90, 160), 2,
+                                "ChronoEdit-14B, 720x1280, 29 frames (temporal reasoning)"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -133,9 +141,12 @@ MODELS = {
     "tiny-skyreels-v2": ("skyreels_v2", dict(SKYREELS_V2_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
                                              num_layers=2, text_dim=32, freq_dim=32),
                          (2, 32, 64), 2, "tiny SkyReels-V2 (CPU dry run)"),
+    "tiny-chronoedit": ("chronoedit", dict(CHRONOEDIT_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
+                                           num_layers=2, text_dim=32, freq_dim=32, image_dim=32, added_kv_proj_dim=128),
+                        (2, 32, 64), 2, "tiny ChronoEdit (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
-TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2"]  # --tiny without --models
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2", "tiny-chronoedit"]  # --tiny without --models
 STEPS, DENSE_FRACTION = 50, 0.25
 
 
@@ -152,6 +163,11 @@ def _wan_vace_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int)
                 control_hidden_states=rnd(1, config["vace_in_channels"], f, h, w),
                 control_hidden_states_scale=torch.ones(len(config["vace_layers"]), device=latents.device,
                                                        dtype=latents.dtype))
+
+
+def _chronoedit_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as ChronoEditPipeline calls it: Wan's inputs (512 text tokens) plus the 257 CLIP image tokens of the input image
+    return dict(_wan_inputs(config, latents, rnd, text_tokens), encoder_hidden_states_image=rnd(1, 257, config["image_dim"]))
 
 
 def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -233,6 +249,7 @@ TRANSFORMERS = {
     "wan_vace": ("WanVACETransformer3DModel", _wan_vace_inputs),
     # SkyReelsV2Pipeline (T2V) calls it as WanPipeline does: no diffusion forcing, no fps (inject_sample_info=False)
     "skyreels_v2": ("SkyReelsV2Transformer3DModel", _wan_inputs),
+    "chronoedit": ("ChronoEditTransformer3DModel", _chronoedit_inputs),
 }
 
 

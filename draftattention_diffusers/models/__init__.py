@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
+from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
@@ -17,7 +18,8 @@ from .wan import WanFamily
 from .wan_vace import WanVACEFamily
 
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
-                                       CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family())
+                                       CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
+                                       ChronoEditFamily())
 
 _TINY_PREFIX = "tiny-"
 

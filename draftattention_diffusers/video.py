@@ -75,14 +75,18 @@ def check_output_path(path: str | Path, suffixes: Sequence[str] = VIDEO_SUFFIXES
 def write_video(video: Any, path: str | Path, fps: int = 16) -> Path:
     """Write frames to ``path`` (``.mp4`` with H.264 via imageio-ffmpeg, or ``.gif``); returns the path.
 
-    Odd frame sizes are padded by one black pixel row/column (H.264 with yuv420p needs even sizes).
+    The file is written under a temporary name and moved into place when complete (:func:`.fileio.atomic_path`):
+    an interrupted write keeps an existing file of that name and leaves no truncated video. Odd frame sizes are
+    padded by one black pixel row/column (H.264 with yuv420p needs even sizes).
     """
+    from .fileio import atomic_path
+
     frames = to_uint8(video)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=max(1, round(1000 / fps)), loop=0)
+        with atomic_path(path) as tmp:
+            imgs[0].save(tmp, save_all=True, append_images=imgs[1:], duration=max(1, round(1000 / fps)), loop=0)
         return path
     reason = video_writer_missing()
     if reason:
@@ -92,7 +96,10 @@ def write_video(video: Any, path: str | Path, fps: int = 16) -> Path:
     f, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    with atomic_path(path) as tmp:  # an interrupted write leaves the old file, never a truncated one
+        # yuv420p + faststart: plays in every browser (the evaluation report embeds these files)
+        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                         pixelformat="yuv420p", output_params=["-movflags", "+faststart"])
     return path
 
 

@@ -26,6 +26,7 @@ class StageTimer:
     def __init__(self) -> None:
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._host = 0.0
+        self.backends: dict[str, int] = {}  # draft_attention: the backend of each timed call -> count
 
     def start(self, device: torch.device):
         if device.type == "cuda":
@@ -143,5 +144,6 @@ def draft_attention(
     tiles = select_tiles(qp, kp, layout, config.sparsity, config.selection, config.pooling, scale, key_lengths)
     if timed:
         draft_timer.stop(token)
+        draft_timer.backends[backend.name] = draft_timer.backends.get(backend.name, 0) + 1
     out = backend.forward(qp, kp, vp, tiles, key_lengths, scale)
     return (out if in_tile_order else out.index_select(1, layout.inv_perm)), tiles

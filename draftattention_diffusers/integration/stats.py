@@ -119,6 +119,17 @@ class DraftStats:
     def _counters(self) -> dict[str, torch.Tensor]:
         return {**self._retired, **{n: getattr(m, COUNTERS_ATTR) for n, m in self._layers.items()}}
 
+    def counter_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
+        """The layer names and a copy of their counters, float32 ``[L, 3]`` (sparse calls, dense calls, sum of
+        achieved sparsity so far in this call), taken without a host synchronisation (the copy stays on the
+        counters' device); None before any layer is tracked. Differences of two snapshots give each layer's
+        calls and sparsity between them (``draftattention evaluate`` takes one per denoising step)."""
+        counters = self._counters()
+        if not counters:
+            return None
+        device = next(iter(counters.values())).device
+        return list(counters), torch.stack([c.to(device) for c in counters.values()]).clone()
+
     def _total_calls(self) -> torch.Tensor:
         # Once per forward: one stack and one sum, not a small kernel per layer (the counters share a device).
         counters = list(self._counters().values())
@@ -138,7 +149,8 @@ class DraftStats:
     def summary(self) -> dict[str, Any]:
         """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, ``forwards``, ``skipped_forwards`` (no
         self-attention ran: a step cache skipped every block), call counts, ``mean_sparsity`` (over sparse calls),
-        ``layer_sparsity``, ``draft_seconds`` (time in the draft step) and ``fallbacks``."""
+        ``layer_sparsity``, ``draft_seconds`` (time in the draft step), ``backends`` (the backend that ran the
+        sparse calls -> their count; calls inside a compiled graph are not counted) and ``fallbacks``."""
         counts = {n: c.tolist() for n, c in self._counters().items()}
         sparse_calls = int(sum(c[0] for c in counts.values()))
         dense_calls = int(sum(c[1] for c in counts.values()))
@@ -156,6 +168,7 @@ class DraftStats:
             "mean_sparsity": total / sparse_calls if sparse_calls else None,
             "layer_sparsity": self.layer_sparsity(),
             "draft_seconds": self.draft_timer.seconds(),
+            "backends": dict(self.draft_timer.backends),
             "fallbacks": dict(self.fallbacks),
         }
 
@@ -171,8 +184,9 @@ class DraftStats:
         ]
         if s["mean_sparsity"] is not None:
             vals = s["layer_sparsity"].values()
+            ran = f"; backend {', '.join(s['backends'])}" if s["backends"] else ""
             lines.append(f"  achieved sparsity: mean {s['mean_sparsity']:.3f} (layers {min(vals):.3f}..{max(vals):.3f})"
-                         f"; draft step {s['draft_seconds'] * 1e3:.1f} ms")
+                         f"; draft step {s['draft_seconds'] * 1e3:.1f} ms{ran}")
         for msg, n in s["fallbacks"].items():
             lines.append(f"  FALLBACK x{n}: {msg}")
         return "\n".join(lines)

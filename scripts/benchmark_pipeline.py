@@ -19,22 +19,28 @@ same settings (``--warmup-steps``, raised per setting until the warm-up computes
 with a cache, also skips one), so JIT compiles (flash-attn-4, FlexAttention, torch.compile) never land in a timing;
 graphs that torch.compile still builds during a timed run are counted and reported.
 
-Settings (``--settings``, comma-separated; each is a list of parts enabled in order and disabled in reverse):
-    default                 diffusers' default attention
-    fa4-dense               enable_draft_attention(pipe, dense_steps_fraction=1.0, dense_backend="fa4")
-    draft                   enable_draft_attention(pipe)  (default config: 0.9, first 25% of the steps dense)
-    preset                  enable_draft_attention(pipe, load_preset(<model's preset>).draft_attention)
-    compile, compile+draft  pipe.transformer.compile_repeated_blocks() (regional; torch.compile defaults)
-    taylorseer[+draft]      TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=13 at 50 steps,
-                            max_order=1, every transformer block cached ("blocks as identifiers"))
-    taylorseer(first)+draft the cache enabled before draft attention (the other order; also taylorseer-first+draft)
-    magcache[+draft]        MagCacheConfig with the magnitude ratios the MagCache authors published
-    fbcache[+draft]         FirstBlockCacheConfig, its data-dependent decision replaced by a fixed schedule
-    fbcache-mag[+draft]     the same with MagCache's published skip schedule (MagCache's own hooks cannot compile)
-    <cache>[+draft]+compile a cache, draft attention and regional compile (magcache, fbcache, fbcache-mag, taylorseer)
-    name@N                  any setting with its own step count N (each timed run must hold every step class)
-    taylorseer+compile, taylorseer+draft+compile
-Stacks with draft attention enable it first, then the cache (except ``taylorseer(first)+draft``).
+Settings (``--settings``, comma-separated): each setting is ONE call of the package's ``enable_fast_stack`` (draft
+attention, then the cache, float8 linear layers, regional compile: the order users get) and ``disable_fast_stack``
+after it; the benchmark keeps no stack of its own, it only chooses the arguments. A setting is ``default`` or parts
+joined by ``+`` (any order, the stack fixes it):
+    draft | preset | fa4-dense   draft attention: default config (0.9, first 25% of the steps dense) | the model's
+                                 preset | dense_steps_fraction=1.0, dense_backend="fa4" (the fastest dense path)
+    taylorseer                   cache="taylorseer" (cache_interval=3, first cached step ceil(0.25 n), max_order=1,
+                                 every block; ~115 GiB of Taylor factors at Wan 14B 720p with CFG)
+    magcache                     MagCacheConfig with the magnitude ratios the MagCache authors published
+    fbcache | fbcache-mag        cache="first_block" with a fixed compute_mask: TaylorSeer's interval schedule |
+                                 MagCache's published schedule (random weights decide nothing; MagCache's own hooks
+                                 cannot compile)
+    dbcache | dbcache-mag        cache-dit's DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0) with the same
+                                 two fixed masks (steps_computation_mask, static policy; needs cache-dit)
+    compile                      regional compile_repeated_blocks() of every transformer (torch.compile defaults)
+    fp8                          torchao float8 dynamic quantization of the blocks' linear layers (needs torchao and
+                                 a GPU with compute capability >= 8.9)
+    stack                        = fbcache-mag+draft+compile: the one-call stack (README), on MagCache's schedule
+    stack+fp8                    the same with fp8
+    name@N                       any setting with its own step count N (each timed run must hold every step class)
+Combinations the stack refuses (e.g. magcache+compile: diffusers compiler-disables MagCache's hooks) are reported
+as skipped with its reason. "Without draft" of a setting = the same parts without draft/preset/fa4-dense.
 
 The fastest dense path is the fastest of the dense settings measured (default, fa4-dense, compile). With fewer than
 50 steps (``--steps 8``), the dense/sparse split stays proportional (ceil(0.25 n) dense steps) and a 50-step estimate
@@ -45,8 +51,9 @@ Examples:
     python scripts/benchmark_pipeline.py --models wan1.3b-480p                          # every setting, 50 steps
     python scripts/benchmark_pipeline.py --models wan14b-720p --steps 8 --settings default,fa4-dense,draft,preset
     python scripts/benchmark_pipeline.py --models hunyuan-720p --steps 8 --settings fa4-dense,draft --no-decode
+    python scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --settings default,fa4-dense,draft
     python scripts/benchmark_pipeline.py --tiny --steps 4 --no-decode \\
-        --settings default,draft,taylorseer,taylorseer+draft,fbcache,fbcache+draft,magcache,magcache+draft  # CPU
+        --settings default,draft,taylorseer+draft,fbcache+draft,magcache+draft,dbcache+draft,stack  # CPU
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -71,27 +79,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_e2e import MODELS  # noqa: E402  (the transformer configs, shapes and labels)
 
 from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention,  # noqa: E402
-                                      enable_draft_attention, get_draft_stats, load_preset)
+                                      disable_fast_stack, enable_fast_stack, get_fast_stack,
+                                      get_draft_stats, load_preset)
 from draftattention_diffusers.integration.stats import format_ranges as ranges  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------- models
 # benchmark_e2e.MODELS name -> the preset of the `preset` setting (its draft-attention fields). The tiny configs use
 # the preset of the model they stand in for.
 PRESETS = {"wan1.3b-480p": "wan2.1-1.3b-480p", "wan14b-720p": "wan2.1-14b-720p", "hunyuan-720p": "hunyuan-720p",
-           "tiny-wan": "wan2.1-1.3b-480p", "tiny-hunyuan": "hunyuan-720p"}
+           "wan22-a14b-720p": "wan2.2-a14b-720p-4step", "tiny-wan": "wan2.1-1.3b-480p", "tiny-hunyuan": "hunyuan-720p",
+           "tiny-wan22": "wan2.2-a14b-720p-4step"}
+# Wan2.2 T2V A14B: two Wan 14B-architecture experts switching at boundary_ratio 0.875 (its published pipeline config);
+# rows for the few-step distilled schedule (run it with --steps 4 / name@4): no CFG, one transformer call per step.
+MODELS = dict(MODELS)
+MODELS["wan22-a14b-720p"] = ("wan", MODELS["wan14b-720p"][1], MODELS["wan14b-720p"][2], 1,
+                             "Wan2.2 A14B (two 14B experts), 720x1280, 81 frames, no CFG")
+MODELS["tiny-wan22"] = ("wan", MODELS["tiny-wan"][1], MODELS["tiny-wan"][2], 1, "tiny Wan2.2 two experts (CPU dry run)")
+TWO_EXPERTS = {"wan22-a14b-720p": 0.875, "tiny-wan22": 0.5}  # model -> boundary_ratio
 # Published sampling parameters (the model cards / diffusers docs; the same values as the presets): scheduler shift and
 # guidance (Wan: CFG scale; HunyuanVideo: embedded guidance of the guidance-distilled model).
 SAMPLING = {"wan1.3b-480p": dict(flow_shift=3.0, guidance_scale=5.0),
             "wan14b-720p": dict(flow_shift=5.0, guidance_scale=5.0),
-            "hunyuan-720p": dict(flow_shift=7.0, guidance_scale=6.0)}
-SAMPLING.update({"tiny-wan": SAMPLING["wan1.3b-480p"], "tiny-hunyuan": SAMPLING["hunyuan-720p"]})
-FULL_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
-TINY_MODELS = ["tiny-wan", "tiny-hunyuan"]
+            "hunyuan-720p": dict(flow_shift=7.0, guidance_scale=6.0),
+            "wan22-a14b-720p": dict(flow_shift=5.0, guidance_scale=1.0)}  # the distilled preset's settings
+SAMPLING.update({"tiny-wan": SAMPLING["wan1.3b-480p"], "tiny-hunyuan": SAMPLING["hunyuan-720p"],
+                 "tiny-wan22": SAMPLING["wan22-a14b-720p"]})
+FULL_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p", "wan22-a14b-720p"]
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan22"]
 # Seconds per transformer forward with the default attention on one H200 (docs/benchmarks.md, section 4): the time
 # estimate of a setting before anything was measured on that model. Also rough VAE-decode and build priors.
-PRIOR_FORWARD_S = {"wan1.3b-480p": 0.62, "wan14b-720p": 12.4, "hunyuan-720p": 32.9}
-PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150.0}
-PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0}
+PRIOR_FORWARD_S = {"wan1.3b-480p": 0.62, "wan14b-720p": 12.4, "hunyuan-720p": 32.9, "wan22-a14b-720p": 12.4}
+PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150.0, "wan22-a14b-720p": 60.0}
+PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0, "wan22-a14b-720p": 80.0}
 PRIOR_COMPILE_S = 150.0  # torch.compile + kernel JIT of a full-size model (docs: 66 s for Wan 1.3B draft)
 # Planned cost of a step, in default-attention steps, for time estimates: a sparse step at most half (docs, one
 # forward at 0.9: 0.50 Wan 1.3B, 0.39 Wan 14B, 0.19 HunyuanVideo), a step a cache skips almost nothing.
@@ -144,16 +163,13 @@ MAGCACHE = {
     "hunyuan-720p": (_HUNYUAN_720P_MAG, 0.24, 6, 0.2, "HunyuanVideo 720p"),
     "tiny-wan": (_WAN21_T2V_1_3B_MAG[0::2], 0.12, 2, 0.2, "Wan2.1 T2V 1.3B (cond), borrowed by the tiny model"),
     "tiny-hunyuan": (_HUNYUAN_720P_MAG, 0.24, 6, 0.2, "HunyuanVideo 720p, borrowed by the tiny model"),
+    "tiny-wan22": (_WAN21_T2V_1_3B_MAG[0::2], 0.12, 2, 0.2, "Wan2.1 T2V 1.3B (cond), borrowed by the tiny model"),
 }
 
 TAYLORSEER_INTERVAL = 3
 DENSE_SETTINGS = ("default", "fa4-dense", "compile")  # candidates for "the fastest dense path"
-ALIASES = {"taylorseer-first+draft": "taylorseer(first)+draft"}  # a name a shell takes without quotes
-WITHOUT_DRAFT = {"taylorseer+draft": "taylorseer", "taylorseer(first)+draft": "taylorseer",
-                 "magcache+draft": "magcache", "fbcache+draft": "fbcache", "compile+draft": "compile",
-                 "taylorseer+draft+compile": "taylorseer+compile", "magcache+draft+compile": "magcache+compile",
-                 "fbcache+draft+compile": "fbcache+compile", "fbcache-mag+draft": "fbcache-mag",
-                 "fbcache-mag+draft+compile": "fbcache-mag+compile"}
+DEFAULT_SETTINGS = ["default", "fa4-dense", "draft", "compile", "compile+draft", "magcache", "magcache+draft",
+                    "fbcache-mag+compile", "stack"]
 
 
 # ------------------------------------------------------------------------------------------------ step schedules
@@ -216,7 +232,9 @@ class Bench:
     call_kwargs: dict
     calls_per_step: int
     results: dict = field(default_factory=dict)  # setting -> its measured result
-    steps: int = REF_STEPS  # steps of the pipeline call about to run (parts read it)
+    config: dict = field(default_factory=dict)  # the transformer config
+    latent: tuple = ()  # latent (frames, height, width)
+    steps: int = REF_STEPS  # steps of the pipeline call about to run (the setting reads it)
     decode_source: tuple | None = None  # (setting, latents) of the first timed run: what the VAE decode times
 
     @property
@@ -272,6 +290,11 @@ def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens
     with torch.device(device):
         transformer = (WanTransformer3DModel if family == "wan" else HunyuanVideoTransformer3DModel)(**config)
     cast_like_from_pretrained(transformer.eval().requires_grad_(False), dtype)
+    experts = {}
+    if name in TWO_EXPERTS:  # Wan2.2 A14B: a second expert of the same architecture, its own random weights
+        with torch.device(device):
+            experts = dict(transformer_2=WanTransformer3DModel(**config), boundary_ratio=TWO_EXPERTS[name])
+        cast_like_from_pretrained(experts["transformer_2"].eval().requires_grad_(False), dtype)
     g = torch.Generator(device="cpu").manual_seed(1)
     emb = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
     size = dict(height=h * 8, width=w * 8, num_frames=(f - 1) * 4 + 1)
@@ -281,7 +304,8 @@ def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens
             vae = AutoencoderKLWan(**(TINY_VAE["wan"] if tiny else {}))
         scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                             flow_shift=shift)
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler)
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler,
+                           **experts)
         kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
                       negative_prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
                       guidance_scale=guidance, **size)
@@ -300,91 +324,192 @@ def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens
                       guidance_scale=guidance, **size)
     cast_like_from_pretrained(vae.eval().requires_grad_(False), vae_dtype)
     pipe.set_progress_bar_config(disable=True)
-    return Bench(name, family, label, device, dtype, pipe, kwargs, calls)
+    return Bench(name, family, label, device, dtype, pipe, kwargs, calls, config=config, latent=(f, h, w))
 
 
-# ------------------------------------------------------------------------------------------------ setting parts
-class Part:
-    """One thing a setting turns on. ``enable``/``disable`` change the pipeline; ``set_steps`` adapts step-dependent
-    parameters before each pipeline call (warm-up and timed run differ in steps); ``expected``/``computed`` give the
-    planned and the observed full-compute flag per step (caches)."""
+# ------------------------------------------------------------------------------------------------ settings
+# A setting is a set of tokens joined by "+"; each setting is enabled with ONE call of the package's
+# enable_fast_stack (draft attention, then the cache, float8, regional compile: the order users get) and undone with
+# disable_fast_stack. The benchmark only chooses the arguments and, for caches, plans and checks the skip schedule.
+DRAFT_TOKENS = {"draft": "default", "preset": "preset", "fa4-dense": "fa4-dense"}
+CACHE_TOKENS = ("taylorseer", "magcache", "fbcache", "fbcache-mag", "dbcache", "dbcache-mag")
+OTHER_TOKENS = ("compile", "fp8")
+ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft+compile+fp8"}
+DBCACHE_FN = 1  # cache-dit DBCache: the first block always runs (like First Block Cache), Bn = 0
 
-    name = "part"
-    is_cache = False
-    is_compile = False
-    hook = None  # caches: the diffusers hook on the first block, whose per-context state tells what a step did
-    enabled = False  # set by configure() once enable() succeeded: undo() disables only those
 
-    def describe(self, bench: Bench) -> str:
-        return self.name
+def parse_setting(name: str) -> tuple[str | None, str | None, bool, bool]:
+    """``"magcache+draft+compile"`` -> (draft kind, cache, compile, fp8); ValueError naming the problem."""
+    name = ALIASES.get(name, name)
+    tokens = [] if name == "default" else name.split("+")
+    draft = [DRAFT_TOKENS[t] for t in tokens if t in DRAFT_TOKENS]
+    cache = [t for t in tokens if t in CACHE_TOKENS]
+    unknown = [t for t in tokens if t not in DRAFT_TOKENS and t not in CACHE_TOKENS and t not in OTHER_TOKENS]
+    if unknown or len(draft) > 1 or len(cache) > 1 or len(set(tokens)) != len(tokens) or not name:
+        raise ValueError(f"setting {name!r}: expected 'default', 'stack', 'stack+fp8' or '+'-joined parts: at most one "
+                         f"of {', '.join(DRAFT_TOKENS)}; at most one cache of {', '.join(CACHE_TOKENS)}; "
+                         f"{', '.join(OTHER_TOKENS)} (e.g. fbcache-mag+draft+compile)")
+    return (draft[0] if draft else None), (cache[0] if cache else None), "compile" in tokens, "fp8" in tokens
 
-    def unavailable(self, bench: Bench) -> str | None:
+
+def without_draft(name: str) -> str | None:
+    """The same setting without draft attention (None if it has none)."""
+    name = ALIASES.get(name, name)
+    tokens = [] if name == "default" else name.split("+")
+    if not any(t in DRAFT_TOKENS for t in tokens):
         return None
+    rest = [t for t in tokens if t not in DRAFT_TOKENS]
+    return "+".join(rest) if rest else "default"
 
-    def enable(self, bench: Bench) -> None:
-        pass
 
-    def disable(self, bench: Bench) -> None:
-        pass
+class Setting:
+    """One setting: its enable_fast_stack arguments, its planned cache schedule, and the probes that check it."""
 
-    def set_steps(self, bench: Bench, steps: int) -> None:
-        pass
+    def __init__(self, name: str):
+        self.name = ALIASES.get(name, name)
+        self.draft, self.cache, self.compile, self.fp8 = parse_setting(self.name)
+        self.stack = None
+
+    is_cache = property(lambda self: self.cache is not None)
+    is_compile = property(lambda self: self.compile)
+
+    def draft_config(self, bench: Bench) -> DraftAttentionConfig | None:
+        if self.draft == "preset":
+            return load_preset(PRESETS[bench.name]).draft_attention
+        if self.draft == "fa4-dense":
+            return DraftAttentionConfig(dense_steps_fraction=1.0, dense_backend="fa4")
+        return DraftAttentionConfig() if self.draft == "default" else None
+
+    def fraction(self, bench: Bench) -> float | None:
+        c = self.draft_config(bench)
+        return c.dense_steps_fraction if c is not None else None
+
+    def mag_params(self, bench: Bench):
+        return MAGCACHE.get(bench.name)
 
     def expected(self, bench: Bench, steps: int) -> list[bool] | None:
-        return None
-
-    def computed(self, bench: Bench) -> dict[str, bool] | None:
-        """Per cache context ("cond", "uncond"): did the current step run the transformer blocks in full?"""
-        return None
-
-
-class Draft(Part):
-    """Draft attention: ``kind`` "default" (the default config), "preset" (the model's preset) or "fa4-dense"."""
-
-    def __init__(self, kind: str = "default"):
-        self.kind = kind
-        self.name = {"default": "draft", "preset": "draft (preset)", "fa4-dense": "flash-attn-4 dense"}[kind]
-
-    def config(self, bench: Bench) -> DraftAttentionConfig:
-        if self.kind == "preset":
-            return load_preset(PRESETS[bench.name]).draft_attention
-        if self.kind == "fa4-dense":
-            return DraftAttentionConfig(dense_steps_fraction=1.0, dense_backend="fa4")
-        return DraftAttentionConfig()
-
-    def describe(self, bench: Bench) -> str:
-        c = self.config(bench)
-        if self.kind == "fa4-dense":
-            return 'enable_draft_attention(pipe, dense_steps_fraction=1.0, dense_backend="fa4")'
-        what = f"load_preset({PRESETS[bench.name]!r})" if self.kind == "preset" else "default config"
-        return (f"enable_draft_attention ({what}: sparsity {c.sparsity}, {c.selection}, dense steps fraction "
-                f"{c.dense_steps_fraction}, dense layers {list(c.dense_layers)}, backend {c.backend})")
+        """Planned full-compute flag per step (None without a cache)."""
+        if self.cache is None:
+            return None
+        if self.cache in ("magcache", "fbcache-mag", "dbcache-mag"):
+            ratios, thr, k, ret, _ = self.mag_params(bench)
+            return magcache_schedule(ratios, steps, thr, k, ret)
+        return interval_schedule(steps, cache_start_step(steps))
 
     def unavailable(self, bench: Bench) -> str | None:
-        if self.kind != "fa4-dense":
-            return None
-        if bench.device.type != "cuda":
-            return "flash-attn-4 needs a CUDA GPU (Hopper); this run is on the CPU"
-        try:
-            from draftattention_diffusers.backends import AttentionInputs, get_backend
+        if self.draft == "fa4-dense":
+            why = fa4_unavailable(bench)
+            if why:
+                return why
+        if self.cache in ("magcache", "fbcache-mag", "dbcache-mag") and self.mag_params(bench) is None:
+            return f"no published MagCache ratios for {bench.name}"
+        if self.cache == "taylorseer" and bench.device.type == "cuda":
+            need = taylorseer_bytes(bench)
+            free, _ = torch.cuda.mem_get_info(bench.device)
+            if need + 8 * 2**30 > free:
+                return (f"its Taylor factors (2 block outputs x blocks x {bench.calls_per_step} CFG contexts) need "
+                        f"{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
+        return None
 
-            cc = torch.cuda.get_device_capability(bench.device)
-            head_dim = MODELS[bench.name][1]["attention_head_dim"]
-            reasons = get_backend("fa4").not_supported_reasons(
-                AttentionInputs("cuda", cc, bench.dtype, head_dim, head_dim, 128, bench.family == "hunyuan"))
-            return "fa4 cannot run: " + "; ".join(reasons) if reasons else None
-        except Exception as e:  # the backend API moved: let the setting itself fail visibly instead
-            print(f"   (could not check fa4 availability: {type(e).__name__}: {e})")
-            return None
+    def stack_kwargs(self, bench: Bench) -> dict:
+        """The arguments of enable_fast_stack for this setting (everything but the pipeline)."""
+        kw: dict[str, Any] = dict(compile=self.compile, fp8=self.fp8)
+        draft = self.draft_config(bench)
+        kw["draft"] = draft if draft is not None else False
+        steps = bench.steps
+        if self.cache == "taylorseer":
+            kw.update(cache="taylorseer", num_inference_steps=steps)
+        elif self.cache == "magcache":
+            from diffusers import MagCacheConfig
 
-    def fraction(self, bench: Bench) -> float:
-        return self.config(bench).dense_steps_fraction
+            ratios, thr, k, ret, _ = self.mag_params(bench)
+            # the published 50 ratios as given; stack.set_num_inference_steps interpolates them to each call's steps
+            kw.update(cache=MagCacheConfig(threshold=thr, max_skip_steps=k, retention_ratio=ret,
+                                           num_inference_steps=len(ratios), mag_ratios=list(ratios)),
+                      num_inference_steps=steps)
+        elif self.cache in ("fbcache", "fbcache-mag"):
+            kw.update(cache="first_block", compute_mask=partial(self.expected, bench))
+        elif self.cache in ("dbcache", "dbcache-mag"):
+            import cache_dit
+
+            kw.update(cache=cache_dit.DBCacheConfig(Fn_compute_blocks=DBCACHE_FN, Bn_compute_blocks=0,
+                                                    max_warmup_steps=cache_start_step(steps)),
+                      compute_mask=partial(self.expected, bench), num_inference_steps=steps)
+        return kw
+
+    def describe(self, bench: Bench) -> str:
+        if self.stack is not None:
+            return " -> ".join(self.stack.describe()) or "diffusers' default attention"
+        kw = self.stack_kwargs(bench)
+        return "enable_fast_stack(pipe, " + ", ".join(f"{k}={v!r}" for k, v in kw.items() if k != "draft") + ")"
 
     def enable(self, bench: Bench) -> None:
-        enable_draft_attention(bench.pipe, self.config(bench))
+        if self.name == "default":
+            return
+        try:
+            self.stack = enable_fast_stack(bench.pipe, **self.stack_kwargs(bench))
+        except ValueError as e:  # a combination the stack refuses (with its reason): recorded as such
+            raise SkipSetting(f"refused by enable_fast_stack: {e}") from None
 
     def disable(self, bench: Bench) -> None:
-        disable_draft_attention(bench.pipe)
+        if self.stack is not None:
+            self.stack = None
+            disable_fast_stack(bench.pipe)
+
+    def set_steps(self, bench: Bench, steps: int) -> None:
+        bench.steps = steps
+        if self.stack is not None and self.cache in ("magcache", "taylorseer", "dbcache", "dbcache-mag"):
+            self.stack.set_num_inference_steps(steps)
+
+    def computed(self, bench: Bench) -> dict[str, bool] | None:
+        """Per cache context ("cond", "uncond"), read at the end of a step from the diffusers cache's state on the
+        first transformer: did this step run the transformer blocks in full? (cache-dit: read after the call.)"""
+        hook = {"taylorseer": "taylorseer_cache", "magcache": "mag_cache_leader_block_hook"}.get(
+            self.cache, "fbc_leader_block_hook" if self.cache in ("fbcache", "fbcache-mag") else None)
+        if hook is None:
+            return None
+        hooks = _hooks(bench.transformer, hook)
+        if not hooks:
+            return None
+        states = dict(getattr(getattr(hooks[0], "state_manager", None), "_state_cache", {}) or {})
+        if self.cache == "taylorseer":
+            return {ctx: st.last_update_step == st.current_step for ctx, st in states.items()}
+        return {ctx: bool(st.should_compute) for ctx, st in states.items()}
+
+    def computed_after_run(self, bench: Bench, steps: int) -> dict[str, list[bool]] | None:
+        """cache-dit: its cached steps per branch (statistics it attaches after each pipeline call)."""
+        if self.cache not in ("dbcache", "dbcache-mag"):
+            return None
+        t = bench.transformer
+        out = {"cond": [s not in getattr(t, "_cached_steps", []) for s in range(steps)]}
+        if bench.calls_per_step == 2:
+            out["uncond"] = [s not in getattr(t, "_cfg_cached_steps", []) for s in range(steps)]
+        return out
+
+
+def fa4_unavailable(bench: Bench) -> str | None:
+    if bench.device.type != "cuda":
+        return "flash-attn-4 needs a CUDA GPU (Hopper); this run is on the CPU"
+    try:
+        from draftattention_diffusers.backends import AttentionInputs, get_backend
+
+        cc = torch.cuda.get_device_capability(bench.device)
+        head_dim = bench.config["attention_head_dim"]
+        reasons = get_backend("fa4").not_supported_reasons(
+            AttentionInputs("cuda", cc, bench.dtype, head_dim, head_dim, 128, bench.family == "hunyuan"))
+        return "fa4 cannot run: " + "; ".join(reasons) if reasons else None
+    except Exception as e:  # the backend API moved: let the setting itself fail visibly instead
+        print(f"   (could not check fa4 availability: {type(e).__name__}: {e})")
+        return None
+
+
+def taylorseer_bytes(bench: Bench) -> int:
+    """Taylor factors held: 2 outputs per block and cache context (video + text tokens), bf16."""
+    config, (f, h, w) = bench.config, bench.latent
+    tokens = f * h * w // 4 + (TEXT_LEN["hunyuan"] if bench.family == "hunyuan" else 0)
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    blocks = config["num_layers"] + config.get("num_single_layers", 0)
+    return 2 * blocks * bench.calls_per_step * tokens * dim * 2
 
 
 def _hooks(transformer: torch.nn.Module, hook_name: str) -> list:
@@ -398,360 +523,85 @@ def _hooks(transformer: torch.nn.Module, hook_name: str) -> list:
     return found
 
 
-def _context_states(hook) -> dict:
-    """A stateful diffusers hook's per-context states (``{"cond": state, "uncond": state}``); private API, so
-    return {} if diffusers changed it."""
-    return dict(getattr(getattr(hook, "state_manager", None), "_state_cache", {}) or {})
-
-
-class TaylorSeer(Part):
-    """diffusers' TaylorSeer cache on every transformer block (block outputs predicted by a first-order Taylor
-    expansion on the skipped steps); ``disable_cache_before_step`` = the step where draft attention turns sparse."""
-
-    name = "taylorseer"
-    is_cache = True
-    HOOK = "taylorseer_cache"
-
-    def config(self, steps: int):
-        from diffusers import TaylorSeerCacheConfig
-
-        try:
-            from diffusers.hooks.taylorseer_cache import _BLOCK_IDENTIFIERS as blocks
-        except ImportError:  # the same pattern: top-level "...block..." ModuleList children, e.g. "blocks.3"
-            blocks = ("^[^.]*block[^.]*\\.[^.]+$",)
-        return TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL, disable_cache_before_step=cache_start_step(
-            steps), max_order=1, taylor_factors_dtype=torch.bfloat16, cache_identifiers=list(blocks))
-
-    def describe(self, bench: Bench) -> str:
-        c = self.config(bench.steps)
-        return (f"TaylorSeerCacheConfig(cache_interval={c.cache_interval}, disable_cache_before_step="
-                f"{c.disable_cache_before_step} (= ceil(0.25 x steps)), max_order={c.max_order}, taylor_factors_dtype="
-                f"bfloat16, cache_identifiers={c.cache_identifiers}: every transformer block)")
-
-    def memory_bytes(self, bench: Bench) -> int:
-        """Taylor factors held: (max_order + 1) outputs per block and cache context (video + text tokens)."""
-        family, config, (f, h, w), calls, _ = MODELS[bench.name]
-        tokens = f * h * w // 4 + (TEXT_LEN["hunyuan"] if family == "hunyuan" else 0)
-        dim = config["num_attention_heads"] * config["attention_head_dim"]
-        blocks = config["num_layers"] + config.get("num_single_layers", 0)
-        return 2 * blocks * calls * tokens * dim * 2  # bf16
-
-    def unavailable(self, bench: Bench) -> str | None:
-        if bench.device.type != "cuda":
-            return None
-        need = self.memory_bytes(bench)
-        free, _ = torch.cuda.mem_get_info(bench.device)
-        if need + 8 * 2**30 > free:
-            return (f"its Taylor factors (2 block outputs x {MODELS[bench.name][1]['num_layers']}+ blocks x "
-                    f"{bench.calls_per_step} CFG contexts) need {need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free")
-        return None
-
-    def enable(self, bench: Bench) -> None:
-        bench.transformer.enable_cache(self.config(bench.steps))
-        self.hook = _hooks(bench.transformer, self.HOOK)[0]
-
-    def disable(self, bench: Bench) -> None:
-        bench.transformer.disable_cache()
-
-    def set_steps(self, bench: Bench, steps: int) -> None:
-        start = cache_start_step(steps)
-        for hook in _hooks(bench.transformer, self.HOOK):
-            hook.disable_cache_before_step = start
-        bench.transformer._cache_config.disable_cache_before_step = start
-
-    def expected(self, bench: Bench, steps: int) -> list[bool]:
-        return interval_schedule(steps, cache_start_step(steps))
-
-    def computed(self, bench: Bench) -> dict[str, bool] | None:
-        # the first block's state: it updated its Taylor factors at this step iff it ran in full
-        return {ctx: st.last_update_step == st.current_step for ctx, st in _context_states(self.hook).items()}
-
-
-class MagCache(Part):
-    """diffusers' MagCache with the MagCache authors' published magnitude ratios (no calibration on the random
-    weights, so the skip schedule is the one of the real model)."""
-
-    name = "magcache"
-    is_cache = True
-    HOOK = "mag_cache_leader_block_hook"
-
-    def __init__(self):
-        self.cfg = None
-
-    def params(self, bench: Bench):
-        return MAGCACHE.get(bench.name)
-
-    def describe(self, bench: Bench) -> str:
-        ratios, thr, k, ret, src = self.params(bench)
-        return (f"MagCacheConfig(threshold={thr}, max_skip_steps={k}, retention_ratio={ret}, num_inference_steps="
-                f"<steps>, mag_ratios=published {src}, nearest-interpolated to the step count)")
-
-    def unavailable(self, bench: Bench) -> str | None:
-        if self.params(bench) is None:
-            return f"no published MagCache ratios for {bench.name}"
-        return None
-
-    def enable(self, bench: Bench) -> None:
-        from diffusers import MagCacheConfig
-
-        ratios, thr, k, ret, _ = self.params(bench)
-        self.cfg = MagCacheConfig(threshold=thr, max_skip_steps=k, retention_ratio=ret,
-                                  num_inference_steps=bench.steps, mag_ratios=list(ratios))
-        bench.transformer.enable_cache(self.cfg)
-        self.hook = _hooks(bench.transformer, self.HOOK)[0]
-
-    def disable(self, bench: Bench) -> None:
-        bench.transformer.disable_cache()
-
-    def set_steps(self, bench: Bench, steps: int) -> None:
-        # the hooks share this config object: the step count and the ratios interpolated to it
-        from diffusers.hooks.mag_cache import nearest_interp
-
-        ratios = torch.tensor(self.params(bench)[0])
-        self.cfg.num_inference_steps = steps
-        self.cfg.mag_ratios = nearest_interp(ratios, steps) if len(ratios) != steps else ratios
-
-    def expected(self, bench: Bench, steps: int) -> list[bool]:
-        ratios, thr, k, ret, _ = self.params(bench)
-        return magcache_schedule(ratios, steps, thr, k, ret)
-
-    def computed(self, bench: Bench) -> dict[str, bool] | None:
-        return {ctx: bool(st.should_compute) for ctx, st in _context_states(self.hook).items()}
-
-
-class FBCache(Part):
-    """diffusers' First Block Cache with its threshold decision (relative change of the first block's residual,
-    data-dependent and meaningless on random weights) replaced by a fixed schedule (the first block always runs):
-    ``schedule="interval"``, TaylorSeer's (full compute on the steps before ceil(0.25 x steps) and every third step
-    after); ``"magcache"``, the steps MagCache computes with the ratios published for the model (:data:`MAGCACHE`).
-    (MagCache itself cannot be compiled: diffusers wraps its block hooks in ``torch.compiler.disable``; First Block
-    Cache's block hooks compile, so this is how a MagCache-like skip pattern stacks with torch.compile.)"""
-
-    is_cache = True
-    HOOK = "fbc_leader_block_hook"
-
-    def __init__(self, schedule: str = "interval"):
-        self.schedule_source = schedule
-        self.name = "fbcache" if schedule == "interval" else "fbcache-mag"
-        self.schedule: list[bool] = []
-
-    def describe(self, bench: Bench) -> str:
-        if self.schedule_source == "magcache":
-            src = self.params(bench)[4]
-            return ("FirstBlockCacheConfig(threshold=0.05) with the head hook's decision replaced by the fixed "
-                    f"schedule MagCache computes from its published ratios ({src}; threshold, K, retention as "
-                    "published)")
-        return ("FirstBlockCacheConfig(threshold=0.05) with the head hook's decision replaced by a fixed schedule: "
-                f"full compute before step start = ceil(0.25 x steps) and where (step - start - 1) % "
-                f"{TAYLORSEER_INTERVAL} == 0")
-
-    def params(self, bench: Bench):
-        return MAGCACHE.get(bench.name)
-
-    def unavailable(self, bench: Bench) -> str | None:
-        if self.schedule_source == "magcache" and self.params(bench) is None:
-            return f"no published MagCache ratios for {bench.name}"
-        return None
-
-    def enable(self, bench: Bench) -> None:
-        from diffusers import FirstBlockCacheConfig
-
-        bench.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
-        heads = _hooks(bench.transformer, self.HOOK)
-        if len(heads) != 1:
-            raise RuntimeError(f"expected one FirstBlockCache head hook, found {len(heads)}")
-        scheduler = bench.pipe.scheduler
-
-        @torch.compiler.disable
-        def fixed_decision(hidden_states_residual):  # replaces FBCHeadBlockHook._should_compute_remaining_blocks
-            step = scheduler.step_index or 0  # None before the first scheduler step
-            return self.schedule[step] if step < len(self.schedule) else True
-
-        heads[0]._should_compute_remaining_blocks = fixed_decision
-        self.hook = heads[0]
-
-    def disable(self, bench: Bench) -> None:
-        bench.transformer.disable_cache()
-
-    def set_steps(self, bench: Bench, steps: int) -> None:
-        self.schedule = self.expected(bench, steps)
-
-    def expected(self, bench: Bench, steps: int) -> list[bool]:
-        if self.schedule_source == "magcache":
-            ratios, thr, k, ret, _ = self.params(bench)
-            return magcache_schedule(ratios, steps, thr, k, ret)
-        return interval_schedule(steps, cache_start_step(steps))
-
-    def computed(self, bench: Bench) -> dict[str, bool] | None:
-        return {ctx: bool(st.should_compute) for ctx, st in _context_states(self.hook).items()}
-
-
-class Compile(Part):
-    """Regional torch.compile: ``pipe.transformer.compile_repeated_blocks()`` (torch.compile defaults: fullgraph
-    False, inductor); undone by dropping the compiled call of every block and resetting dynamo."""
-
-    name = "compile"
-    is_compile = True
-
-    def describe(self, bench: Bench) -> str:
-        return f"pipe.transformer.compile_repeated_blocks() ({', '.join(bench.transformer._repeated_blocks)})"
-
-    def unavailable(self, bench: Bench) -> str | None:
-        if not hasattr(bench.transformer, "compile_repeated_blocks"):
-            return "this diffusers has no ModelMixin.compile_repeated_blocks"
-        return None
-
-    def enable(self, bench: Bench) -> None:
-        torch._dynamo.reset()
-        # the README's advice with a cache: its state and draft attention's dense/sparse switch each need graphs
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
-        bench.transformer.compile_repeated_blocks()
-
-    def disable(self, bench: Bench) -> None:
-        uncompile(bench.transformer)
-
-
-def uncompile(model: torch.nn.Module) -> None:
-    """Undo ``compile_repeated_blocks`` (each block's ``compile()`` set ``_compiled_call_impl``) and forget graphs."""
-    for m in model.modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None
-    torch._dynamo.reset()
-
-
-# name -> the parts, enabled in this order (a fresh list per model)
-SETTINGS: dict[str, Callable[[], list[Part]]] = {
-    "default": lambda: [],
-    "fa4-dense": lambda: [Draft("fa4-dense")],
-    "draft": lambda: [Draft()],
-    "preset": lambda: [Draft("preset")],
-    "compile": lambda: [Compile()],
-    "compile+draft": lambda: [Draft(), Compile()],
-    "taylorseer": lambda: [TaylorSeer()],
-    "taylorseer+draft": lambda: [Draft(), TaylorSeer()],
-    "taylorseer(first)+draft": lambda: [TaylorSeer(), Draft()],
-    "magcache": lambda: [MagCache()],
-    "magcache+draft": lambda: [Draft(), MagCache()],
-    "fbcache": lambda: [FBCache()],
-    "fbcache+draft": lambda: [Draft(), FBCache()],
-    "taylorseer+compile": lambda: [TaylorSeer(), Compile()],
-    "taylorseer+draft+compile": lambda: [Draft(), TaylorSeer(), Compile()],
-    "magcache+compile": lambda: [MagCache(), Compile()],
-    "magcache+draft+compile": lambda: [Draft(), MagCache(), Compile()],
-    "fbcache+compile": lambda: [FBCache(), Compile()],
-    "fbcache+draft+compile": lambda: [Draft(), FBCache(), Compile()],
-    "fbcache-mag": lambda: [FBCache("magcache")],
-    "fbcache-mag+draft": lambda: [Draft(), FBCache("magcache")],
-    "fbcache-mag+compile": lambda: [FBCache("magcache"), Compile()],
-    "fbcache-mag+draft+compile": lambda: [Draft(), FBCache("magcache"), Compile()],
-}
-
-
-def configure(bench: Bench, parts: list[Part]) -> None:
-    """Enable the parts in order."""
-    for p in parts:
-        p.enable(bench)
-        p.enabled = True
-
-
-def undo(bench: Bench, parts: list[Part]) -> list[str]:
-    """Disable the parts in reverse order, then make sure nothing is left (cache, draft attention, compiled
-    blocks), whatever failed before. Returns the errors met (printed by the caller)."""
+def undo(bench: Bench, setting: Setting) -> list[str]:
+    """Disable the stack, then make sure nothing is left (a stack, draft attention, compiled graphs), whatever failed
+    before. Returns the errors met (printed by the caller)."""
     errors = []
-    for p in reversed([p for p in parts if p.enabled]):
-        try:
-            p.disable(bench)
-            p.enabled = False
-        except Exception as e:
-            errors.append(f"disable {p.name}: {type(e).__name__}: {e}")
-    tr = bench.transformer
-    if getattr(tr, "is_cache_enabled", False):
-        tr.disable_cache()
-        errors.append("a cache was still enabled after undo (disabled now)")
+    try:
+        setting.disable(bench)
+    except Exception as e:
+        errors.append(f"disable_fast_stack: {type(e).__name__}: {e}")
+    if get_fast_stack(bench.pipe) is not None:
+        errors.append("a fast stack was still enabled after undo")
     try:
         disable_draft_attention(bench.pipe)
         errors.append("draft attention was still enabled after undo (disabled now)")
     except RuntimeError:
         pass  # not enabled: expected
-    uncompile(tr)
+    torch._dynamo.reset()  # no graph of this setting guards the next one
     return errors
 
 
-def draft_part(parts: list[Part]) -> Draft | None:
-    return next((p for p in parts if isinstance(p, Draft)), None)
-
-
-def dense_flags(bench: Bench, parts: list[Part], steps: int) -> list[bool]:
+def dense_flags(bench: Bench, setting: Setting, steps: int) -> list[bool]:
     """Which steps count as dense for the per-step means: draft attention's dense steps; for settings without
     sparse steps (no draft, fa4-dense) the same positions of the default schedule (first ceil(0.25 n))."""
-    d = draft_part(parts)
-    f = d.fraction(bench) if d is not None else DEFAULT_DENSE_FRACTION
-    if not 0.0 < f < 1.0:
+    f = setting.fraction(bench)
+    if f is None or not 0.0 < f < 1.0:
         f = DEFAULT_DENSE_FRACTION
     n = dense_step_count(f, steps)
     return [s < n for s in range(steps)]
 
 
-def expected_compute(bench: Bench, parts: list[Part], steps: int) -> list[bool]:
-    """Full-compute flag per step planned by the cache parts (all True without a cache)."""
-    flags = [True] * steps
-    for p in parts:
-        e = p.expected(bench, steps)
-        if e is not None:
-            flags = [a and b for a, b in zip(flags, e)]
-    return flags
+def expected_compute(bench: Bench, setting: Setting, steps: int) -> list[bool]:
+    """Full-compute flag per step planned by the cache (all True without a cache)."""
+    return setting.expected(bench, steps) or [True] * steps
 
 
-def planned_cost(bench: Bench, parts: list[Part], steps: int) -> float:
+def planned_cost(bench: Bench, setting: Setting, steps: int) -> float:
     """Planned time of ``steps`` steps in default-attention steps: 1 per dense step, ``SPARSE_STEP_COST`` per
     sparse step of draft attention, ``SKIPPED_STEP_COST`` per step a cache skips (compile and fa4 dense: 1)."""
-    d = draft_part(parts)
-    n_dense = dense_step_count(d.fraction(bench), steps) if d is not None else steps
+    f = setting.fraction(bench)
+    n_dense = dense_step_count(f, steps) if f is not None else steps
     return sum((1.0 if s < n_dense else SPARSE_STEP_COST) if c else SKIPPED_STEP_COST
-               for s, c in enumerate(expected_compute(bench, parts, steps)))
+               for s, c in enumerate(expected_compute(bench, setting, steps)))
 
 
-def choose_warmup_steps(bench: Bench, parts: list[Part], minimum: int, cap: int = 12) -> tuple[int, str]:
+def choose_warmup_steps(bench: Bench, setting: Setting, minimum: int, cap: int = 12) -> tuple[int, str]:
     """The fewest warm-up steps >= ``minimum`` whose run computes (not cache-skips) a dense and a sparse step of
     draft attention, and skips at least one step when a cache is on: so every code path (and its JIT compile)
     of the timed run has run once."""
-    d = draft_part(parts)
-    has_sparse = d is not None and d.fraction(bench) < 1.0
-    has_dense = d is not None and d.fraction(bench) > 0.0
-    has_cache = any(p.is_cache for p in parts)
+    f = setting.fraction(bench)
+    has_sparse = f is not None and f < 1.0
+    has_dense = f is not None and f > 0.0
     # compiled under a cache, step 0 and later steps need different graphs (the cache's state is in dynamo's
     # guards): two computed dense steps then (docs/benchmarks.md section 10)
-    dense_needed = 2 if has_cache and any(p.is_compile for p in parts) else 1
+    dense_needed = 2 if setting.is_cache and setting.is_compile else 1
     for w in range(max(1, minimum), cap + 1):
-        dense = [s < dense_step_count(d.fraction(bench), w) for s in range(w)] if d is not None else [True] * w
-        comp = expected_compute(bench, parts, w)
+        dense = [s < dense_step_count(f, w) for s in range(w)] if f is not None else [True] * w
+        comp = expected_compute(bench, setting, w)
         ok = ((not has_sparse or any(c and not dn for c, dn in zip(comp, dense)))
               and (not has_dense or sum(c and dn for c, dn in zip(comp, dense)) >= dense_needed)
-              and (not has_cache or not all(comp)))
+              and (not setting.is_cache or not all(comp)))
         if ok:
             return w, ""
     return max(1, minimum), f"no warm-up of <= {cap} steps covers every path; using {max(1, minimum)}"
-
 
 # ------------------------------------------------------------------------------------------------------ running
 class SkipSetting(Exception):
     """A setting that cannot run here (no GPU kernel, not enough memory) or would not fit in the time budget."""
 
 
-def run_pipeline(bench: Bench, parts: list[Part], steps: int, seed: int) -> dict:
+def run_pipeline(bench: Bench, setting: Setting, steps: int, seed: int) -> dict:
     """One pipeline call of ``steps`` steps to latents: wall-clock seconds (synchronised), per-step seconds (from
     ``callback_on_step_end``), the caches' observed full-compute flags per step and context, the latents."""
-    for p in parts:
-        p.set_steps(bench, steps)
+    setting.set_steps(bench, steps)
     device = bench.device
     marks, computed = [], []
-    probes = [p for p in parts if p.is_cache]
 
     def on_step_end(pipe, i, t, callback_kwargs):
         sync(device)
         marks.append(time.perf_counter())
-        for p in probes:
-            computed.append((i, p.name, p.computed(bench)))
+        computed.append((i, setting.computed(bench)))
         return callback_kwargs
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -763,36 +613,40 @@ def run_pipeline(bench: Bench, parts: list[Part], steps: int, seed: int) -> dict
     sync(device)
     total = time.perf_counter() - t0
     step_s = [b - a for a, b in zip([t0] + marks[:-1], marks)]
+    after = setting.computed_after_run(bench, steps)
+    if after is not None:  # cache-dit: its statistics of the whole call
+        computed = [(i, {ctx: flags[i] for ctx, flags in after.items()}) for i in range(steps)]
     return {"seconds": total, "step_s": step_s, "computed": computed, "latents": latents}
 
 
-def cache_report(bench: Bench, parts: list[Part], run: dict, steps: int) -> tuple[dict, list[str]]:
-    """Observed vs planned full-compute steps of each cache part, per cache context; lines for the log."""
+def cache_report(bench: Bench, setting: Setting, run: dict, steps: int) -> tuple[dict, list[str]]:
+    """Observed vs planned full-compute steps of the cache, per cache context; lines for the log."""
+    if not setting.is_cache:
+        return {}, []
     out, lines = {}, []
-    for p in [p for p in parts if p.is_cache]:
-        expected = p.expected(bench, steps)
-        per_ctx: dict[str, list[bool]] = {}
-        for i, name, flags in run["computed"]:
-            if name == p.name and flags:
-                for ctx, c in flags.items():
-                    per_ctx.setdefault(ctx, [None] * steps)[i] = c
-        exp_idx = [s for s, c in enumerate(expected) if c]
-        if not per_ctx:
-            lines.append(f"{p.name}: cache state not readable (diffusers internals changed?); planned full compute at "
-                         f"steps {ranges(exp_idx)}")
-        for ctx, flags in per_ctx.items():
-            idx = [s for s, c in enumerate(flags) if c]
-            ok = flags == expected
-            lines.append(f"{p.name} [{ctx}]: full compute at steps {ranges(idx)} ({len(idx)} of {steps}; "
-                         f"{steps - len(idx)} skipped), planned {ranges(exp_idx)}: {'as planned' if ok else 'DIFFERS'}")
-        out[p.name] = {"planned_compute_steps": exp_idx,
-                       "observed_compute_steps": {c: [s for s, v in enumerate(f) if v] for c, f in per_ctx.items()},
-                       "as_planned": all(f == expected for f in per_ctx.values()) if per_ctx else None}
+    name = setting.cache
+    expected = setting.expected(bench, steps)
+    per_ctx: dict[str, list[bool]] = {}
+    for i, flags in run["computed"]:
+        for ctx, c in (flags or {}).items():
+            per_ctx.setdefault(ctx, [None] * steps)[i] = c
+    exp_idx = [s for s, c in enumerate(expected) if c]
+    if not per_ctx:
+        lines.append(f"{name}: cache state not readable (internals changed?); planned full compute at steps "
+                     f"{ranges(exp_idx)}")
+    for ctx, flags in per_ctx.items():
+        idx = [s for s, c in enumerate(flags) if c]
+        ok = flags == expected
+        lines.append(f"{name} [{ctx}]: full compute at steps {ranges(idx)} ({len(idx)} of {steps}; "
+                     f"{steps - len(idx)} skipped), planned {ranges(exp_idx)}: {'as planned' if ok else 'DIFFERS'}")
+    out[name] = {"planned_compute_steps": exp_idx,
+                 "observed_compute_steps": {c: [s for s, v in enumerate(f) if v] for c, f in per_ctx.items()},
+                 "as_planned": all(f == expected for f in per_ctx.values()) if per_ctx else None}
     return out, lines
 
 
-def draft_summary(bench: Bench, parts: list[Part]) -> tuple[dict | None, str | None]:
-    if draft_part(parts) is None:
+def draft_summary(bench: Bench, setting: Setting) -> tuple[dict | None, str | None]:
+    if setting.draft is None:
         return None, None
     try:
         stats = get_draft_stats(bench.pipe)
@@ -810,15 +664,15 @@ def dynamo_counts() -> tuple[int, int]:
     return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
 
 
-def check_budget(bench: Bench, parts: list[Part], warm: int, args,
+def check_budget(bench: Bench, setting: Setting, warm: int, args,
                  deadline: float | None) -> tuple[str | None, float | None]:
     """(skip reason or None, estimated seconds) of a whole setting: the planned cost of the warm-up (twice with
     torch.compile, plus a compile allowance) and of the timed run, times the default-step time."""
     step_est, basis = bench.step_estimate()
     if deadline is None or step_est is None:
         return None, None
-    compiling = any(p.is_compile for p in parts)
-    cost = (2 if compiling else 1) * planned_cost(bench, parts, warm) + planned_cost(bench, parts, args.steps)
+    compiling = setting.is_compile
+    cost = (2 if compiling else 1) * planned_cost(bench, setting, warm) + planned_cost(bench, setting, args.steps)
     est = cost * step_est + (bench.compile_estimate() if compiling else 0.0)
     left = deadline - time.perf_counter()
     if est > left:
@@ -827,60 +681,61 @@ def check_budget(bench: Bench, parts: list[Part], warm: int, args,
     return None, est
 
 
-def warm_up(bench: Bench, parts: list[Part], warm: int, args, log) -> dict:
+def warm_up(bench: Bench, setting: Setting, warm: int, args, log) -> dict:
     """Untimed warm-up pipeline call(s) of ``warm`` steps at the same shape and settings. With torch.compile the
     call is repeated (up to ``--max-warmup-calls``) until one compiles no new graph: a graph first needed when
     a dense step follows sparse ones is then compiled here, not in the timed run."""
-    compiling = any(p.is_compile for p in parts)
+    compiling = setting.is_compile
     calls, total, step_s = 0, 0.0, []
     while True:
         graphs0, _ = dynamo_counts()
-        w = run_pipeline(bench, parts, warm, args.seed)
+        w = run_pipeline(bench, setting, warm, args.seed)
         calls += 1
         total += w["seconds"]
         step_s.append(w["step_s"])
         new_graphs = dynamo_counts()[0] - graphs0
         if not compiling or new_graphs == 0 or calls >= args.max_warmup_calls:
             break
-    ds, _ = draft_summary(bench, parts)
+    ds, _ = draft_summary(bench, setting)
     modes = (ds or {}).get("steps") or {}
-    computed = [s for s, c in enumerate(expected_compute(bench, parts, warm)) if c]
+    computed = [s for s, c in enumerate(expected_compute(bench, setting, warm)) if c]
     log(f"   warm-up (untimed): {calls} call(s) of {warm} steps in {total:.2f} s; draft modes "
         f"{', '.join(f'{s}:{m}' for s, m in sorted(modes.items())) or '-'}; full compute at {ranges(computed)}"
         + (f"; graphs compiled in the last call: {new_graphs}" if compiling else ""))
-    for line in cache_report(bench, parts, w, warm)[1]:
+    for line in cache_report(bench, setting, w, warm)[1]:
         log(f"   warm-up {line}")
     return {"steps": warm, "calls": calls, "seconds": total, "step_s": step_s, "computed_steps": computed,
             "draft_steps": modes, "graphs_compiled_last_call": new_graphs if compiling else None}
 
 
-def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor, list[str]]:
+def timed_run(bench: Bench, setting: Setting, args) -> tuple[dict, torch.Tensor, list[str]]:
     """The timed pipeline call: denoise seconds, per-step times and their dense/sparse means, peak memory,
     graphs compiled inside it, cache schedule check, draft statistics. Returns (result, latents, log lines)."""
     graphs0, _ = dynamo_counts()
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
-    run = run_pipeline(bench, parts, args.steps, args.seed)
+    run = run_pipeline(bench, setting, args.steps, args.seed)
     graphs1, breaks1 = dynamo_counts()
     res: dict[str, Any] = {"denoise_s": run["seconds"], "step_s": run["step_s"],
                            "latents_finite": bool(torch.isfinite(run["latents"]).all())}
     if bench.device.type == "cuda":
         res["peak_gib"] = torch.cuda.max_memory_allocated(bench.device) / 2**30
-    dense = dense_flags(bench, parts, args.steps)
+    dense = dense_flags(bench, setting, args.steps)
     d_s = [t for t, dn in zip(run["step_s"], dense) if dn]
     s_s = [t for t, dn in zip(run["step_s"], dense) if not dn]
     res["dense_step_mean_s"] = sum(d_s) / len(d_s) if d_s else None
     res["sparse_step_mean_s"] = sum(s_s) / len(s_s) if s_s else None
     res["dense_steps"], res["sparse_steps"] = len(d_s), len(s_s)
     # step classes of this run and of the 50-step schedule, for the 50-step estimate (estimate_50)
-    res["classes"] = step_classes(dense, expected_compute(bench, parts, args.steps))
-    res["classes_50"] = step_classes(dense_flags(bench, parts, REF_STEPS), expected_compute(bench, parts, REF_STEPS))
-    res["has_draft"] = draft_part(parts) is not None and 0.0 < draft_part(parts).fraction(bench) < 1.0
-    if any(p.is_compile for p in parts):
+    res["classes"] = step_classes(dense, expected_compute(bench, setting, args.steps))
+    res["classes_50"] = step_classes(dense_flags(bench, setting, REF_STEPS), expected_compute(bench, setting, REF_STEPS))
+    frac = setting.fraction(bench)
+    res["has_draft"] = frac is not None and 0.0 < frac < 1.0
+    if setting.is_compile:
         res["graphs_compiled_in_timed_run"] = graphs1 - graphs0
         res["graph_breaks_total"] = breaks1
-    res["cache"], cache_lines = cache_report(bench, parts, run, args.steps)
-    res["draft_stats"], stats_text = draft_summary(bench, parts)
+    res["cache"], cache_lines = cache_report(bench, setting, run, args.steps)
+    res["draft_stats"], stats_text = draft_summary(bench, setting)
 
     f = lambda x: "-" if x is None else f"{x:.3f} s"  # noqa: E731
     lines = [f"denoise: {args.steps} steps in {res['denoise_s']:.3f} s | dense-step mean {f(res['dense_step_mean_s'])} "
@@ -891,10 +746,9 @@ def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor
     lines += cache_lines
     if stats_text:
         lines += stats_text.splitlines()
-        d = draft_part(parts)
         modes = (res["draft_stats"] or {}).get("steps") or {}
         planned = {s: ("dense" if dn else "sparse") for s, dn in enumerate(dense)}
-        if modes and 0.0 < d.fraction(bench) < 1.0 and {int(k): v for k, v in modes.items()} != planned:
+        if modes and res["has_draft"] and {int(k): v for k, v in modes.items()} != planned:
             lines.append(f"note: draft modes per step differ from the planned split "
                          f"({ranges([s for s, m in planned.items() if m == 'dense'])} dense)")
     return res, run["latents"], lines
@@ -903,9 +757,9 @@ def timed_run(bench: Bench, parts: list[Part], args) -> tuple[dict, torch.Tensor
 def split_setting(text: str, default_steps: int) -> tuple[str, int]:
     """``"magcache+draft@8"`` -> ("magcache+draft", 8); without ``@``: the run's ``--steps``."""
     name, _, steps = text.partition("@")
-    name = ALIASES.get(name, name)
-    if name not in SETTINGS or (steps and not (steps.isdigit() and int(steps) > 0)):
-        raise ValueError(f"setting {text!r}: expected one of {', '.join(SETTINGS)}, optionally @<steps> (e.g. draft@4)")
+    parse_setting(name)  # raises naming the problem
+    if steps and not (steps.isdigit() and int(steps) > 0):
+        raise ValueError(f"setting {text!r}: @<steps> must be a positive integer (e.g. draft@4)")
     return name, int(steps) if steps else default_steps
 
 
@@ -914,36 +768,36 @@ def run_setting(bench: Bench, name: str, args, deadline: float | None, log) -> d
     name and its traceback, and the pipeline is restored for the next setting."""
     name, steps = split_setting(name, args.steps)
     args = argparse.Namespace(**{**vars(args), "steps": steps})  # this setting's own step count
-    parts = SETTINGS[name]()
+    setting = Setting(name)
     bench.steps = args.steps
     res: dict[str, Any] = {"setting": name, "steps": args.steps}
     log(f"-- {name}")
     try:
-        res["description"] = [p.describe(bench) for p in parts]
-        log("   " + (" -> ".join(res["description"]) or "diffusers' default attention"))
-        reason = next((r for r in (p.unavailable(bench) for p in parts) if r), None)
+        reason = setting.unavailable(bench)
         if reason:
             raise SkipSetting(reason)
-        warm, warm_note = choose_warmup_steps(bench, parts, args.warmup_steps)
+        warm, warm_note = choose_warmup_steps(bench, setting, args.warmup_steps)
         if warm_note:
             log(f"   note: {warm_note}")
-        reason, res["estimate_s"] = check_budget(bench, parts, warm, args, deadline)
+        reason, res["estimate_s"] = check_budget(bench, setting, warm, args, deadline)
         if reason:
             raise SkipSetting(reason)
         t0 = time.perf_counter()
-        configure(bench, parts)
+        setting.enable(bench)  # one enable_fast_stack call
         res["configure_s"] = time.perf_counter() - t0
-        res["warmup"] = warm_up(bench, parts, warm, args, log)
-        res["planned_cost"] = planned_cost(bench, parts, args.steps)
+        res["description"] = setting.describe(bench)
+        log(f"   {res['description']}")
+        res["warmup"] = warm_up(bench, setting, warm, args, log)
+        res["planned_cost"] = planned_cost(bench, setting, args.steps)
         step_est = bench.step_estimate()[0] or res["warmup"]["seconds"] / (res["warmup"]["calls"]
-                                                                           * planned_cost(bench, parts, warm))
+                                                                           * planned_cost(bench, setting, warm))
         left = deadline - time.perf_counter() if deadline is not None else math.inf
         if res["planned_cost"] * step_est > left:
             raise SkipSetting(f"time budget: after the warm-up, the {args.steps} timed steps need "
                               f"~{res['planned_cost'] * step_est:.0f} s, {left:.0f} s left (timed run skipped)")
-        timed, latents, lines = timed_run(bench, parts, args)
+        timed, latents, lines = timed_run(bench, setting, args)
         res.update(timed)
-        if any(p.is_compile for p in parts):
+        if setting.is_compile:
             per_call = res["warmup"]["seconds"] / res["warmup"]["calls"]
             res["compile_s_est"] = max(0.0, res["warmup"]["seconds"] - res["warmup"]["calls"] * warm
                                        * res["denoise_s"] / args.steps)
@@ -968,7 +822,7 @@ def run_setting(bench: Bench, name: str, args, deadline: float | None, log) -> d
         for line in traceback.format_exc().rstrip().splitlines()[-12:]:
             log(f"     | {line}")
     finally:
-        for err in undo(bench, parts):
+        for err in undo(bench, setting):
             log(f"   undo [{name}]: {err}")
         gc.collect()
         if bench.device.type == "cuda":
@@ -1048,7 +902,7 @@ def summarize(model_res: dict) -> list[dict]:
             row["vs_default"] = t["default"] / t[k] if "default" in t and same("default") else None
             row["fastest_dense"] = fastest
             row["vs_fastest_dense"] = dense[fastest] / t[k] if fastest and same(fastest) else None
-            base = WITHOUT_DRAFT.get(k)
+            base = without_draft(k)
             row["without_draft"] = base
             row["vs_without_draft"] = t[base] / t[k] if base in t and same(base) else None
             row["est50_vs_without_draft"] = est[base] / est[k] if base in t and est.get(base) and est[k] else None
@@ -1194,8 +1048,10 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=",".join(FULL_MODELS),
                    help=f"comma list of {', '.join(FULL_MODELS + TINY_MODELS)} (default: the three full-size)")
     p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
-    p.add_argument("--settings", default=",".join(SETTINGS),
-                   help="comma list of (each optionally @<steps>, its own step count: draft@4): " + ", ".join(SETTINGS))
+    p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                   help="comma list (each optionally @<steps>, its own step count: draft@4) of 'default', 'stack', "
+                        "'stack+fp8' or '+'-joined parts (see the module docstring); default: "
+                        + ", ".join(DEFAULT_SETTINGS))
     p.add_argument("--steps", type=int, default=REF_STEPS, help="denoising steps of the timed run (default 50)")
     p.add_argument("--warmup-steps", type=int, default=2,
                    help="steps of the untimed warm-up call (>= 1; raised per setting until it covers a dense, a "

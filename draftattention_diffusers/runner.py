@@ -743,13 +743,15 @@ def step_timing_unavailable(pipe) -> str | None:
             "call is timed")
 
 
-def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def run_pipeline(pipe, kwargs: dict[str, Any], seed: int, on_step=None) -> tuple[np.ndarray, dict[str, Any]]:
     """Run ``pipe(**kwargs)`` with a seeded CPU generator (same noise on any device).
 
     Returns ``(frames, times)``: frames float ``[F, H, W, 3]`` in ``[0, 1]`` (first video); times in seconds:
     ``total`` (the whole call) and ``denoise`` (from the call to the end of the last denoising step: text encoding
     and the transformer, not the VAE decode). ``denoise`` is measured with a ``callback_on_step_end``; for a pipeline
     that takes none it is None and ``denoise_unavailable`` says why (:func:`step_timing_unavailable`).
+    ``on_step(step)``, if given, is called at the end of every denoising step (after its time mark; not called
+    for a pipeline without a step callback).
     """
     device = pipe._execution_device
     marks: list[float] = []
@@ -758,6 +760,8 @@ def run_pipeline(pipe, kwargs: dict[str, Any], seed: int) -> tuple[np.ndarray, d
         if step == _pipe.num_timesteps - 1:
             _sync(device)
             marks.append(time.perf_counter())
+        if on_step is not None:
+            on_step(step)
         return {}
 
     unavailable = step_timing_unavailable(pipe)

@@ -654,5 +654,5 @@ def test_evaluate_checks_the_inputs_before_loading(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(runner, "load_pipeline", loader)
     code = _evaluate(monkeypatch, "--model", "tiny-wan-i2v", "--prompts", prompts, "--csv", tmp_path / "o" / "e.csv")
     assert code == 1
-    assert "evaluate: error: WanImageToVideoPipeline needs an input image" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    assert "draftattention: error: WanImageToVideoPipeline needs an input image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o" / "e-report").exists()

@@ -173,6 +173,127 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"0,5"`` -> [0, 5] (non-negative), None for None."""
+    if text is None:
+        return None
+    values = _csv_list(text, flag, int)
+    if min(values) < 0:
+        raise CLIError(f"{flag} {text!r}: expected non-negative integers")
+    return values
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate import suite
+    from ..evaluate.report import report_unavailable, write_report
+    from ..evaluate.run import EvalOptions, Evaluation, build_settings, check_range, default_long_frames
+
+    base = runner.settings_from_args(args)
+    if base.model in runner.TINY_MODELS and args.height is None and args.preset is None:
+        # the tiny VAE decode dominates a tiny run on a CPU: half the demo height keeps a suite under a minute
+        # (128x512: two draft regions per frame, so 90% sparsity still skips tiles)
+        base = dataclasses.replace(base, height=128)
+    if args.prompts and args.prompt:
+        raise CLIError("--prompt and --prompts: pass one (a single prompt, or a file of prompts)")
+    try:
+        if args.prompts:
+            prompts = suite.read_prompt_file(args.prompts)
+        elif args.prompt:
+            prompts = [suite.SuitePrompt("p01", "prompt", args.prompt)]
+        else:
+            prompts = suite.builtin_suite()
+        tiny = base.model in runner.TINY_MODELS
+        per = args.per_category or ("1" if tiny and not args.prompts and not args.prompt else "all")
+        if per != "all" and not per.isdigit():
+            raise CLIError(f"--per-category {per!r}: expected a positive number or 'all'")
+        prompts = suite.select(prompts, _csv_list(args.categories, "--categories") if args.categories else None,
+                               None if per == "all" else int(per))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    presets = []
+    for name in _csv_list(args.presets, "--presets") if args.presets else []:
+        p = runner.resolve_settings(preset=name, model=base.model, dense=True)  # its checks, its config
+        presets.append((name, p.config))
+    sparsities = _csv_list(args.sparsities, "--sparsities", float) if args.sparsities else None
+    selections = _csv_list(args.selections, "--selections") if args.selections else None
+    settings = build_settings(base.config, sparsities, selections, presets)
+    for st in settings:
+        runner.check_backend(dataclasses.replace(base, config=st.config), runner.pick_device(args.device))
+    for flag, v in (("--warmup", args.warmup), ("--map-prompts", args.map_prompts),
+                    ("--strip-frames", args.strip_frames)):
+        if v < (1 if flag == "--strip-frames" else 0):
+            raise CLIError(f"{flag} {v}: expected a {'positive' if flag == '--strip-frames' else 'non-negative'} "
+                           "integer")
+    long_frames = args.long_frames if args.long_frames is not None else default_long_frames(base.num_frames)
+    if long_frames is not None and any(p.long for p in prompts):
+        runner.RunSettings(model=base.model, num_frames=long_frames).validate()
+    map_steps = _int_list(args.map_steps, "--map-steps")
+    check_range(map_steps, base.num_inference_steps, "--map-steps", "denoising steps")
+    out = Path(args.out or (Path(args.csv).with_suffix("").as_posix() + "-report" if args.csv
+                            else f"outputs/evaluate-{_slug(base.model)}"))
+    check_writable(out, "--out", folder=True)
+    check_writable(args.csv, "--csv")
+    reason = report_unavailable()
+    if reason:
+        raise CLIError(reason)
+    if not args.no_videos:
+        from ..video import video_writer_missing
+
+        if video_writer_missing():
+            raise CLIError(f"{video_writer_missing()}; or pass --no-videos")
+    runner.check_inputs(base)
+    opts = EvalOptions(out_dir=out, warmup=args.warmup, with_lpips=not args.no_lpips, long_frames=long_frames,
+                       map_prompts=args.map_prompts, map_layers=_int_list(args.map_layers, "--map-layers"),
+                       map_steps=map_steps, map_heads=_int_list(args.map_heads, "--map-heads"),
+                       recall=args.recall, strip_frames=args.strip_frames, videos=not args.no_videos,
+                       device=args.device, offload=args.offload, no_progress=args.no_progress)
+    print(f"evaluate: {base.model}, {len(prompts)} prompts x {len(settings)} settings "
+          f"({', '.join(st.label for st in settings)}) -> {out}")
+    ev = Evaluation(base, prompts, settings, opts)
+    ev.command = "draftattention " + " ".join(args.argv) if getattr(args, "argv", None) else None
+    data = ev.run()
+    if ev.pipe is not None and ev.pipe._execution_device.type == "cpu":
+        print("note: on a CPU draft attention runs the reference backend (for correctness): these times say "
+              "nothing about GPU speed")
+    untimed = next((d["times"].get("denoise_unavailable") for d in data["dense"].values()
+                    if d["times"].get("denoise_unavailable")), None)
+    if untimed:
+        print(f"denoising not timed: {untimed}; speedups are of whole calls")
+    if data["lpips_note"]:
+        print(data["lpips_note"])
+    for st in data["settings"]:
+        v = data["summary"][st["id"]]
+        speed = f"{v['speedup']:.2f}x" if v["speedup"] is not None else f"{v['speedup_total']:.2f}x whole call"
+        psnr = "identical" if v["psnr"] is None else f"{v['psnr']:.2f} dB"
+        print(f"{st['label']}: mean speedup {speed}, PSNR {psnr}, SSIM {v['ssim']:.4f}, achieved sparsity "
+              f"{v['achieved_sparsity'] if v['achieved_sparsity'] is None else round(v['achieved_sparsity'], 3)}")
+    report = write_report(out, data)
+    if args.csv:
+        from ..fileio import write_text_atomic
+
+        write_text_atomic(args.csv, (out / "results.csv").read_text(encoding="utf-8"))
+        print(f"wrote {args.csv}")
+    print(f"wrote {report} (open it in a browser; data: {out / 'results.json'})")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ..config import load_preset, preset_dir
+
+    rows = []
+    for path in sorted(preset_dir().glob("*.yaml")):
+        p = load_preset(path)
+        c = p.draft_attention
+        rows.append((path.stem, p.model, f"{p.height}x{p.width}, {p.num_frames} frames, {p.num_inference_steps} steps",
+                     f"sparsity {c.sparsity:g}, {c.selection}, {c.dense_steps_fraction:g} dense steps, dense layers "
+                     f"{list(c.dense_layers) or 'none'}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(x.ljust(w) for x, w in zip(r, widths)) + "  " + r[3])
+    print(f"({len(rows)} presets in {preset_dir()}; use --preset NAME, or --preset FILE.yaml for your own)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     try:
         from ..info import backend_status_report, supported_models_report
@@ -264,6 +385,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+def _suite_categories() -> list[str]:
+    from ..evaluate.suite import CATEGORIES
+
+    return list(CATEGORIES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -296,6 +423,48 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--warmup", type=int, default=1, help="untimed 2-step warm-up runs per mode (default 1)")
     c.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("evaluate", parents=[debug], help="a prompt suite dense vs several draft settings: HTML "
+                                                          "report",
+                       description="Run a prompt suite (built in, grouped by what stresses sparse attention, or "
+                                   "--prompts FILE) dense and with every draft-attention setting (--sparsities x "
+                                   "--selections, --presets), same seeds, and write an HTML report (speed, PSNR / "
+                                   "SSIM / LPIPS, frames, videos, per-step sparsity, draft maps) with results.json "
+                                   "and results.csv. Running it again resumes: finished prompts are reused.")
+    runner.add_run_options(e, outputs=False)
+    ev = e.add_argument_group("evaluation")
+    ev.add_argument("--prompts", metavar="FILE", help="prompt file, one per line, optional [category] prefix "
+                                                      "(default: the built-in suite)")
+    ev.add_argument("--categories", help="only these categories, e.g. fast-motion,text (built-in: "
+                                         f"{', '.join(_suite_categories())})")
+    ev.add_argument("--per-category", help="prompts per category: N or all (default: all; tiny models: 1)")
+    ev.add_argument("--sparsities", help="comma-separated sparsities, e.g. 0.75,0.9 (default: --sparsity or the "
+                                         "preset's)")
+    ev.add_argument("--selections", help="comma-separated selection rules, e.g. topk,topk_heads")
+    ev.add_argument("--presets", help="comma-separated presets whose draft-attention settings are run as well "
+                                      "(same model)")
+    ev.add_argument("--long-frames", type=int, help="frames of the 'long' prompts (default: 2x the run's, 4k+1)")
+    ev.add_argument("--out", metavar="DIR", help="folder of the report (default outputs/evaluate-<model>; with "
+                                                 "--csv: next to it)")
+    ev.add_argument("--csv", help="also copy results.csv to this file")
+    ev.add_argument("--warmup", type=int, default=1, help="untimed 2-step warm-up runs per setting (default 1)")
+    ev.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    ev.add_argument("--no-videos", action="store_true", help="no side-by-side videos (frame strips only)")
+    ev.add_argument("--strip-frames", type=int, default=6, help="frames in each frame strip (default 6)")
+    ev.add_argument("--map-prompts", type=int, default=1, help="draw draft maps for the first N prompts "
+                                                               "(default 1; 0: none)")
+    ev.add_argument("--map-layers", help="block indices of the draft maps (default: the first sparse block and the "
+                                         "middle one)")
+    ev.add_argument("--map-steps", help="steps of the draft maps (default: the first sparse step and the last)")
+    ev.add_argument("--map-heads", default="0", help="heads of the draft maps (default 0)")
+    ev.add_argument("--recall", action="store_true", help="also capture q/k at the map layers and steps and show "
+                                                          "the recall of the kept tiles against the oracle")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("presets", parents=[debug], help="list the shipped presets",
+                        description="List the presets shipped in the package: model, size, steps and draft "
+                                    "attention settings.")
+    pr.set_defaults(func=cmd_presets)
 
     i = sub.add_parser("info", parents=[debug], help="versions, GPU and attention backends",
                        description="Print versions, the GPU and whether each attention backend can run here, "
@@ -343,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     an.add_argument("--json", help="also write the rows as JSON to this file")
     an.set_defaults(func=cmd_analyze)
+    # no abbreviations: `compare --dense` must not be read as --dense-steps-fraction
+    for p in (parser, *sub.choices.values()):
+        p.allow_abbrev = False
     return parser
 
 
@@ -352,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if args.command == "bench":
         args.passthrough = [a for a in extra if a != "--"]
     elif extra:
@@ -372,5 +545,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-__all__ = ["main", "build_parser", "cmd_generate", "cmd_compare", "cmd_info", "cmd_bench", "cmd_capture",
+__all__ = ["main", "build_parser", "cmd_generate", "cmd_compare", "cmd_evaluate", "cmd_presets", "cmd_info", "cmd_bench", "cmd_capture",
            "cmd_analyze", "check_writable"]

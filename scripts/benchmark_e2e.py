@@ -78,6 +78,9 @@ SKYREELS_V2_14B = dict(WAN_14B, inject_sample_info=False)
 # ChronoEdit-14B: a Wan2.1-I2V-14B transformer (its README: "a Wan2.1-I2V backbone"; ChronoEditTransformer3DModel's
 # defaults): noise + mask + image latents (36 channels), CLIP ViT-H image tokens (1280 wide) through added K/V
 CHRONOEDIT_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120, rope_temporal_skip_len=8)
+# AnyFlow-Wan2.1-T2V-14B: diffusers' scripts/convert_anyflow_to_diffusers.py builds it from Wan2.1-T2V-14B's transformer
+# config with gate_value=0.25, deltatime_type="r"
+ANYFLOW_14B = dict({k: v for k, v in WAN_14B.items() if k != "qk_norm"}, gate_value=0.25, deltatime_type="r")
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -112,6 +115,11 @@ MODELS = {
     "chronoedit-14b-720p": ("chronoedit", CHRONOEDIT_14B, (2, 90, 160), 2, "ChronoEdit-14B, 720x1280, 5 frames"),
     "chronoedit-14b-720p-29f": ("chronoedit", CHRONOEDIT_14B, (8, 90, 160), 2,
                                 "ChronoEdit-14B, 720x1280, 29 frames (temporal reasoning)"),
+    # AnyFlow 14B T2V: its docstring example (480x832, 33 frames -> 9 latent frames, 4 steps) and Wan's 720p 81 frames;
+    # guidance 1.0 (CFG folded into the weights): one call per step. (Its draft rows need the integration to set
+    # processors on a transformer without diffusers' AttentionMixin, see models/anyflow.py)
+    "anyflow14b-480p": ("anyflow", ANYFLOW_14B, (9, 60, 104), 1, "AnyFlow Wan2.1 14B, 480x832, 33 frames"),
+    "anyflow14b-720p": ("anyflow", ANYFLOW_14B, (21, 90, 160), 1, "AnyFlow Wan2.1 14B, 720x1280, 81 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -144,6 +152,8 @@ MODELS = {
     "tiny-chronoedit": ("chronoedit", dict(CHRONOEDIT_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
                                            num_layers=2, text_dim=32, freq_dim=32, image_dim=32, added_kv_proj_dim=128),
                         (2, 32, 64), 2, "tiny ChronoEdit (CPU dry run)"),
+    "tiny-anyflow": ("anyflow", dict(ANYFLOW_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
+                                     text_dim=32, freq_dim=32), (2, 32, 64), 1, "tiny AnyFlow (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
 TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2", "tiny-chronoedit"]  # --tiny without --models
@@ -168,6 +178,15 @@ def _wan_vace_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int)
 def _chronoedit_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     # as ChronoEditPipeline calls it: Wan's inputs (512 text tokens) plus the 257 CLIP image tokens of the input image
     return dict(_wan_inputs(config, latents, rnd, text_tokens), encoder_hidden_states_image=rnd(1, 257, config["image_dim"]))
+
+
+def _anyflow_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as AnyFlowPipeline calls it: latents [B, F, C, H, W], one source and one target timestep per latent frame
+    latents = latents.transpose(1, 2).contiguous()
+    f = latents.shape[1]
+    t = torch.full((1, f), 500.0, device=latents.device)
+    return dict(hidden_states=latents, timestep=t, r_timestep=t - 250.0,
+                encoder_hidden_states=rnd(1, 512, config["text_dim"]), return_dict=False)
 
 
 def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -250,6 +269,7 @@ TRANSFORMERS = {
     # SkyReelsV2Pipeline (T2V) calls it as WanPipeline does: no diffusion forcing, no fps (inject_sample_info=False)
     "skyreels_v2": ("SkyReelsV2Transformer3DModel", _wan_inputs),
     "chronoedit": ("ChronoEditTransformer3DModel", _chronoedit_inputs),
+    "anyflow": ("AnyFlowTransformer3DModel", _anyflow_inputs),
 }
 
 

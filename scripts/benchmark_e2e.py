@@ -81,6 +81,16 @@ CHRONOEDIT_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim
 # AnyFlow-Wan2.1-T2V-14B: diffusers' scripts/convert_anyflow_to_diffusers.py builds it from Wan2.1-T2V-14B's transformer
 # config with gate_value=0.25, deltatime_type="r"
 ANYFLOW_14B = dict({k: v for k, v in WAN_14B.items() if k != "qk_norm"}, gate_value=0.25, deltatime_type="r")
+# Cosmos-Predict2.5 2B / 14B: diffusers' scripts/convert_cosmos_to_diffusers.py (TRANSFORMER_CONFIGS
+# "Cosmos-2.5-Predict-Base-2B" / "-14B"); the prompt is Qwen2.5-VL's 28 hidden layers concatenated (100352 wide),
+# projected by crossattn_proj. concat_padding_mask is off here: the model resizes its padding mask with torchvision,
+# which the benchmark does not need; that only drops one input channel of the patch embedding (attention identical)
+COSMOS25_2B = dict(in_channels=16 + 1, out_channels=16, num_attention_heads=16, attention_head_dim=128, num_layers=28,
+                   mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256, max_size=(128, 240, 240),
+                   patch_size=(1, 2, 2), rope_scale=(1.0, 3.0, 3.0), concat_padding_mask=False,
+                   extra_pos_embed_type=None, use_crossattn_projection=True, crossattn_proj_in_channels=100352,
+                   encoder_hidden_states_channels=1024)
+COSMOS25_14B = dict(COSMOS25_2B, num_attention_heads=40, num_layers=36)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -120,6 +130,11 @@ MODELS = {
     # processors on a transformer without diffusers' AttentionMixin, see models/anyflow.py)
     "anyflow14b-480p": ("anyflow", ANYFLOW_14B, (9, 60, 104), 1, "AnyFlow Wan2.1 14B, 480x832, 33 frames"),
     "anyflow14b-720p": ("anyflow", ANYFLOW_14B, (21, 90, 160), 1, "AnyFlow Wan2.1 14B, 720x1280, 81 frames"),
+    # Cosmos-Predict2.5 at its pipeline's defaults: 704x1280, 93 frames (Wan VAE -> 24 x 88 x 160 latents, 2x2 patches:
+    # 24 x 44 x 80 = 84,480 tokens); CFG (guidance 7.0) as two calls per step. Both fit one 80 GB GPU in bf16 (14B: 28 GB
+    # of weights)
+    "cosmos2.5-2b-704p": ("cosmos", COSMOS25_2B, (24, 88, 160), 2, "Cosmos-Predict2.5 2B, 704x1280, 93 frames"),
+    "cosmos2.5-14b-704p": ("cosmos", COSMOS25_14B, (24, 88, 160), 2, "Cosmos-Predict2.5 14B, 704x1280, 93 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -152,11 +167,16 @@ MODELS = {
     "tiny-chronoedit": ("chronoedit", dict(CHRONOEDIT_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
                                            num_layers=2, text_dim=32, freq_dim=32, image_dim=32, added_kv_proj_dim=128),
                         (2, 32, 64), 2, "tiny ChronoEdit (CPU dry run)"),
-    "tiny-anyflow": ("anyflow", dict(ANYFLOW_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
-                                     text_dim=32, freq_dim=32), (2, 32, 64), 1, "tiny AnyFlow (CPU dry run)"),
+    "tiny-cosmos": ("cosmos", dict(COSMOS25_2B, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+                                   adaln_lora_dim=16, text_embed_dim=32, crossattn_proj_in_channels=32,
+                                   encoder_hidden_states_channels=32), (2, 16, 64), 2, "tiny Cosmos (CPU dry run)"),
+    "tiny-anyflow": ("anyflow", dict(ANYFLOW_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
+                                     num_layers=2, text_dim=32, freq_dim=32), (2, 32, 64), 1,
+                     "tiny AnyFlow (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
-TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2", "tiny-chronoedit"]  # --tiny without --models
+# --tiny without --models
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan-vace", "tiny-skyreels-v2", "tiny-chronoedit"]
 STEPS, DENSE_FRACTION = 50, 0.25
 
 
@@ -177,7 +197,8 @@ def _wan_vace_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int)
 
 def _chronoedit_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     # as ChronoEditPipeline calls it: Wan's inputs (512 text tokens) plus the 257 CLIP image tokens of the input image
-    return dict(_wan_inputs(config, latents, rnd, text_tokens), encoder_hidden_states_image=rnd(1, 257, config["image_dim"]))
+    return dict(_wan_inputs(config, latents, rnd, text_tokens),
+                encoder_hidden_states_image=rnd(1, 257, config["image_dim"]))
 
 
 def _anyflow_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -256,6 +277,15 @@ def _hunyuan15_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int
                 return_dict=False)
 
 
+
+def _cosmos_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as Cosmos2_5_PredictBasePipeline (text-to-world) calls it: 16 latent channels plus the condition mask (no frame
+    # conditioned), one timestep per latent frame [B, 1, T, 1, 1], the prompt's 512 Qwen2.5-VL positions (no mask)
+    _, _, f, _, _ = latents.shape
+    return dict(hidden_states=latents[:, :16], condition_mask=torch.zeros_like(latents[:, :1]),
+                timestep=torch.full((1, 1, f, 1, 1), 0.5, device=latents.device, dtype=latents.dtype),
+                encoder_hidden_states=rnd(1, 512, config["crossattn_proj_in_channels"]), return_dict=False)
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
@@ -270,6 +300,7 @@ TRANSFORMERS = {
     "skyreels_v2": ("SkyReelsV2Transformer3DModel", _wan_inputs),
     "chronoedit": ("ChronoEditTransformer3DModel", _chronoedit_inputs),
     "anyflow": ("AnyFlowTransformer3DModel", _anyflow_inputs),
+    "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
 }
 
 

@@ -21,6 +21,19 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
                                        ChronoEditFamily())
 
+REFUSED: dict[str, str] = {
+    # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too
+    "AnyFlowFARTransformer3DModel": (
+        "its causal self-attention (AnyFlowCausalAttnProcessor, diffusers 0.42.1) attends each chunk to a KV cache of "
+        "the earlier chunks through a chunk-causal flex BlockMask with the 'flex' backend forced; draft attention's "
+        "selection and kernels take neither that mask nor the cache"),
+    "WanAnimate2Transformer3DModel": (
+        "its generation pass (WanAnimate2AttnProcessor, diffusers 0.42.1) packs the generated tokens and a KV cache "
+        "of reference tokens into 128-aligned buffers attended through a flex BlockMask with the 'flex' backend "
+        "required; draft attention's selection and kernels take neither that mask nor the cache (use "
+        "WanAnimateTransformer3DModel, Wan-Animate, which is supported)"),
+}
+
 _TINY_PREFIX = "tiny-"
 
 
@@ -50,9 +63,18 @@ def family_for(transformer: torch.nn.Module) -> ModelFamily | None:
 def require_family(transformer: torch.nn.Module) -> ModelFamily:
     family = family_for(transformer)
     if family is None:
-        raise ValueError(f"draft attention does not support {type(transformer).__name__}; supported transformers: "
-                         f"{', '.join(supported_transformers())}")
+        raise ValueError(refusal(transformer) or f"draft attention does not support {type(transformer).__name__}; "
+                         f"supported transformers: {', '.join(supported_transformers())}")
     return family
+
+
+def refusal(transformer: torch.nn.Module) -> str | None:
+    """Why draft attention refuses a transformer instance whose class (or a base class) is in :data:`REFUSED`, as the
+    message of the error; None for any other."""
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in REFUSED:
+            return f"draft attention does not support {type(transformer).__name__}: {REFUSED[cls.__name__]}"
+    return None
 
 
 def family_for_pipeline(pipe, loadable: bool = False) -> ModelFamily | None:
@@ -96,5 +118,5 @@ def tiny_builder(name: str) -> tuple[ModelFamily, TinyBuilder]:
 
 
 __all__ = ["AttentionRole", "LoadRecipe", "ModelFamily", "families", "family_for", "family_for_pipeline",
-           "require_family", "supported_pipelines", "supported_transformers", "tiny_alias", "tiny_builder",
-           "tiny_models"]
+           "refusal", "require_family", "supported_pipelines", "supported_transformers", "tiny_alias",
+           "tiny_builder", "tiny_models"]

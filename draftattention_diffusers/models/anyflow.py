@@ -29,6 +29,7 @@ from .wan import TINY_WAN_TRANSFORMER, tiny_wan_vae
 
 _SELF = re.compile(r"^blocks\.(\d+)\.attn1$")
 _CROSS = re.compile(r"^blocks\.\d+\.attn2$")
+_OWN = (AnyFlowAttnProcessor, AnyFlowCrossAttnProcessor)
 
 
 def build_tiny_anyflow(seed: int = 0, num_layers: int = 2, heads: int = 2):
@@ -82,7 +83,7 @@ class AnyFlowFamily(ModelFamily):
             own = AnyFlowCrossAttnProcessor if _CROSS.match(name) else AnyFlowAttnProcessor
             default = keep_or_default(current.get(f"{name}.processor"), own)
             out[module] = AttentionRole(name, m is not None, None if m is None else int(m.group(1)), default,
-                                        custom=not isinstance(default, (AnyFlowAttnProcessor, AnyFlowCrossAttnProcessor)))
+                                        custom=not isinstance(default, _OWN))
         return out
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):

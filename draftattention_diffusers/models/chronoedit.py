@@ -43,8 +43,8 @@ def _tiny_image():
     from PIL import Image
 
     x = torch.linspace(0, 255, 512).to(torch.uint8)
-    pixels = torch.stack([x.expand(128, 512), x.flip(0).expand(128, 512), torch.full((128, 512), 128, dtype=torch.uint8)],
-                         dim=-1)
+    gray = torch.full((128, 512), 128, dtype=torch.uint8)
+    pixels = torch.stack([x.expand(128, 512), x.flip(0).expand(128, 512), gray], dim=-1)
     return Image.fromarray(pixels.numpy(), "RGB")
 
 

@@ -277,7 +277,6 @@ def _hunyuan15_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int
                 return_dict=False)
 
 
-
 def _cosmos_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     # as Cosmos2_5_PredictBasePipeline (text-to-world) calls it: 16 latent channels plus the condition mask (no frame
     # conditioned), one timestep per latent frame [B, 1, T, 1, 1], the prompt's 512 Qwen2.5-VL positions (no mask)
@@ -285,6 +284,7 @@ def _cosmos_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -
     return dict(hidden_states=latents[:, :16], condition_mask=torch.zeros_like(latents[:, :1]),
                 timestep=torch.full((1, 1, f, 1, 1), 0.5, device=latents.device, dtype=latents.dtype),
                 encoder_hidden_states=rnd(1, 512, config["crossattn_proj_in_channels"]), return_dict=False)
+
 
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS

@@ -93,3 +93,13 @@ def test_cosmos10_transformer_with_controlnet_residuals(cosmos_family):
     assert stats["sparse_calls"] == 2 and stats["fallbacks"] == {}
     assert max_diff(zero, base) <= 1e-4 * max(1.0, base.abs().max().item())
     assert torch.equal(again, base)
+
+
+def test_cosmos3_omni_is_refused_with_its_reason():
+    from diffusers.models.transformers.transformer_cosmos3 import Cosmos3OmniTransformer
+
+    from draftattention_diffusers.models import require_family
+
+    transformer = Cosmos3OmniTransformer.__new__(Cosmos3OmniTransformer)  # the class is what is refused
+    with pytest.raises(ValueError, match="does not support Cosmos3OmniTransformer: its packed dual-pathway"):
+        require_family(transformer)

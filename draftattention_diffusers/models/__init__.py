@@ -32,6 +32,11 @@ REFUSED: dict[str, str] = {
         "of reference tokens into 128-aligned buffers attended through a flex BlockMask with the 'flex' backend "
         "required; draft attention's selection and kernels take neither that mask nor the cache (use "
         "WanAnimateTransformer3DModel, Wan-Animate, which is supported)"),
+    "Cosmos3OmniTransformer": (
+        "its packed dual-pathway attention (Cosmos3AttnProcessor, diffusers 0.42.1) runs the generation tokens of every "
+        "sample (vision, sound, action), flattened into one ragged sequence, as queries over the understanding keys "
+        "followed by their own, with grouped-query heads (enable_gqa): no call is self-attention over one video grid; "
+        "Cosmos 1.0 / Predict2 / Predict2.5 (CosmosTransformer3DModel) are the Cosmos models draft attention serves"),
 }
 
 _TINY_PREFIX = "tiny-"

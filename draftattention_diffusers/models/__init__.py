@@ -13,13 +13,14 @@ from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
 from .ltx2 import LTX2Family
 from .ltx_video import LTXVideoFamily
+from .minimax_h3 import MiniMaxH3Family
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
 from .wan_vace import WanVACEFamily
 
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
-                                       ChronoEditFamily())
+                                       ChronoEditFamily(), MiniMaxH3Family())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

@@ -1,0 +1,100 @@
+"""MiniMax-H3 (models/minimax_h3.py): its pipelines are modular, so a tiny transformer is called as
+MiniMaxH3LoopDenoiser calls it, on the packed layout diffusers' own MiniMaxH3PrepareLayoutStep.build_packed_sequence
+builds (``[text | keyframe rows | target audio | target video]``): the target video tail is the grid (keyframes and
+audio excluded), the prefix stays dense, dense_steps_fraction=1 and disable are bit-identical, sparsity 0 equals dense
+within float rounding, and a sequence whose tail is not a grid runs dense visibly."""
+
+import pytest
+import torch
+from pipeline_utils import max_diff
+
+from draftattention_diffusers import (disable_draft_attention, draft_attention_enabled, enable_draft_attention,
+                                      get_draft_processor, get_draft_stats)
+from draftattention_diffusers.core.layout import VideoGrid, get_layout
+from draftattention_diffusers.models.base import count_hooks
+from draftattention_diffusers.models.minimax_h3 import target_video_grid
+
+FRAMES, LATENT_H, LATENT_W = 2, 16, 64  # 2 x 8 x 32 tokens: two 8x16 regions side by side per frame
+TEXT, AUDIO_LATENTS, AUDIO_CHANNELS = 8, 5, 2
+
+
+def tiny_transformer():
+    from diffusers import MiniMaxH3Transformer3DModel
+
+    torch.manual_seed(0)
+    return MiniMaxH3Transformer3DModel(num_attention_heads=2, attention_head_dim=32, hidden_size=64, num_layers=2,
+                                       num_refiner_layers=1, ffn_dim=64, in_channels=4, audio_in_channels=4,
+                                       text_dim=32, freq_dim=32, time_embed_hidden_dim=32, time_embed_dim=32,
+                                       rope_freq_dim=4).eval()
+
+
+def packed_inputs(keyframe_anchors=("first",)):
+    """The forward's arguments as MiniMaxH3LoopDenoiser passes them (target rows at timestep 0.7, keyframe rows at
+    0.0), on the layout of diffusers' build_packed_sequence."""
+    from diffusers.modular_pipelines.minimax_h3.before_denoise import (MiniMaxH3PrepareLayoutStep,
+                                                                        patchify_video_latents)
+
+    position_ids, tags, video_idx, audio_idx, text_idx, cond_rows, _ = MiniMaxH3PrepareLayoutStep.build_packed_sequence(
+        torch.ones(TEXT, dtype=torch.long), FRAMES, LATENT_H, LATENT_W, AUDIO_LATENTS, (1, 2, 2), AUDIO_CHANNELS,
+        audio_tag=2, video_tag=0, keyframe_anchors=keyframe_anchors)
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, FRAMES + len(keyframe_anchors), LATENT_H, LATENT_W, generator=g)
+    rows = patchify_video_latents(latents, (1, 2, 2))  # keyframe frames first, then the target frames
+    step_of_row = torch.zeros(position_ids.shape[0], dtype=torch.long)
+    step_of_row[video_idx[:cond_rows]] = 1
+    return dict(hidden_states=rows[None], audio_hidden_states=torch.randn(1, AUDIO_LATENTS * AUDIO_CHANNELS, 4,
+                generator=g), encoder_hidden_states=torch.randn(1, TEXT, 32, generator=g),
+                timestep=torch.tensor([0.7, 0.0]), timestep_indices=step_of_row, token_tags=tags,
+                position_ids=position_ids, video_indices=video_idx, audio_indices=audio_idx, text_indices=text_idx,
+                return_dict=False)
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return tiny_transformer()
+
+
+def forward(tr, kw):
+    with torch.no_grad():
+        return torch.cat([o.flatten() for o in tr(**kw)])
+
+
+@pytest.mark.parametrize("anchors", [(), ("first",), ("first", "last")])
+def test_the_grid_is_the_target_video_tail(anchors):
+    kw = packed_inputs(anchors)
+    grid = target_video_grid(kw["position_ids"], kw["video_indices"])
+    assert grid == VideoGrid(FRAMES, LATENT_H // 2, LATENT_W // 2)
+    perm = get_layout(grid).perm
+    assert not torch.equal(perm, torch.arange(len(perm)))
+
+
+def test_dense_and_disable_bit_identical_sparsity_zero_equals_dense(transformer):
+    kw = packed_inputs()
+    base = forward(transformer, kw)
+    hooks = count_hooks(transformer)
+    with draft_attention_enabled(transformer, dense_steps_fraction=1.0):
+        assert torch.equal(forward(transformer, kw), base)
+    with draft_attention_enabled(transformer, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
+        zero = forward(transformer, kw)
+        stats = get_draft_stats(transformer).summary()
+        assert get_draft_processor(transformer).grid == VideoGrid(FRAMES, LATENT_H // 2, LATENT_W // 2)
+    assert stats["sparse_calls"] == 2 and stats["fallbacks"] == {}
+    assert max_diff(zero, base) <= 1e-4 * max(1.0, base.abs().max().item())
+    enable_draft_attention(transformer, sparsity=0.5, dense_steps_fraction=0.0)
+    sparse = forward(transformer, kw)
+    disable_draft_attention(transformer)
+    assert not torch.equal(sparse, base)
+    assert torch.equal(forward(transformer, kw), base) and count_hooks(transformer) == hooks
+
+
+def test_a_tail_that_is_not_a_grid_runs_dense_visibly(transformer):
+    kw = packed_inputs()
+    kw["position_ids"] = kw["position_ids"].clone()
+    kw["position_ids"][-3, 1] += 0.5  # the last frame's rows are no longer a row-major grid
+    assert target_video_grid(kw["position_ids"], kw["video_indices"]) is None
+    base = forward(transformer, kw)
+    with draft_attention_enabled(transformer, sparsity=0.5, dense_steps_fraction=0.0):
+        out = forward(transformer, kw)
+        stats = get_draft_stats(transformer).summary()
+    assert stats["sparse_calls"] == 0 and any("grid of this forward is unknown" in f for f in stats["fallbacks"])
+    assert max_diff(out, base) <= 1e-4 * max(1.0, base.abs().max().item())

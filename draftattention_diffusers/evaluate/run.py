@@ -178,7 +178,7 @@ def _save_png(img: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
+        Image.fromarray(img).save(tmp, format="PNG", compress_level=1)  # fast; frames compress poorly anyway
     return path
 
 

@@ -210,6 +210,9 @@ def resolve_settings(
         except ValueError as e:
             raise CLIError(str(e)) from None
     s.validate()
+    if s.model.startswith("tiny-") and s.model not in TINY_MODELS and not Path(s.model).expanduser().exists():
+        raise CLIError(f"--model {s.model!r}: no such tiny model; the embedded ones are {', '.join(TINY_MODELS)} "
+                       "(a local folder of that name does not exist either)")
     if s.image is not None:
         load_image_input(s.image)
     if s.video is not None:
@@ -400,9 +403,21 @@ def _not_taken(family: ModelFamily, cls: str, kind: str, model_index: dict[str, 
             f"with one of those, or drop {flag}")
 
 
+PIPELINE_PACKAGES = {"LTX2ImageToVideoPipeline": ("av", "PyAV", "it re-compresses the input image as an H.264 "
+                                                                 "video")}
+"""Pipeline class -> (module, package name, why) of a package diffusers imports only inside its call: checked
+before loading (the ``video`` extra installs them)."""
+
+
 def _check_inputs_for(family: ModelFamily, cls: str, s: RunSettings, model_index: dict[str, Any]) -> None:
     """``CLIError`` unless the input files of ``s`` fit pipeline class ``cls`` (its ``model_index.json`` entries:
-    ``model_index``) as its family declares it."""
+    ``model_index``) as its family declares it, and the packages it needs at run time are installed."""
+    import importlib.util
+
+    if cls in PIPELINE_PACKAGES and importlib.util.find_spec(PIPELINE_PACKAGES[cls][0]) is None:
+        module, package, why = PIPELINE_PACKAGES[cls]
+        raise CLIError(f"{cls} needs {package} ({why}), which is not installed: pip install "
+                       f"\"draftattention-diffusers[video]\" (or pip install {module})")
     recipe = family.pipelines[cls]
     for kind in s.inputs:
         if recipe.takes(kind) is None:

@@ -161,6 +161,7 @@ def test_first_block_cache_compute_mask_is_honoured():
 
 
 # --------------------------------------------------------------------------------------------- compile
+@pytest.mark.slow  # ~10 s; the fast suite compiles the stack in test_cache_dit.py, this mechanism in test_composition.py
 def test_compiled_first_block_cache_stack_needs_two_warmups_and_restores(monkeypatch):
     """cache='first_block' + compile (regional, aot_eager here) + draft: the recompile limit is raised while enabled,
     two warm-up calls compile every graph (a third compiles none and runs every video self-attention call inside a

@@ -9,6 +9,7 @@ import torch
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
 from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
+from .consisid import ConsisIDFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
 from .ltx2 import LTX2Family
@@ -19,6 +20,7 @@ from .wan import WanFamily
 from .wan_vace import WanVACEFamily
 
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
+                                       ConsisIDFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
                                        ChronoEditFamily(), MiniMaxH3Family())
 

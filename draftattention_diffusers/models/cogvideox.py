@@ -91,6 +91,13 @@ def build_tiny_cogvideox_i2v(seed: int = 0, num_layers: int = 2, heads: int = 2)
     return CogVideoXImageToVideoPipeline(**{**components, "transformer": transformer})
 
 
+def patch_sizes(transformer) -> tuple[int, int]:
+    """(spatial, temporal) patch size of a CogVideoX-style transformer; ``patch_size_t`` is None (CogVideoX 1.0) or
+    absent from the config (ConsisID) where tokens cover one latent frame."""
+    config = transformer.config
+    return config.patch_size, getattr(config, "patch_size_t", None) or 1
+
+
 class CogVideoXFamily(ModelFamily):
     """CogVideoX (2B, 5B; T2V, I2V, V2V, Fun-Control) and CogVideoX 1.5: text tokens before the video tokens in
     every block's self-attention, no context-parallel plan."""
@@ -120,8 +127,11 @@ class CogVideoXFamily(ModelFamily):
         "diffusers has no context-parallel plan for it and its attention processor calls "
         "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
 
+    rope_argument_index = 5
+    """Position of ``image_rotary_emb`` among the transformer forward's parameters (ConsisID: 4)."""
+
     def grid(self, transformer, latents):
-        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t or 1
+        p, p_t = patch_sizes(transformer)
         _, f, _, h, w = latents.shape  # [B, F, C, H, W]
         return VideoGrid(f // p_t, h // p, w // p)
 
@@ -130,7 +140,7 @@ class CogVideoXFamily(ModelFamily):
         dims = [frame_locals.get(n) for n in ("num_frames", "height", "width")]
         if not all(isinstance(d, int) and d > 0 for d in dims):
             return None
-        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t or 1
+        p, p_t = patch_sizes(transformer)
         return VideoGrid(dims[0] // p_t, dims[1] // p, dims[2] // p)
 
     def roles(self, transformer, current):
@@ -178,8 +188,9 @@ class CogVideoXFamily(ModelFamily):
 
             if kwargs.get("image_rotary_emb") is not None:
                 return args, {**kwargs, "image_rotary_emb": permuted(kwargs["image_rotary_emb"])}
-            if len(args) > 5 and args[5] is not None:  # passed positionally
-                return args[:5] + (permuted(args[5]),) + tuple(args[6:]), kwargs
+            i = self.rope_argument_index
+            if len(args) > i and args[i] is not None:  # passed positionally
+                return args[:i] + (permuted(args[i]),) + tuple(args[i + 1:]), kwargs
             return None
 
         register_hook(transformer.patch_embed, "post", patches)

@@ -80,6 +80,9 @@ SKYREELS_V2_14B = dict(WAN_14B, inject_sample_info=False)
 CHRONOEDIT_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120, rope_temporal_skip_len=8)
 # AnyFlow-Wan2.1-T2V-14B: diffusers' scripts/convert_anyflow_to_diffusers.py builds it from Wan2.1-T2V-14B's transformer
 # config with gate_value=0.25, deltatime_type="r"
+# Wan2.2-Animate-14B: its diffusers config.json (Wan-AI/Wan2.2-Animate-14B-Diffusers): a Wan2.1-I2V-14B transformer
+# (36 input channels, CLIP image tokens through added K/V) with WanAnimateTransformer3DModel's motion/face defaults
+WAN_ANIMATE_14B = dict(WAN_14B, in_channels=36, latent_channels=16, image_dim=1280, added_kv_proj_dim=5120)
 ANYFLOW_14B = dict({k: v for k, v in WAN_14B.items() if k != "qk_norm"}, gate_value=0.25, deltatime_type="r")
 # Cosmos-Predict2.5 2B / 14B: diffusers' scripts/convert_cosmos_to_diffusers.py (TRANSFORMER_CONFIGS
 # "Cosmos-2.5-Predict-Base-2B" / "-14B"); the prompt is Qwen2.5-VL's 28 hidden layers concatenated (100352 wide),
@@ -135,6 +138,10 @@ MODELS = {
     # of weights)
     "cosmos2.5-2b-704p": ("cosmos", COSMOS25_2B, (24, 88, 160), 2, "Cosmos-Predict2.5 2B, 704x1280, 93 frames"),
     "cosmos2.5-14b-704p": ("cosmos", COSMOS25_14B, (24, 88, 160), 2, "Cosmos-Predict2.5 14B, 704x1280, 93 frames"),
+    # Wan2.2-Animate-14B at WanAnimatePipeline's defaults: 720x1280, one 77-frame segment (the reference latent frame
+    # + 20 latent frames), guidance 1.0: one call per step
+    "wan-animate14b-720p": ("wan_animate", WAN_ANIMATE_14B, (21, 90, 160), 1,
+                            "Wan2.2-Animate-14B, 720x1280, 77-frame segment"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -173,6 +180,14 @@ MODELS = {
     "tiny-anyflow": ("anyflow", dict(ANYFLOW_14B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64,
                                      num_layers=2, text_dim=32, freq_dim=32), (2, 32, 64), 1,
                      "tiny AnyFlow (CPU dry run)"),
+    "tiny-wan-animate": ("wan_animate", dict(WAN_ANIMATE_14B, num_attention_heads=2, attention_head_dim=64,
+                                             ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32, image_dim=32,
+                                             added_kv_proj_dim=128, motion_encoder_size=16,
+                                             motion_encoder_channel_sizes={"16": 8, "8": 8, "4": 8},
+                                             motion_style_dim=16, motion_dim=4, motion_encoder_dim=16,
+                                             face_encoder_hidden_dim=16, face_encoder_num_heads=2,
+                                             inject_face_latents_blocks=1),
+                         (3, 32, 64), 1, "tiny Wan-Animate (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
 # --tiny without --models
@@ -208,6 +223,18 @@ def _anyflow_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) 
     t = torch.full((1, f), 500.0, device=latents.device)
     return dict(hidden_states=latents, timestep=t, r_timestep=t - 250.0,
                 encoder_hidden_states=rnd(1, 512, config["text_dim"]), return_dict=False)
+
+
+def _wan_animate_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as WanAnimatePipeline calls it: latents of the reference frame + the segment (noise, reference and conditioning
+    # latents: in_channels), pose latents of the segment's frames, the segment's face video (4 (f - 1) + 1 frames at
+    # motion_encoder_size; its encoder gives f - 1 motion frames), 512 text and 257 CLIP image tokens
+    _, _, f, h, w = latents.shape
+    size = config.get("motion_encoder_size", 512)
+    return dict(_wan_inputs(config, latents, rnd, text_tokens),
+                encoder_hidden_states_image=rnd(1, 257, config["image_dim"]),
+                pose_hidden_states=rnd(1, config["latent_channels"], f - 1, h, w),
+                face_pixel_values=rnd(1, 3, 4 * (f - 2) + 1, size, size))
 
 
 def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -300,6 +327,7 @@ TRANSFORMERS = {
     "skyreels_v2": ("SkyReelsV2Transformer3DModel", _wan_inputs),
     "chronoedit": ("ChronoEditTransformer3DModel", _chronoedit_inputs),
     "anyflow": ("AnyFlowTransformer3DModel", _anyflow_inputs),
+    "wan_animate": ("WanAnimateTransformer3DModel", _wan_animate_inputs),
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
 }
 

@@ -46,7 +46,7 @@ def test_cli_tables_derive_from_the_families():
     assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16, "cogvideox": 8,
                                "ltx_video": 24, "ltx2": 24, "hunyuan_video15": 24,
                                "consisid": 8,
-                               "chronoedit": 16, "minimax_h3": 24}
+                               "chronoedit": 16, "wan_animate": 16, "minimax_h3": 24}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
     with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):
         cli.family_of(type("FluxPipeline", (), {})())

@@ -17,12 +17,13 @@ from .ltx_video import LTXVideoFamily
 from .minimax_h3 import MiniMaxH3Family
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
+from .wan_animate import WanAnimateFamily
 from .wan_vace import WanVACEFamily
 
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
                                        ConsisIDFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
-                                       ChronoEditFamily(), MiniMaxH3Family())
+                                       ChronoEditFamily(), WanAnimateFamily(), MiniMaxH3Family())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

@@ -27,6 +27,18 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too
+    "LatteTransformer3DModel": (
+        "it has no 3D self-attention to make sparse (diffusers 0.42.1): its transformer_blocks attend over the tokens "
+        "of one frame (spatial) and its temporal_transformer_blocks over the frames of one position (temporal), "
+        "while draft attention selects region pairs across the whole video grid"),
+    "SanaVideoTransformer3DModel": (
+        "its self-attention is linear attention (SanaLinearAttnProcessor3_0, diffusers 0.42.1: ReLU kernel features, "
+        "keys and values summed once, no attention map), which already costs linear time in the tokens and has no "
+        "tiles for draft attention to skip"),
+    "SanaWMTransformer3DModel": (
+        "its self-attention is linear (bidirectional gated delta-net blocks, diffusers 0.42.1) with a camera-"
+        "conditioned softmax block only every softmax_every_n-th block: no attention map to make sparse in most "
+        "blocks, and the softmax blocks' camera-ray attention is not one self-attention call over the video grid"),
     "AnyFlowFARTransformer3DModel": (
         "its causal self-attention (AnyFlowCausalAttnProcessor, diffusers 0.42.1) attends each chunk to a KV cache of "
         "the earlier chunks through a chunk-causal flex BlockMask with the 'flex' backend forced; draft attention's "

@@ -800,6 +800,20 @@ def format_times(times: dict[str, Any]) -> str:
     return f"{times['total']:.2f} s (denoising {times['denoise']:.2f} s)"
 
 
+SPARSITY_GAP = 0.1
+"""Achieved sparsity this far below the requested one gets a warning (and a note in the evaluation report)."""
+
+
+def sparsity_gap_note(requested: float, achieved: float | None) -> str | None:
+    """A one-line note when the achieved mean sparsity is more than :data:`SPARSITY_GAP` below the requested one
+    (few video tiles: every query row keeps at least its best tile, and text tiles are always computed)."""
+    if achieved is None or requested - achieved <= SPARSITY_GAP:
+        return None
+    return (f"achieved sparsity {achieved:.3f} is far below the requested {requested:g}: the video has too few "
+            "draft tiles per row for it (every query row keeps at least one tile; text tiles are always computed); "
+            "larger sizes or more frames reach the requested sparsity")
+
+
 def video_fps(pipe, s: RunSettings) -> int:
     """Frames per second of a written video: ``s.fps``, else the model family's default."""
     return s.fps or family_of(pipe).default_fps
@@ -842,4 +856,4 @@ __all__ = ["RunSettings", "CLIError", "resolve_settings", "add_run_options", "se
            "pick_device", "looks_like_local_path", "family_of", "prompt_seed", "video_fps", "warn", "reset_warnings",
            "first_line", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
            "DEVICE_FORMS", "MODELS_TITLE", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",
-           "load_video_input"]
+           "load_video_input", "sparsity_gap_note", "SPARSITY_GAP", "PIPELINE_PACKAGES"]

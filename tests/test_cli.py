@@ -108,7 +108,8 @@ def test_generate_tiny_hunyuan_saves_mask_pictures(capsys, tmp_path):
                           "--mask-heads", "all", "--negative-prompt", "blurry")
     assert rc == 0, err
     # HunyuanVideo takes no negative prompt here: one warning line, and the run goes on
-    warnings = [ln for ln in err.splitlines() if ln.startswith("draftattention: warning:")]
+    warnings = [ln for ln in err.splitlines() if ln.startswith("draftattention: warning:")
+                and "achieved sparsity" not in ln]  # 4 video tiles cannot reach 0.9: warned, tests/test_new_user.py
     assert warnings == ["draftattention: warning: --negative-prompt is ignored: HunyuanVideo is guidance-distilled "
                         "and runs without a negative prompt here"], err
     # 2 steps x 2 blocks (dual-stream block 0, single-stream block 0 = index 1) x 2 heads of the tiny model
@@ -306,7 +307,7 @@ def test_generate_from_a_local_pipeline_folder_with_a_text_prompt(capsys, saved_
                           "--steps", "2", "--flow-shift", "3.0", "--no-progress", "--output", tmp_path / "l.mp4",
                           "--json", tmp_path / "l.json")
     assert rc == 0, err
-    assert "warning" not in err  # Wan uses the negative prompt
+    assert "negative" not in err  # Wan uses the negative prompt (128x256: warned that 0.9 is not reached)
     assert read_video(tmp_path / "l.mp4").shape == (5, 128, 256, 3)
     assert json.loads((tmp_path / "l.json").read_text())["draft_attention"]["sparse_calls"] > 0
     assert "(WanPipeline)" in stdout and "noise" not in stdout

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ import torch
 
 from .. import runner
 from ..runner import CLIError, RunSettings
+from ..evaluate.run import check_range, pipeline_steps, video_blocks
 from .masks import MaskSaver, parse_mask_set
 
 
@@ -47,8 +48,9 @@ def _print_settings(pipe, s: RunSettings, dense: bool) -> None:
 
 def _write_json(path: str | None, data: dict) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, default=str))
+        from ..fileio import write_json_atomic
+
+        write_json_atomic(path, data)
 
 
 def check_writable(path: str | Path | None, flag: str, folder: bool = False) -> None:
@@ -71,6 +73,12 @@ def check_writable(path: str | Path | None, flag: str, folder: bool = False) -> 
         raise CLIError(f"{flag} {str(path)!r} cannot be written: no write permission in {str(existing)!r}")
     if not folder and p.exists() and not os.access(p, os.W_OK):
         raise CLIError(f"{flag} {str(path)!r} cannot be written: the file is read-only")
+    try:  # what os.access cannot tell (root, /proc, read-only mounts): create and remove a file there
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".draftattention-write-test-"):
+            pass
+    except OSError as e:
+        raise CLIError(f"{flag} {str(path)!r} cannot be written: creating a file in {str(existing)!r} failed "
+                       f"({e.strerror or e})") from None
 
 
 def _check_output(path: str | Path) -> Path:
@@ -99,11 +107,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                  ((args.mask_layers, "layers"), (args.mask_steps, "steps"), (args.mask_heads, "heads"))
                  ] if args.save_masks else None
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-{'dense' if args.dense else 'draft'}.mp4")
+    if mask_sets:
+        check_range(mask_sets[1], s.num_inference_steps, "--mask-steps", "denoising steps")
     runner.check_inputs(s)
     pipe = runner.load_pipeline(s.model, args.device, args.offload, inputs=s.inputs)
     runner.apply_flow_shift(pipe, s.flow_shift)
     pipe.set_progress_bar_config(disable=args.no_progress)
     kwargs = runner.call_kwargs(pipe, s)
+    if mask_sets:  # indices the model does not have would give no picture at all: say so before the run
+        check_range(mask_sets[0], video_blocks(pipe), "--mask-layers", "blocks with video self-attention")
+        check_range(mask_sets[1], pipeline_steps(pipe, s), "--mask-steps", "denoising steps")
     _print_settings(pipe, s, args.dense)
     saver = None
     with contextlib.ExitStack() as stack:
@@ -131,6 +144,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"time: {runner.format_times(times)}")
     if stats is not None:
         print(stats.format())
+        _warn_sparsity_gap(s, summary)
     if saver is not None:
         print(f"wrote {len(saver.written)} mask pictures to {args.save_masks}")
     _write_json(args.json, {"model": s.model, "output": str(out), "times": times, "settings": dataclasses.asdict(s),
@@ -138,10 +152,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_sparsity_gap(s: RunSettings, summary: dict) -> None:
+    note = runner.sparsity_gap_note(s.config.sparsity, summary["mean_sparsity"])
+    if note:
+        runner.warn(note)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..video import side_by_side, write_video
 
     s = runner.settings_from_args(args)
+    if args.warmup < 0:
+        raise CLIError(f"--warmup {args.warmup}: expected a non-negative number of warm-up runs (0: none)")
     check_writable(args.json, "--json")
     out = _check_output(args.output or f"outputs/{_slug(s.model)}-compare.mp4")
     runner.check_inputs(s)
@@ -167,6 +189,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     lp = f"LPIPS {m['lpips']:.4f}" if m["lpips"] is not None else m["lpips_skipped"]
     print(f"draft vs dense: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['ssim_backend']}), {lp}")
     print(r["stats_text"])
+    _warn_sparsity_gap(s, r["draft_attention"])
     _write_json(args.json, {"model": s.model, "output": str(out), "settings": dataclasses.asdict(s),
                             "times": r["times"], "speedup": r["speedup"], "speedup_total": r["speedup_total"],
                             "metrics": m, "draft_attention": r["draft_attention"]})

@@ -38,12 +38,10 @@ import torch
 from .. import runner
 from ..config import DraftAttentionConfig
 from ..fileio import atomic_path, write_json_atomic, write_text_atomic
-from ..runner import CLIError, RunSettings
+from ..runner import CLIError, RunSettings, sparsity_gap_note
 from .suite import SuitePrompt, category_title
 
 FORMAT = "draftattention-evaluate/1"
-SPARSITY_GAP = 0.1
-"""Achieved sparsity this far below the requested one gets a warning (and a note in the report)."""
 
 
 @dataclass(frozen=True)
@@ -250,16 +248,6 @@ def check_range(values: list[int] | None, limit: int | None, flag: str, what: st
     bad = sorted(v for v in values if not 0 <= v < limit)
     if bad:
         raise CLIError(f"{flag} {','.join(map(str, bad))}: this model has {limit} {what} (indices 0..{limit - 1})")
-
-
-def sparsity_gap_note(requested: float, achieved: float | None) -> str | None:
-    """A one-line note when the achieved mean sparsity is more than :data:`SPARSITY_GAP` below the requested one
-    (few video tiles: every query row keeps at least its best tile, and text tiles are always computed)."""
-    if achieved is None or requested - achieved <= SPARSITY_GAP:
-        return None
-    return (f"achieved sparsity {achieved:.3f} is far below the requested {requested:g}: the video has too few "
-            "draft tiles per row for it (every query row keeps at least one tile; text tiles are always computed); "
-            "larger sizes or more frames reach the requested sparsity")
 
 
 # ----------------------------------------------------------------------------------------------- observer

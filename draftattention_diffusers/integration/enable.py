@@ -9,7 +9,7 @@ import torch
 
 from ..config import DraftAttentionConfig
 from ..models import ModelFamily, family_for, supported_pipelines, supported_transformers
-from .lifecycle import installation, is_draft_processor, set_processors, uninstall
+from .lifecycle import attention_processors, installation, is_draft_processor, set_processors, uninstall
 from .parallel import check_context_parallel
 from .processor import DraftAttnProcessor
 from .stats import DraftStats, warn_once
@@ -60,7 +60,8 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
     ``cp_plan=hunyuan_video_cp_plan()``. See ``docs/design.md``, "Several GPUs".
 
     Raises:
-        ValueError: unsupported pipeline/transformer (lists the supported ones), a bad config field,
+        ValueError: unsupported pipeline/transformer (lists the supported ones), a bad config field, an explicit
+            ``backend`` that cannot run where the model is (or on this machine's GPU),
             ``dense_layers`` beyond the transformer's blocks, or a context-parallel setting draft attention cannot
             run exactly (ring attention, uneven heads).
         RuntimeError: draft attention is already enabled (disable it first).
@@ -73,9 +74,10 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
                                "call disable_draft_attention() first")
         check_context_parallel(t, family, None)  # parallelism enabled first: refuse early
     processor = DraftAttnProcessor(config, **overrides)
+    _check_explicit_backend(processor.config, transformers)
     for t, name in zip(transformers, names):
         inst = uninstall(t)
-        dense = dict(inst.restore) if inst is not None else dict(t.attn_processors)
+        dense = dict(inst.restore) if inst is not None else attention_processors(t)
         processor.attach(t, dense, prefix=name, via_enable=True)  # raises (nothing changed yet) on bad dense_layers
         set_processors(t, processor)
         # set_attn_processor does not hand the model's parallel config to a new processor (diffusers would then
@@ -84,6 +86,34 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
         if getattr(t, "_parallel_config", None) is not None:
             processor._parallel_config = t._parallel_config
     return obj
+
+
+def _check_explicit_backend(config: DraftAttentionConfig, transformers: list[torch.nn.Module]) -> None:
+    """An explicit ``backend`` that cannot run where the model will run raises now, not at the first sparse step
+    (after the dense quarter of a run). Checked on the model's device, or the current CUDA GPU for a model still
+    on the CPU while CUDA exists (``pipe.to("cuda")`` or offloading may follow); a bfloat16 stand-in for a float32
+    model (autocast may follow), so only what cannot change is judged: package, device, GPU, head dim."""
+    name = config.backend
+    if name == "auto":
+        return
+    from ..backends import AttentionInputs, get_backend
+
+    for t in transformers:
+        param = next(t.parameters(), None)
+        if param is None:
+            continue
+        device = param.device
+        if device.type == "cpu" and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        head_dim = getattr(t.config, "attention_head_dim", 128)
+        probe = AttentionInputs(device.type, cc, dtype, head_dim, head_dim, config.tile_size, False)
+        reasons = get_backend(name).not_supported_reasons(probe)
+        if reasons:
+            raise ValueError(f"backend={name!r} cannot run on {probe.describe()} ({type(t).__name__}): "
+                             f"{'; '.join(reasons)}; use backend='auto' (the fastest that can run) or see "
+                             "`draftattention info`")
 
 
 def disable_draft_attention(obj) -> None:
@@ -97,8 +127,8 @@ def disable_draft_attention(obj) -> None:
     for t, family in zip(transformers, families):
         inst = installation(t)
         if inst is None:
-            if any(is_draft_processor(p) for p in t.attn_processors.values()):  # installed, never called yet
-                roles = family.roles(t, dict(t.attn_processors))
+            if any(is_draft_processor(p) for p in attention_processors(t).values()):  # installed, never called yet
+                roles = family.roles(t, attention_processors(t))
                 set_processors(t, {f"{r.name}.processor": r.default_processor for r in roles.values()})
                 done = True
             continue
@@ -129,12 +159,22 @@ def get_draft_processor(obj) -> DraftAttnProcessor:
         inst = installation(t)
         if inst is not None:
             return inst.processor
-        for proc in t.attn_processors.values():
+        for proc in attention_processors(t).values():
             if is_draft_processor(proc):
                 return proc
     raise RuntimeError(f"draft attention is not enabled on {type(obj).__name__}")
 
 
 def get_draft_stats(obj) -> DraftStats:
-    """Statistics of the last pipeline call: see :class:`DraftStats` (``.summary()``, ``.format()``)."""
-    return get_draft_processor(obj).stats
+    """Statistics of the last pipeline call: see :class:`DraftStats` (``.summary()``, ``.format()``).
+
+    For a pipeline whose last call ran no transformer forward (``num_inference_steps=0``), or that is not the one
+    that last called a shared transformer, the statistics are empty: never those of another call."""
+    processor = get_draft_processor(obj)
+    if not isinstance(obj, torch.nn.Module):
+        # each call sets new scheduler timesteps, and the processor keys its statistics to the call's timesteps
+        timesteps = getattr(getattr(obj, "scheduler", None), "timesteps", None)
+        run_key = getattr(processor, "_run_key", None)
+        if timesteps is not None and run_key is not None and timesteps is not run_key:
+            return DraftStats()
+    return processor.stats

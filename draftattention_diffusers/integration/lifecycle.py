@@ -85,9 +85,30 @@ def uninstall(transformer: torch.nn.Module) -> Installation | None:
     return inst
 
 
+def attention_processors(transformer: torch.nn.Module) -> dict[str, Any]:
+    """``{"<module>.processor": processor}`` of every attention module: diffusers' ``attn_processors``, or, for a
+    transformer class without diffusers' ``AttentionMixin`` (Cosmos, AnyFlow, Mochi in 0.42.1), the same walk over
+    the modules that have ``get_processor``."""
+    if hasattr(type(transformer), "attn_processors"):
+        return dict(transformer.attn_processors)
+    return {f"{name}.processor": m.get_processor() for name, m in transformer.named_modules()
+            if hasattr(m, "get_processor") and hasattr(m, "set_processor")}
+
+
 def set_processors(transformer: torch.nn.Module, processors) -> None:
-    """diffusers' own ``set_attn_processor`` (not our wrapper). A dict must hold every module; it is copied."""
-    type(transformer).set_attn_processor(transformer, dict(processors) if isinstance(processors, dict) else processors)
+    """diffusers' own ``set_attn_processor`` (not our wrapper), or the same for a transformer class without it
+    (``attention_processors``). A dict must hold every module; it is copied."""
+    setter = getattr(type(transformer), "set_attn_processor", None)
+    if setter is not None:
+        setter(transformer, dict(processors) if isinstance(processors, dict) else processors)
+        return
+    names = attention_processors(transformer)
+    if isinstance(processors, dict) and set(processors) != set(names):
+        raise ValueError(f"expected a processor for each of the {len(names)} attention modules, got "
+                         f"{len(processors)}")
+    for name, module in transformer.named_modules():
+        if f"{name}.processor" in names:
+            module.set_processor(processors[f"{name}.processor"] if isinstance(processors, dict) else processors)
 
 
 def _set_attn_processor(transformer: torch.nn.Module, processor) -> None:
@@ -96,7 +117,7 @@ def _set_attn_processor(transformer: torch.nn.Module, processor) -> None:
     inst = uninstall(transformer)
     restore = inst.restore if inst is not None else {}
     set_processors(transformer, processor)
-    now = transformer.attn_processors
+    now = attention_processors(transformer)
     drafts = {id(p): p for p in now.values() if is_draft_processor(p)}
     if len(drafts) > 1:
         raise ValueError("one transformer can carry one draft-attention processor instance, got "

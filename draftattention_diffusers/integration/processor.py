@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.modular_pipelines import ModularPipeline
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.utils.constants import DIFFUSERS_ATTN_BACKEND
 
@@ -42,11 +43,12 @@ from ..models.base import AttentionRole, TileOrder, forward_latents, register_ho
 from ..models.hunyuan_video import HunyuanVideoFamily
 from ..models.wan import WanFamily
 from . import parallel, routing
-from .lifecycle import ROLE_ATTR, Installation, install, installation, uninstall
+from .lifecycle import ROLE_ATTR, Installation, attention_processors, install, installation, uninstall
 from .stats import AttentionEvent, DraftStats, count_call, warn_once
 
 Observer = Callable[[AttentionEvent], None]
 _DEFAULT_BACKEND = AttentionBackendName(DIFFUSERS_ATTN_BACKEND)
+_PIPELINE_TYPES = (DiffusionPipeline, ModularPipeline)
 _NO_RUN = object()
 
 
@@ -65,11 +67,12 @@ def _scheduler_step(pipe) -> tuple[int, int] | None:
 
 
 def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
-    """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now) and its frame
-    (the pipeline's loop variables are its locals), or ``(None, None)``."""
+    """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now; a diffusers
+    pipeline or a modular pipeline) and its frame (the pipeline's loop variables are its locals), or
+    ``(None, None)``."""
     while frame is not None:
         obj = frame.f_locals.get("self")
-        if isinstance(obj, DiffusionPipeline):
+        if isinstance(obj, _PIPELINE_TYPES):
             return obj, frame
         frame = frame.f_back
     return None, None
@@ -200,7 +203,7 @@ class DraftAttnProcessor:
         if self.families is not None and family.name not in self.families:
             raise ValueError(f"{type(self).__name__} supports {self.families}, not {type(transformer).__name__}; "
                              "use DraftAttnProcessor for any supported family")
-        current = dict(transformer.attn_processors) if dense_processors is None else dense_processors
+        current = attention_processors(transformer) if dense_processors is None else dense_processors
         roles = family.roles(transformer, current)
         blocks = 1 + max((r.block_index for r in roles.values() if r.video_self), default=-1)
         too_far = [i for i in self.config.dense_layers if i >= blocks]
@@ -233,7 +236,7 @@ class DraftAttnProcessor:
                 self._pass_on(attr, value)
         param = next(transformer.parameters(), None)
         if param is not None:  # kernels chosen now for the model's device, outside any compiled graph
-            self._choose_kernels(param.device, param.dtype, transformer.config.attention_head_dim)
+            self._choose_kernels(param.device, param.dtype, family.head_dim(transformer))
         register_hook(transformer, "pre", partial(self._on_forward, family), with_kwargs=True)
         order_ok = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
         watch = next((m for m, r in roles.items() if r.video_self), None)
@@ -273,7 +276,7 @@ class DraftAttnProcessor:
             _prepare_forward_outside_graph(self, family, transformer, args, kwargs)
         else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
             latents = forward_latents(args, kwargs)
-            self._kernel = self._forward_kernel(transformer, latents)
+            self._kernel = self._forward_kernel(family, transformer, latents)
             self._begin_forward(family.forward_grid(transformer, args, kwargs), self._manual_step,
                                 latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
                                 record=False)
@@ -302,7 +305,7 @@ class DraftAttnProcessor:
         grid = family.forward_grid(transformer, args, kwargs) if discovered is False else discovered
         device = latents.device
         self.stats.to_device(device)
-        self._kernel = self._forward_kernel(transformer, latents)
+        self._kernel = self._forward_kernel(family, transformer, latents)
         self._cp = parallel.begin_forward(self, transformer, family, grid, args, kwargs)
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
@@ -439,10 +442,10 @@ class DraftAttnProcessor:
         clone._routers = {cls: clone._routed_call(cls) for cls in self._routers}
         return clone
 
-    def _forward_kernel(self, transformer, x: torch.Tensor) -> str | None:
+    def _forward_kernel(self, family: ModelFamily, transformer, x: torch.Tensor) -> str | None:
         device = x.device
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-        return self._choose_kernels(device, dtype, transformer.config.attention_head_dim)
+        return self._choose_kernels(device, dtype, family.head_dim(transformer))
 
     def _choose_kernels(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
         """Resolve the sparse backend for these inputs (with and without padded keys and gradients) and return

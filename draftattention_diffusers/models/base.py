@@ -268,6 +268,10 @@ class ModelFamily:
         tokens after them, whatever the model's own order (:data:`TEXT_POSITIONS`)."""
         raise NotImplementedError
 
+    def head_dim(self, transformer: torch.nn.Module) -> int:
+        """Per-head width of its video self-attention (what the kernels are chosen for)."""
+        return transformer.config.attention_head_dim
+
     def own_processor(self, module: torch.nn.Module) -> Any:
         """A new instance of the model's own processor for ``module`` (:attr:`processor_class`, else the module's
         ``_default_processor_cls``), or None where neither is known."""

@@ -101,3 +101,46 @@ def test_lpips_without_backbone_weights_says_so(monkeypatch, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / video_metrics._ALEXNET_WEIGHTS).write_bytes(b"")
     assert video_metrics.lpips_unavailable_reason() is None
+
+
+# ------------------------------------------------------------------------- against the reference implementations
+def test_psnr_and_per_frame_psnr_match_torchmetrics():
+    pytest.importorskip("torchmetrics")
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    a = _video(10, shape=(4, 24, 40, 3), lo=0.0, hi=1.0)
+    b = np.clip(a + np.random.default_rng(11).normal(0, 0.03, a.shape), 0, 1)
+    x, y = (torch.from_numpy(v).permute(0, 3, 1, 2) for v in (a, b))
+    # (torchmetrics rounds through float32 somewhere: agreement to 1e-5 dB, far below the 2 decimals shown)
+    assert video_metrics.psnr(a, b) == pytest.approx(float(peak_signal_noise_ratio(y, x, data_range=1.0)), abs=1e-5)
+    per_frame = peak_signal_noise_ratio(y, x, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    assert video_metrics.psnr_per_frame(a, b) == pytest.approx(per_frame.tolist(), abs=1e-5)
+    b[2] = a[2]  # an identical frame: inf, the others unchanged
+    assert video_metrics.psnr_per_frame(a, b)[2] == math.inf
+
+
+def test_lpips_matches_the_reference_packages_where_their_weights_are_present():
+    reason = video_metrics.lpips_unavailable_reason()
+    if reason:
+        pytest.skip(reason)  # no AlexNet weights (no download here): video_metrics and the report say so instead
+    a = _video(12, shape=(2, 64, 64, 3), lo=0.0, hi=1.0)
+    b = np.clip(a + np.random.default_rng(13).normal(0, 0.1, a.shape), 0, 1)
+    x, y = (torch.from_numpy(v).permute(0, 3, 1, 2).float() for v in (a, b))
+    ours = video_metrics.lpips(a, b)
+    checked = 0
+    if video_metrics._lpips_package() == "torchmetrics":
+        from torchmetrics.functional.image import learned_perceptual_image_patch_similarity
+
+        ref = float(learned_perceptual_image_patch_similarity(y, x, net_type="alex", normalize=True))
+        assert ours == pytest.approx(ref, rel=1e-4)
+        checked += 1
+    try:
+        import lpips as lpips_pkg
+    except ImportError:
+        lpips_pkg = None
+    if lpips_pkg is not None:
+        net = lpips_pkg.LPIPS(net="alex", verbose=False)
+        ref = float(net(y * 2 - 1, x * 2 - 1).mean())
+        assert ours == pytest.approx(ref, rel=1e-3)
+        checked += 1
+    assert checked

@@ -1,54 +1,23 @@
-"""Cosmos (models/cosmos.py) beyond the shared family checks: the shared checks on its Predict2.5 tiny pipeline,
-Predict2 Video2World with a conditioning image (its conditioned frame runs at another timestep, so the per-token
+"""Cosmos (models/cosmos.py) beyond the shared family checks (tests/test_family_conformance.py, on its Predict2.5
+tiny pipeline): Predict2 Video2World with a conditioning image (its conditioned frame runs at another timestep, so the per-token
 time embeddings must follow the tile order), and Cosmos 1.0's transformer (learnable positions, one timestep per item)
 with Transfer2.5's controlnet residuals, each at sparsity 0 against dense through the tile order.
-
-CosmosTransformer3DModel has no AttentionMixin in diffusers 0.42.1 (no ``attn_processors`` / ``set_attn_processor``),
-which the integration reads on every transformer; until it reads processors without the mixin, the fixture below
-lends the class diffusers' own AttentionMixin accessors and puts the family in the table for these tests only (both
-undone after; no-ops once the integration and the family table have them)."""
+(CosmosTransformer3DModel has no AttentionMixin in diffusers 0.42.1: the integration walks its modules instead.)"""
 
 import pytest
 import torch
 from pipeline_utils import max_diff
 
 import draftattention_diffusers.models as models
-import test_family_conformance as conformance
 from draftattention_diffusers import draft_attention_enabled, enable_draft_attention, get_draft_stats
 from draftattention_diffusers import disable_draft_attention
-from draftattention_diffusers.models.cosmos import CosmosFamily, tiny_cosmos_transformer
+from draftattention_diffusers.models.cosmos import tiny_cosmos_transformer
 from draftattention_diffusers.tiny import tiny_prompt_kwargs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cosmos_family():
-    import diffusers
-    from diffusers.models.attention import AttentionMixin
-
-    cls = diffusers.CosmosTransformer3DModel
-    lent = [n for n in ("attn_processors", "set_attn_processor") if not hasattr(cls, n)]
-    for n in lent:
-        setattr(cls, n, getattr(AttentionMixin, n))
-    table = models._FAMILIES
-    family = next((f for f in table if f.name == "cosmos"), None)
-    if family is None:
-        family = CosmosFamily()
-        models._FAMILIES = table + (family,)
-    yield family
-    models._FAMILIES = table
-    for n in lent:
-        delattr(cls, n)
-
-
 @pytest.fixture(scope="module")
-def case(cosmos_family):
-    return cosmos_family, next(iter(cosmos_family.tiny_variants.values()))()
-
-
-def test_shared_family_checks(case):
-    conformance.test_the_tiny_grid_reorders(case)
-    conformance.test_dense_schedule_and_disable_are_bit_identical(case)
-    conformance.test_sparsity_zero_equals_dense_and_the_schedule(case)
+def cosmos_family():
+    return next(f for f in models.families() if f.name == "cosmos")
 
 
 def test_video2world_with_an_image_at_sparsity_zero(cosmos_family):

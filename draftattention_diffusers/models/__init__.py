@@ -10,6 +10,7 @@ from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
 from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
 from .consisid import ConsisIDFamily
+from .cosmos import CosmosFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
 from .ltx2 import LTX2Family
@@ -23,7 +24,8 @@ from .wan_vace import WanVACEFamily
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
                                        ConsisIDFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
-                                       ChronoEditFamily(), WanAnimateFamily(), MiniMaxH3Family())
+                                       ChronoEditFamily(), WanAnimateFamily(), MiniMaxH3Family(),
+                                       CosmosFamily())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

@@ -83,6 +83,12 @@ CHRONOEDIT_14B = dict(WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim
 # Wan2.2-Animate-14B: its diffusers config.json (Wan-AI/Wan2.2-Animate-14B-Diffusers): a Wan2.1-I2V-14B transformer
 # (36 input channels, CLIP image tokens through added K/V) with WanAnimateTransformer3DModel's motion/face defaults
 WAN_ANIMATE_14B = dict(WAN_14B, in_channels=36, latent_channels=16, image_dim=1280, added_kv_proj_dim=5120)
+# Helios 14B (Helios-Base / -Mid / -Distilled): HeliosTransformer3DModel's defaults (a Wan-14B-sized transformer,
+# RoPE split 44/42/42, guidance cross-attention, zero history timestep, multi-term memory patches; no history key
+# amplification, as the Helios team's training kwargs set it)
+HELIOS_14B = dict({k: v for k, v in WAN_14B.items() if k != "rope_max_seq_len"}, rope_dim=(44, 42, 42),
+                  guidance_cross_attn=True, zero_history_timestep=True, has_multi_term_memory_patch=True,
+                  is_amplify_history=False)
 ANYFLOW_14B = dict({k: v for k, v in WAN_14B.items() if k != "qk_norm"}, gate_value=0.25, deltatime_type="r")
 # Cosmos-Predict2.5 2B / 14B: diffusers' scripts/convert_cosmos_to_diffusers.py (TRANSFORMER_CONFIGS
 # "Cosmos-2.5-Predict-Base-2B" / "-14B"); the prompt is Qwen2.5-VL's 28 hidden layers concatenated (100352 wide),
@@ -142,6 +148,10 @@ MODELS = {
     # + 20 latent frames), guidance 1.0: one call per step
     "wan-animate14b-720p": ("wan_animate", WAN_ANIMATE_14B, (21, 90, 160), 1,
                             "Wan2.2-Animate-14B, 720x1280, 77-frame segment"),
+    # Helios 14B at HeliosPipeline's defaults: 384x640, one chunk of 9 latent frames (8,640 tokens) after its
+    # history prefix (short 2 x 24 x 40, mid 1 x 12 x 20, long 4 x 6 x 10: 2,400 tokens, kept dense); CFG
+    # (guidance 5.0) as two calls per step. Times one chunk's forward (a 132-frame video is 4 chunks)
+    "helios14b-384p": ("helios", HELIOS_14B, (9, 48, 80), 2, "Helios 14B, 384x640, one 33-frame chunk"),
     # tiny configs for a CPU dry run of this script
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
@@ -188,6 +198,9 @@ MODELS = {
                                              face_encoder_hidden_dim=16, face_encoder_num_heads=2,
                                              inject_face_latents_blocks=1),
                          (3, 32, 64), 1, "tiny Wan-Animate (CPU dry run)"),
+    "tiny-helios": ("helios", dict(HELIOS_14B, num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2,
+                                   text_dim=32, freq_dim=32, rope_dim=(12, 10, 10)), (2, 32, 64), 2,
+                    "tiny Helios (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
 # --tiny without --models
@@ -235,6 +248,19 @@ def _wan_animate_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: i
                 encoder_hidden_states_image=rnd(1, 257, config["image_dim"]),
                 pose_hidden_states=rnd(1, config["latent_channels"], f - 1, h, w),
                 face_pixel_values=rnd(1, 3, 4 * (f - 2) + 1, size, size))
+
+
+def _helios_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as HeliosPipeline (keep_first_frame, history_sizes [16, 2, 1]) calls it for a chunk of f latent frames: frame
+    # indices 0 (first-frame prefix), 1-16 (long), 17-18 (mid), 19 (1x) and the chunk's after them; history latents
+    # at the chunk's latent size
+    _, c, f, h, w = latents.shape
+    idx = torch.arange(20 + f, device=latents.device).unsqueeze(0)
+    return dict(hidden_states=latents, timestep=torch.tensor([500.0], device=latents.device),
+                encoder_hidden_states=rnd(1, 512, config["text_dim"]), indices_hidden_states=idx[:, 20:],
+                indices_latents_history_short=idx[:, [0, 19]], indices_latents_history_mid=idx[:, 17:19],
+                indices_latents_history_long=idx[:, 1:17], latents_history_short=rnd(1, c, 2, h, w),
+                latents_history_mid=rnd(1, c, 2, h, w), latents_history_long=rnd(1, c, 16, h, w), return_dict=False)
 
 
 def _hunyuan_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -328,6 +354,7 @@ TRANSFORMERS = {
     "chronoedit": ("ChronoEditTransformer3DModel", _chronoedit_inputs),
     "anyflow": ("AnyFlowTransformer3DModel", _anyflow_inputs),
     "wan_animate": ("WanAnimateTransformer3DModel", _wan_animate_inputs),
+    "helios": ("HeliosTransformer3DModel", _helios_inputs),
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
 }
 

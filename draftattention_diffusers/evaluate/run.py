@@ -398,7 +398,8 @@ class Evaluation:
         key = draft_key(s, st.config)
         path = self.draft_path(st, p)
         rec = _read_record(path, key)
-        if rec is not None and rec.get("dense_key") == dense_rec["key"]:
+        if rec is not None and rec.get("dense_key") == dense_rec["key"] and all(
+                (self.out / m).is_file() for v in rec["media"].values() for m in (v if isinstance(v, list) else [v])):
             self.reused += 1
             return rec
         pipe = self._load()
@@ -425,6 +426,8 @@ class Evaluation:
             attached = []
 
             def attach(step: int) -> None:
+                if whole_run:
+                    return
                 want = observer is not None and step in map_steps
                 if want and not attached:
                     proc.add_observer(observer)
@@ -436,6 +439,10 @@ class Evaluation:
                 snaps.append((step, stats.counter_snapshot()))
                 attach(step + 1)
 
+            whole_run = observer is not None and runner.step_timing_unavailable(pipe) is not None
+            if whole_run:  # no step callback to switch it per step: on for the whole call (its time includes it)
+                proc.add_observer(observer)
+                attached.append(observer)
             attach(0)
             try:
                 frames, times = runner.run_pipeline(pipe, kwargs, s.seed, on_step=on_step)

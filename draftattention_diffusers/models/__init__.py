@@ -11,6 +11,7 @@ from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
 from .consisid import ConsisIDFamily
 from .cosmos import CosmosFamily
+from .helios import HeliosFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
 from .ltx2 import LTX2Family
@@ -24,7 +25,7 @@ from .wan_vace import WanVACEFamily
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
                                        ConsisIDFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
-                                       ChronoEditFamily(), WanAnimateFamily(), MiniMaxH3Family(),
+                                       ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(), MiniMaxH3Family(),
                                        CosmosFamily())
 
 REFUSED: dict[str, str] = {

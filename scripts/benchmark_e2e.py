@@ -101,8 +101,24 @@ COSMOS25_2B = dict(in_channels=16 + 1, out_channels=16, num_attention_heads=16, 
                    encoder_hidden_states_channels=1024)
 COSMOS25_14B = dict(COSMOS25_2B, num_attention_heads=40, num_layers=36)
 
+# ConsisID (ConsisID-preview): CogVideoX-5B-I2V's transformer shape (noise + image latents, RoPE, learned positions),
+# which ConsisID builds on, plus its face modules at ConsisIDTransformer3DModel's defaults (a perceiver cross-attention
+# every 2nd block); diffusers has no ConsisID conversion script and the checkpoint's config.json was not read here
+CONSISID = dict(COGVIDEOX_5B, in_channels=32, use_learned_positional_embeddings=True, is_train_face=True,
+                cross_attn_interval=2)
+# Mochi 1 preview (10B): MochiTransformer3DModel's defaults are its published config (48 layers, 24 heads of 128,
+# 12 latent channels, T5-XXL text of 256 tokens); 2x2 patches on an 8x spatial, 6x temporal VAE
+MOCHI = dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48, pooled_projection_dim=1536,
+             in_channels=12, text_embed_dim=4096, time_embed_dim=256, max_sequence_length=256)
+
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
+    # ConsisID at its example's 480x720, 49 frames (13 latent frames of 30x45 tokens, 226 text tokens first); CFG as a
+    # batch of 2 in one call (counted as 2 calls)
+    "consisid-480p": ("consisid", CONSISID, (13, 60, 90), 2, "ConsisID (CogVideoX-5B-I2V), 480x720, 49 frames"),
+    # Mochi 1 at its native 480x848, 163 frames (5.4 s at 30 fps: 28 latent frames of 30x53 tokens); CFG as a batch of
+    # 2 in one call (counted as 2 calls)
+    "mochi-480p": ("mochi", MOCHI, (28, 60, 106), 2, "Mochi 1 (10B), 480x848, 163 frames"),
     "wan1.3b-480p": ("wan", WAN_1_3B, (21, 60, 104), 2, "Wan2.1 1.3B, 480x832, 81 frames"),
     "wan14b-720p": ("wan", WAN_14B, (21, 90, 160), 2, "Wan2.1 14B, 720x1280, 81 frames"),
     "hunyuan-720p": ("hunyuan", HUNYUAN, (33, 90, 160), 1, "HunyuanVideo, 720x1280, 129 frames"),
@@ -153,6 +169,16 @@ MODELS = {
     # (guidance 5.0) as two calls per step. Times one chunk's forward (a 132-frame video is 4 chunks)
     "helios14b-384p": ("helios", HELIOS_14B, (9, 48, 80), 2, "Helios 14B, 384x640, one 33-frame chunk"),
     # tiny configs for a CPU dry run of this script
+    "tiny-consisid": ("consisid", dict(CONSISID, num_attention_heads=2, attention_head_dim=48, num_layers=2,
+                                       time_embed_dim=32, text_embed_dim=32, cross_attn_interval=1,
+                                       cross_attn_dim_head=16, cross_attn_num_heads=2, LFE_id_dim=16, LFE_vit_dim=16,
+                                       LFE_depth=2, LFE_dim_head=8, LFE_num_heads=2, LFE_num_id_token=2,
+                                       LFE_num_querie=4, LFE_output_dim=64, LFE_ff_mult=1, LFE_num_scale=2,
+                                       sample_height=32, sample_width=64, sample_frames=5),
+                      (2, 32, 64), 2, "tiny ConsisID (CPU dry run)"),
+    "tiny-mochi": ("mochi", dict(MOCHI, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+                                 pooled_projection_dim=16, text_embed_dim=32, time_embed_dim=8),
+                   (2, 32, 64), 2, "tiny Mochi (CPU dry run)"),
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
     "tiny-hunyuan": ("hunyuan", dict(HUNYUAN, num_attention_heads=2, attention_head_dim=16, num_layers=1,
@@ -339,9 +365,29 @@ def _cosmos_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -
                 encoder_hidden_states=rnd(1, 512, config["crossattn_proj_in_channels"]), return_dict=False)
 
 
+def _consisid_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as ConsisIDPipeline calls it: CogVideoX's inputs (noise and image latents) plus the face embeddings its helpers
+    # compute (an antelopev2 embedding of LFE_id_dim, one EVA-CLIP ViT feature map of 577 tokens per face scale)
+    return dict(_cogvideox_inputs(config, latents, rnd, text_tokens),
+                id_cond=rnd(1, config.get("LFE_id_dim", 1280)),
+                id_vit_hidden=[rnd(1, 577, config.get("LFE_vit_dim", 1024))
+                               for _ in range(config.get("LFE_num_scale", 5))])
+
+
+def _mochi_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as MochiPipeline calls it: a T5 prompt of `text_tokens` tokens padded to 256, its boolean mask
+    mask = torch.zeros(1, config["max_sequence_length"], dtype=torch.bool, device=latents.device)
+    mask[:, :text_tokens] = True
+    return dict(hidden_states=latents, encoder_hidden_states=rnd(1, config["max_sequence_length"],
+                                                                 config["text_embed_dim"]),
+                timestep=torch.tensor([500], device=latents.device), encoder_attention_mask=mask, return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
+    "consisid": ("ConsisIDTransformer3DModel", _consisid_inputs),
+    "mochi": ("MochiTransformer3DModel", _mochi_inputs),
     "wan": ("WanTransformer3DModel", _wan_inputs),
     "hunyuan": ("HunyuanVideoTransformer3DModel", _hunyuan_inputs),
     "ltx": ("LTXVideoTransformer3DModel", _ltx_inputs),

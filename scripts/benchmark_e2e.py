@@ -151,8 +151,7 @@ MODELS = {
     "chronoedit-14b-720p-29f": ("chronoedit", CHRONOEDIT_14B, (8, 90, 160), 2,
                                 "ChronoEdit-14B, 720x1280, 29 frames (temporal reasoning)"),
     # AnyFlow 14B T2V: its docstring example (480x832, 33 frames -> 9 latent frames, 4 steps) and Wan's 720p 81 frames;
-    # guidance 1.0 (CFG folded into the weights): one call per step. (Its draft rows need the integration to set
-    # processors on a transformer without diffusers' AttentionMixin, see models/anyflow.py)
+    # guidance 1.0 (CFG folded into the weights): one call per step
     "anyflow14b-480p": ("anyflow", ANYFLOW_14B, (9, 60, 104), 1, "AnyFlow Wan2.1 14B, 480x832, 33 frames"),
     "anyflow14b-720p": ("anyflow", ANYFLOW_14B, (21, 90, 160), 1, "AnyFlow Wan2.1 14B, 720x1280, 81 frames"),
     # Cosmos-Predict2.5 at its pipeline's defaults: 704x1280, 93 frames (Wan VAE -> 24 x 88 x 160 latents, 2x2 patches:

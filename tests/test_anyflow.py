@@ -1,51 +1,23 @@
-"""AnyFlow (``AnyFlowTransformer3DModel``): the shared family checks, and per-frame timesteps through the tile order.
-
-Interim: ``AnyFlowTransformer3DModel`` (diffusers 0.42.1) does not inherit diffusers' ``AttentionMixin``, so it has
-no ``attn_processors`` / ``set_attn_processor``, which the integration uses to install and restore processors. Until
-the integration reads and sets processors with ``AttentionMixin``'s functions for such transformers, the fixture
-below lends the class those two members (the very functions diffusers' other transformers inherit) and adds the
-family to the table for the duration of each test; the family is not in ``_FAMILIES`` yet.
-"""
+"""AnyFlow (``AnyFlowTransformer3DModel``), beyond the shared family checks: per-frame timesteps (a conditioning
+video's frames at timestep 0) through the once-per-forward tile order, and cross-attention keeping its own processor.
+The transformer has no diffusers ``AttentionMixin``; the integration reads and sets its processors by walking its
+modules (``integration/lifecycle.attention_processors``)."""
 
 import pytest
-import test_family_conformance as conformance
 import torch
-from diffusers import AnyFlowTransformer3DModel
-from diffusers.models.attention import AttentionMixin
 
 from draftattention_diffusers import (disable_draft_attention, draft_attention_enabled, enable_draft_attention,
                                       get_draft_stats)
-from draftattention_diffusers import models
-from draftattention_diffusers.models.anyflow import AnyFlowFamily, build_tiny_anyflow
+from draftattention_diffusers.integration.lifecycle import attention_processors
+from draftattention_diffusers.models import family_for
+from draftattention_diffusers.models.anyflow import AnyFlowFamily
 from draftattention_diffusers.models.base import count_hooks
-from draftattention_diffusers.tiny import tiny_prompt_kwargs
-
-FAMILY = AnyFlowFamily()
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    for name in ("attn_processors", "set_attn_processor"):
-        if not hasattr(AnyFlowTransformer3DModel, name):
-            monkeypatch.setattr(AnyFlowTransformer3DModel, name, getattr(AttentionMixin, name), raising=False)
-    if models.family_for_pipeline("AnyFlowPipeline") is None:
-        monkeypatch.setattr(models, "_FAMILIES", models._FAMILIES + (FAMILY,))
+from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return build_tiny_anyflow()
-
-
-@pytest.fixture
-def case(pipe):
-    return models.family_for(pipe.transformer), pipe
-
-
-def test_shared_family_checks(case):
-    conformance.test_the_tiny_grid_reorders(case)
-    conformance.test_dense_schedule_and_disable_are_bit_identical(case)
-    conformance.test_sparsity_zero_equals_dense_and_the_schedule(case)
+    return build_tiny_pipeline("anyflow")
 
 
 def _video_run(pipe, video_latents, steps=2):
@@ -74,8 +46,10 @@ def test_per_frame_timesteps_follow_the_tile_order(pipe):
 
 
 def test_cross_attention_keeps_its_own_processor(pipe):
+    family = family_for(pipe.transformer)
+    assert isinstance(family, AnyFlowFamily)
     with draft_attention_enabled(pipe, sparsity=0.5):
-        roles = FAMILY.roles(pipe.transformer, dict(pipe.transformer.attn_processors))
+        roles = family.roles(pipe.transformer, attention_processors(pipe.transformer))
     video_self = sorted(r.name for r in roles.values() if r.video_self)
     assert video_self == ["blocks.0.attn1", "blocks.1.attn1"]
     assert {type(r.default_processor).__name__ for r in roles.values() if not r.video_self} == \

@@ -25,12 +25,12 @@ def test_cli_tables_derive_from_the_families():
                                "tiny-cogvideox": "cogvideox", "tiny-cogvideox15": "cogvideox15",
                                "tiny-cogvideox-i2v": "cogvideox-i2v", "tiny-ltx": "ltx", "tiny-ltx2": "ltx2",
                                "tiny-hunyuan15": "hunyuan15", "tiny-hunyuan15-i2v": "hunyuan15-i2v",
-                               "tiny-chronoedit": "chronoedit", "tiny-helios": "helios",
+                               "tiny-chronoedit": "chronoedit", "tiny-helios": "helios", "tiny-anyflow": "anyflow",
                                "tiny-cosmos25": "cosmos25", "tiny-cosmos2-v2w": "cosmos2-v2w"}
     assert TINY_FAMILIES == ("wan", "wan22", "wan-i2v", "wan22-i2v", "wan-ti2v", "hunyuan", "hunyuan-i2v",
                              "skyreels-v2", "skyreels-v2-i2v", "wan-vace", "cogvideox", "cogvideox15",
                              "cogvideox-i2v", "ltx", "ltx2", "hunyuan15", "hunyuan15-i2v",
-                             "chronoedit", "helios", "cosmos25", "cosmos2-v2w")
+                             "chronoedit", "helios", "anyflow", "cosmos25", "cosmos2-v2w")
     assert cli.SUPPORTED_PIPELINES == {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video",
                                        "SkyReelsV2Pipeline": "skyreels_v2", "WanVACEPipeline": "wan_vace",
                                        "WanImageToVideoPipeline": "wan",
@@ -44,12 +44,13 @@ def test_cli_tables_derive_from_the_families():
                                        "HunyuanVideo15Pipeline": "hunyuan_video15",
                                        "HunyuanVideo15ImageToVideoPipeline": "hunyuan_video15",
                                        "ChronoEditPipeline": "chronoedit", "HeliosPipeline": "helios",
+                                       "AnyFlowPipeline": "anyflow",
                                        "Cosmos2_5_PredictBasePipeline": "cosmos",
                                        "Cosmos2VideoToWorldPipeline": "cosmos"}
     assert cli.DEFAULT_FPS == {"wan": 16, "hunyuan_video": 24, "skyreels_v2": 24, "wan_vace": 16, "cogvideox": 8,
                                "ltx_video": 24, "ltx2": 24, "hunyuan_video15": 24,
                                "consisid": 8,
-                               "chronoedit": 16, "wan_animate": 16, "helios": 24, "minimax_h3": 24,
+                               "chronoedit": 16, "wan_animate": 16, "helios": 24, "anyflow": 16, "minimax_h3": 24,
                                "cosmos": 16}
     assert cli.family_of(type("HunyuanVideoPipeline", (), {})()).name == "hunyuan_video"
     with pytest.raises(cli.CLIError, match="unsupported pipeline FluxPipeline; supported: WanPipeline"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
+from .anyflow import AnyFlowFamily
 from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
 from .consisid import ConsisIDFamily
@@ -25,7 +26,8 @@ from .wan_vace import WanVACEFamily
 _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReelsV2Family(), WanVACEFamily(),
                                        ConsisIDFamily(),
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
-                                       ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(), MiniMaxH3Family(),
+                                       ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(),
+                                       AnyFlowFamily(), MiniMaxH3Family(),
                                        CosmosFamily())
 
 REFUSED: dict[str, str] = {

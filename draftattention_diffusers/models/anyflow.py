@@ -10,7 +10,8 @@ per-token time embeddings ``[B, S, D]`` and ``[B, S, 6D]`` (each frame's timeste
 ``AnyFlowPipeline`` gives the frames of a conditioning video timestep 0). The tile-order hooks put all three in tile
 order once per forward and the tokens back before ``proj_out``. Self-attention has no mask and no text tokens.
 
-The chunk-wise causal variant (``AnyFlowFARTransformer3DModel``, ``AnyFlowFARPipeline``) is refused: see
+``AnyFlowTransformer3DModel`` has no diffusers ``AttentionMixin``: the integration reads and sets its processors by
+walking its modules. The chunk-wise causal variant (``AnyFlowFARTransformer3DModel``, ``AnyFlowFARPipeline``) is refused: see
 ``models/__init__.py``'s ``REFUSED``.
 """
 

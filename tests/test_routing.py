@@ -95,3 +95,38 @@ def test_a_second_dispatcher_call_of_one_processor_call_is_the_models():
         proc._routing = None  # already taken by the first call
         proc._route(lambda *a, **k: seen.append(k) or q, q, q, q, attn_mask=None)
     assert len(seen) == 1 and max_diff(q, q) == 0
+
+
+@pytest.mark.parametrize("position,start", [("leading", None), ("trailing", None), ("trailing", 5)])
+def test_dense_tokens_around_the_video_at_sparsity_zero(position, start, monkeypatch):
+    """[before | video | after] with padded text keys (at the end of `after`, or of `before` when the video is the
+    tail): draft attention at sparsity 0 equals masked dense attention, wherever the family says the video tokens
+    are (text_position, or a video_start per forward)."""
+    import dataclasses
+
+    from draftattention_diffusers.core import VideoGrid
+
+    pipe = build_tiny_pipeline("wan")
+    with draft_attention_enabled(pipe, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
+        run(pipe, steps=1)
+        proc = get_draft_processor(pipe)
+        attn = pipe.transformer.blocks[0].attn1
+        _, family, role = attn.__dict__["_draftattention_role"]
+        family = dataclasses.replace(family) if dataclasses.is_dataclass(family) else type(family)()
+        monkeypatch.setattr(type(family), "text_position", position)
+        proc.grid = VideoGrid(2, 8, 32)
+        n = proc.grid.num_tokens
+        before, after = (9, 0) if position == "leading" else (5 if start else 0, 7)
+        proc._video_start = start
+        seq = before + n + after
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, seq, 2, 32, generator=g) for _ in range(3))
+        keep = torch.ones(1, 1, 1, seq, dtype=torch.bool)
+        pad_end = seq if after else before
+        keep[..., pad_end - 3:pad_end] = False  # padded text keys
+        proc._routing = (attn, family, role, False, None)
+        out = proc._route(None, q, k, v, attn_mask=keep)
+        stats = get_draft_stats(pipe).summary()
+    ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
+                                                           attn_mask=keep).transpose(1, 2)
+    assert max_diff(out, ref) < 1e-5 and stats["fallbacks"] == {}

@@ -133,6 +133,7 @@ class DraftAttnProcessor:
         self._dense_forward = False
         self._mask_cache: tuple[Any, Any] | None = None
         self._cp: parallel.ContextParallelState | None = None  # set per forward under context parallelism
+        self._video_start: int | None = None  # where the video tokens start (ModelFamily.video_start), per forward
 
     # diffusers sets these two on every processor (set_attention_backend / reset_attention_backend /
     # enable_parallelism). They are passed on to the processors draft attention keeps as the dense path, so that
@@ -277,6 +278,7 @@ class DraftAttnProcessor:
         else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
             latents = forward_latents(args, kwargs)
             self._kernel = self._forward_kernel(family, transformer, latents)
+            self._video_start = family.video_start(transformer, args, kwargs)
             self._begin_forward(family.forward_grid(transformer, args, kwargs), self._manual_step,
                                 latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
                                 record=False)
@@ -303,6 +305,7 @@ class DraftAttnProcessor:
             step_info = self._manual_step
         latents = forward_latents(args, kwargs)
         grid = family.forward_grid(transformer, args, kwargs) if discovered is False else discovered
+        self._video_start = family.video_start(transformer, args, kwargs) if discovered is False else None
         device = latents.device
         self.stats.to_device(device)
         self._kernel = self._forward_kernel(family, transformer, latents)
@@ -404,14 +407,25 @@ class DraftAttnProcessor:
                             scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, backend=backend,
                             parallel_config=parallel_config)
         attn, family, role, dense, kernel = routing
-        extra = query.shape[1] - self.grid.num_tokens if self.grid is not None and self._cp is None else 0
-        if family.text_position == "leading" and extra > 0:  # a dense prefix, then the video tokens
-            q, k, v = (torch.cat([x[:, extra:], x[:, :extra]], dim=1) for x in (query, key, value))
-            mask = None if attn_mask is None else torch.cat([attn_mask[..., extra:], attn_mask[..., :extra]], dim=-1)
-            out = self._attend(attn, role, dense, kernel, q, k, v, extra, mask, scale)
-            return torch.cat([out[:, -extra:], out[:, :-extra]], dim=1)
-        text_len = max(extra, 0) if family.text_position == "trailing" else 0
-        return self._attend(attn, role, dense, kernel, query, key, value, text_len, attn_mask, scale)
+        grid, seq = self.grid, query.shape[1]
+        if grid is None or self._cp is not None:  # (under context parallelism the sequence is gathered later)
+            return self._attend(attn, role, dense, kernel, query, key, value, 0, attn_mask, scale)
+        others = seq - grid.num_tokens  # tokens that stay dense: text, keyframes, history, audio
+        start = self._video_start if self._video_start is not None else (
+            others if family.text_position == "leading" else 0)
+        if family.text_position == "none" and self._video_start is None or others < 0 or not 0 <= start <= others:
+            others = start = 0  # the sequence is not what the family says: the grid check runs it dense, visibly
+        if start == 0:  # video first, then the dense tokens (`attend`'s order)
+            return self._attend(attn, role, dense, kernel, query, key, value, others, attn_mask, scale)
+        # [before, video, after] -> [video, before, after]: the dense tokens keep their order, so a key-padding
+        # suffix mask (padded text at the end) stays one
+        n = grid.num_tokens
+        q, k, v = (torch.cat([x[:, start:start + n], x[:, :start], x[:, start + n:]], dim=1)
+                   for x in (query, key, value))
+        mask = None if attn_mask is None else torch.cat(
+            [attn_mask[..., start:start + n], attn_mask[..., :start], attn_mask[..., start + n:]], dim=-1)
+        out = self._attend(attn, role, dense, kernel, q, k, v, others, mask, scale)
+        return torch.cat([out[:, n:n + start], out[:, :n], out[:, n + start:]], dim=1)
 
     def _route_role(self, family: ModelFamily, module: torch.nn.Module, role: AttentionRole) -> AttentionRole:
         """``role`` with the model processor whose attention call is routed, or with the reason it cannot be (it

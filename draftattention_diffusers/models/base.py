@@ -250,6 +250,12 @@ class ModelFamily:
         latents). Families whose latents arrive packed ``[B, S, C]`` read the grid from other arguments."""
         return self.grid(transformer, forward_latents(args, kwargs))
 
+    def video_start(self, transformer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> int | None:
+        """Where the video tokens start in the video self-attention sequence of this forward, for a routed family
+        whose video tokens are neither its head nor its tail (FramePack: after the history and clean latents; the
+        tokens before and after them stay dense); None (the default): as :attr:`text_position` says."""
+        return None
+
     def grid_from_locals(self, transformer: torch.nn.Module, frame_locals: dict[str, Any]) -> VideoGrid | None:
         """The token grid of a running forward from its local variables (:attr:`grid_locals`), or None."""
         if self.grid_locals is None:

@@ -263,7 +263,7 @@ def render_html(data: dict, plots: dict[str, Any]) -> str:
     # ---- summary
     add("<h2>Summary per setting</h2>")
     add("<p>Mean over the prompts against the dense video of the same prompt and seed. Speedup: dense denoising time "
-        "/ draft denoising time (the VAE decode is the same in both). PSNR over frames whose videos differ; "
+        "/ draft denoising time (the VAE decode is the same in both). PSNR: the mean over the prompts whose videos differ; "
         "<i>identical</i> counts prompts whose draft video equals the dense one.</p>")
     add("<table><tr><th class='l'>setting</th><th>prompts</th><th>speedup</th><th>PSNR (dB)</th><th>SSIM</th>"
         "<th>LPIPS</th><th>achieved sparsity</th><th>identical</th></tr>")

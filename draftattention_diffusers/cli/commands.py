@@ -568,5 +568,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-__all__ = ["main", "build_parser", "cmd_generate", "cmd_compare", "cmd_evaluate", "cmd_presets", "cmd_info", "cmd_bench", "cmd_capture",
-           "cmd_analyze", "check_writable"]
+__all__ = ["main", "build_parser", "cmd_generate", "cmd_compare", "cmd_evaluate", "cmd_presets", "cmd_info",
+           "cmd_bench", "cmd_capture", "cmd_analyze", "check_writable"]

@@ -263,8 +263,8 @@ def render_html(data: dict, plots: dict[str, Any]) -> str:
     # ---- summary
     add("<h2>Summary per setting</h2>")
     add("<p>Mean over the prompts against the dense video of the same prompt and seed. Speedup: dense denoising time "
-        "/ draft denoising time (the VAE decode is the same in both). PSNR: the mean over the prompts whose videos differ; "
-        "<i>identical</i> counts prompts whose draft video equals the dense one.</p>")
+        "/ draft denoising time (the VAE decode is the same in both). PSNR: the mean over the prompts whose videos "
+        "differ; <i>identical</i> counts prompts whose draft video equals the dense one.</p>")
     add("<table><tr><th class='l'>setting</th><th>prompts</th><th>speedup</th><th>PSNR (dB)</th><th>SSIM</th>"
         "<th>LPIPS</th><th>achieved sparsity</th><th>identical</th></tr>")
     for st in settings:
@@ -318,11 +318,11 @@ def render_html(data: dict, plots: dict[str, Any]) -> str:
         for st, r in recs:
             m = r["media"]
             base = f"results/{st['id']}/{pid}"
+            backends = ", ".join(r["draft_attention"].get("backends") or {})
             add(f"<h3>{_e(st['label'])}</h3><p>PSNR {_num(r['metrics']['psnr'], f'{base}/metrics/psnr', 2)} dB, "
                 f"SSIM {_num(r['metrics']['ssim'], f'{base}/metrics/ssim', 4)}, achieved sparsity "
                 f"{_num(r['draft_attention']['mean_sparsity'], f'{base}/draft_attention/mean_sparsity', 3)}"
-                f"{'; sparse backend ' + _e(', '.join(r['draft_attention'].get('backends') or {})) if r['draft_attention'].get('backends') else ''}"
-                "</p>")
+                f"{'; sparse backend ' + _e(backends) if backends else ''}</p>")
             if m.get("video"):
                 add(_video(m["video"]))
             add("<p class='small'>Frames: dense (top), draft (middle), their difference x4 (bottom).</p>")

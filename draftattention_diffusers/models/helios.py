@@ -62,6 +62,9 @@ class HeliosFamily(ModelFamily):
                                                       PipelineInput("video", "video")))}
     other_pipelines = ()
     default_fps = 24
+    # HeliosPipeline generates whole chunks of 4 (num_latent_frames_per_chunk - 1) + 1 = 33 frames (its default 9
+    # latent frames a chunk) and cuts the video to 4k + 1 frames: 32k + 1 frames (33, 65, 129) come out as asked
+    frame_step = 32
     tiny_variants = {"tiny-helios": TinyPipeline(build_tiny_helios, "HeliosPipeline")}
     # one chunk of 2 latent frames (5 frames) of 8 x 32 tokens, two 8x16 regions side by side, after a 640-token
     # history prefix (short 2 x 8 x 32, mid 1 x 4 x 16, long 4 x 2 x 8)

@@ -41,7 +41,7 @@ def run(family, pipe, steps: int):
 def test_the_tiny_grid_reorders(case):
     family, pipe = case
     with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.0):
-        run(family, pipe, steps=1)
+        run(family, pipe, steps=2)  # (MochiPipeline's sigma schedule cannot run one step)
         grid = get_draft_processor(pipe).grid
     assert grid is not None
     perm = get_layout(grid).perm

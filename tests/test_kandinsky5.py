@@ -1,19 +1,13 @@
 """Kandinsky 5.0 Video (models/kandinsky5.py): the shared family checks, which modules are video self-attention,
 image-to-video through its pipeline, and NABLA (its own sparse attention) refused clearly.
-
-Interim: ``Kandinsky5Transformer3DModel`` has no ``config.attention_head_dim`` (its head dim is
-``sum(config.axes_dims)``), which the integration reads to choose kernels. Until the family states its head dim to
-the integration, the tiny transformers here get that config entry, and the family is added to the table for each
-test; it is not in ``_FAMILIES`` yet.
+(The shared family checks reach Kandinsky 5 from the family table: tests/test_family_conformance.py.)
 """
 
 import pytest
-import test_family_conformance as conformance
 import torch
 
 from draftattention_diffusers import (disable_draft_attention, draft_attention_enabled, enable_draft_attention,
                                       get_draft_stats)
-from draftattention_diffusers import models
 from draftattention_diffusers.integration.lifecycle import installation
 from draftattention_diffusers.models.base import count_hooks
 from draftattention_diffusers.models.kandinsky5 import Kandinsky5Family, build_tiny_kandinsky5
@@ -22,23 +16,8 @@ from draftattention_diffusers.tiny import tiny_prompt_kwargs
 FAMILY = Kandinsky5Family()
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    if models.family_for_pipeline("Kandinsky5T2VPipeline") is None:
-        monkeypatch.setattr(models, "_FAMILIES", models._FAMILIES + (FAMILY,))
-
-
 def build_tiny_pipeline(name, num_layers=2):
-    pipe = build_tiny_kandinsky5(num_layers=num_layers, visual_cond=name.endswith("i2v"))
-    pipe.transformer.register_to_config(attention_head_dim=sum(pipe.transformer.config.axes_dims))
-    return pipe
-
-
-def test_shared_family_checks():
-    case = (FAMILY, build_tiny_pipeline("kandinsky5"))
-    conformance.test_the_tiny_grid_reorders(case)
-    conformance.test_dense_schedule_and_disable_are_bit_identical(case)
-    conformance.test_sparsity_zero_equals_dense_and_the_schedule(case)
+    return build_tiny_kandinsky5(num_layers=num_layers, visual_cond=name.endswith("i2v"))
 
 
 def test_only_the_visual_blocks_self_attention_is_video_self_attention():

@@ -1,57 +1,23 @@
 """Mochi 1 (models/mochi.py): the shared family checks, padded prompts (diffusers attends each item's valid text
 tokens only and pads zero rows), and CFG as a batch of two with different masks.
-
-Interim: ``MochiTransformer3DModel`` (diffusers 0.42.1) does not inherit diffusers' ``AttentionMixin``, so it has
-no ``attn_processors`` / ``set_attn_processor``, and its ``MochiAttention`` modules have no ``get_processor`` /
-``set_processor`` (a bare ``processor`` attribute), which the integration uses to install and restore processors.
-Until the integration handles such transformers, the fixture below lends the classes those members (the functions
-diffusers' other transformers and ``Attention`` have) and adds the family to the table for each test; it is not in
-``_FAMILIES``.
+(The shared family checks reach Mochi from the family table: tests/test_family_conformance.py. Its transformer has
+no AttentionMixin and its MochiAttention modules only a bare ``processor`` attribute: the integration walks them.)
 """
 
 import pytest
-import test_family_conformance as conformance
 import torch
-from diffusers import MochiTransformer3DModel
-from diffusers.models.attention import AttentionMixin
-from diffusers.models.attention_processor import Attention, MochiAttention
 from pipeline_utils import max_diff
 
-from draftattention_diffusers import draft_attention_enabled, get_draft_processor, get_draft_stats
-from draftattention_diffusers import models
-from draftattention_diffusers.core.layout import VideoGrid, get_layout
+from draftattention_diffusers import draft_attention_enabled, get_draft_stats
 from draftattention_diffusers.models.mochi import MochiFamily, build_tiny_mochi
 from draftattention_diffusers.tiny import tiny_prompt_kwargs
 
 FAMILY = MochiFamily()
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    for name in ("attn_processors", "set_attn_processor"):
-        if not hasattr(MochiTransformer3DModel, name):
-            monkeypatch.setattr(MochiTransformer3DModel, name, getattr(AttentionMixin, name), raising=False)
-    for name in ("get_processor", "set_processor"):
-        if not hasattr(MochiAttention, name):
-            monkeypatch.setattr(MochiAttention, name, getattr(Attention, name), raising=False)
-    if models.family_for_pipeline("MochiPipeline") is None:
-        monkeypatch.setattr(models, "_FAMILIES", models._FAMILIES + (FAMILY,))
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return build_tiny_mochi()
-
-
-def test_shared_family_checks(pipe):
-    """(test_the_tiny_grid_reorders runs one step, which MochiPipeline's sigma schedule cannot: two here.)"""
-    case = (models.family_for(pipe.transformer), pipe)
-    with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.0):
-        conformance.run(*case, steps=2)
-        grid = get_draft_processor(pipe).grid
-    assert grid == VideoGrid(2, 8, 32) and not torch.equal(get_layout(grid).perm, torch.arange(grid.num_tokens))
-    conformance.test_dense_schedule_and_disable_are_bit_identical(case)
-    conformance.test_sparsity_zero_equals_dense_and_the_schedule(case)
 
 
 def _run(pipe, prompt_mask, negative_mask, **kw):

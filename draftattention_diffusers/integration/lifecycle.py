@@ -88,11 +88,30 @@ def uninstall(transformer: torch.nn.Module) -> Installation | None:
 def attention_processors(transformer: torch.nn.Module) -> dict[str, Any]:
     """``{"<module>.processor": processor}`` of every attention module: diffusers' ``attn_processors``, or, for a
     transformer class without diffusers' ``AttentionMixin`` (Cosmos, AnyFlow, Mochi in 0.42.1), the same walk over
-    the modules that have ``get_processor``."""
+    its attention modules (:func:`_attention_modules`)."""
     if hasattr(type(transformer), "attn_processors"):
         return dict(transformer.attn_processors)
-    return {f"{name}.processor": m.get_processor() for name, m in transformer.named_modules()
-            if hasattr(m, "get_processor") and hasattr(m, "set_processor")}
+    return {f"{name}.processor": _get_processor(m) for name, m in _attention_modules(transformer)}
+
+
+def _attention_modules(transformer: torch.nn.Module):
+    """(name, module) of the modules with a processor: diffusers' ``get_processor``/``set_processor``, or a
+    ``processor`` attribute on an attention class that has neither (``MochiAttention`` in 0.42.1)."""
+    for name, m in transformer.named_modules():
+        if hasattr(m, "set_processor") and hasattr(m, "get_processor") or (
+                type(m).__name__.endswith("Attention") and callable(getattr(m, "processor", None))):
+            yield name, m
+
+
+def _get_processor(module: torch.nn.Module):
+    return module.get_processor() if hasattr(module, "get_processor") else module.processor
+
+
+def _set_processor(module: torch.nn.Module, processor) -> None:
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
 
 
 def set_processors(transformer: torch.nn.Module, processors) -> None:
@@ -106,9 +125,8 @@ def set_processors(transformer: torch.nn.Module, processors) -> None:
     if isinstance(processors, dict) and set(processors) != set(names):
         raise ValueError(f"expected a processor for each of the {len(names)} attention modules, got "
                          f"{len(processors)}")
-    for name, module in transformer.named_modules():
-        if f"{name}.processor" in names:
-            module.set_processor(processors[f"{name}.processor"] if isinstance(processors, dict) else processors)
+    for name, module in _attention_modules(transformer):
+        _set_processor(module, processors[f"{name}.processor"] if isinstance(processors, dict) else processors)
 
 
 def _set_attn_processor(transformer: torch.nn.Module, processor) -> None:

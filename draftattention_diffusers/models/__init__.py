@@ -15,9 +15,11 @@ from .cosmos import CosmosFamily
 from .helios import HeliosFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
+from .kandinsky5 import Kandinsky5Family
 from .ltx2 import LTX2Family
 from .ltx_video import LTXVideoFamily
 from .minimax_h3 import MiniMaxH3Family
+from .mochi import MochiFamily
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
@@ -28,7 +30,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
                                        ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(),
                                        AnyFlowFamily(), MiniMaxH3Family(),
-                                       CosmosFamily())
+                                       CosmosFamily(), Kandinsky5Family(), MochiFamily())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

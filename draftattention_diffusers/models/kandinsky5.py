@@ -98,6 +98,9 @@ class Kandinsky5Family(ModelFamily):
                                                          "Kandinsky5I2VPipeline")}
     cp_unsupported_because = "diffusers 0.42.1 has no context-parallel plan for it"
 
+    def head_dim(self, transformer):
+        return sum(transformer.config.axes_dims)  # (its config has no attention_head_dim)
+
     def grid(self, transformer, latents):
         p_t, p_h, p_w = transformer.config.patch_size
         _, t, h, w, _ = latents.shape  # channels last

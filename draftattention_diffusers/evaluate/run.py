@@ -219,6 +219,7 @@ def environment(device: torch.device | None) -> dict[str, Any]:
 def video_blocks(pipe) -> int:
     """Number of transformer blocks with video self-attention (block indices ``0..n-1``; the largest over
     Wan2.2's two experts)."""
+    from ..integration.lifecycle import attention_processors
     from ..models import family_for
 
     n = 0
@@ -227,7 +228,7 @@ def video_blocks(pipe) -> int:
         family = family_for(t) if t is not None else None
         if family is None:
             continue
-        roles = family.roles(t, dict(t.attn_processors))
+        roles = family.roles(t, attention_processors(t))
         n = max(n, 1 + max((r.block_index for r in roles.values() if r.video_self and r.block_index is not None),
                            default=-1))
     return n

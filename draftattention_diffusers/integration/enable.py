@@ -74,7 +74,7 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
                                "call disable_draft_attention() first")
         check_context_parallel(t, family, None)  # parallelism enabled first: refuse early
     processor = DraftAttnProcessor(config, **overrides)
-    _check_explicit_backend(processor.config, transformers)
+    _check_explicit_backend(processor.config, transformers, families)
     for t, name in zip(transformers, names):
         inst = uninstall(t)
         dense = dict(inst.restore) if inst is not None else attention_processors(t)
@@ -88,7 +88,8 @@ def enable_draft_attention(obj, config: DraftAttentionConfig | dict | None = Non
     return obj
 
 
-def _check_explicit_backend(config: DraftAttentionConfig, transformers: list[torch.nn.Module]) -> None:
+def _check_explicit_backend(config: DraftAttentionConfig, transformers: list[torch.nn.Module],
+                            families: list[ModelFamily]) -> None:
     """An explicit ``backend`` that cannot run where the model will run raises now, not at the first sparse step
     (after the dense quarter of a run). Checked on the model's device, or the current CUDA GPU for a model still
     on the CPU while CUDA exists (``pipe.to("cuda")`` or offloading may follow); a bfloat16 stand-in for a float32
@@ -98,7 +99,7 @@ def _check_explicit_backend(config: DraftAttentionConfig, transformers: list[tor
         return
     from ..backends import AttentionInputs, get_backend
 
-    for t in transformers:
+    for t, family in zip(transformers, families):
         param = next(t.parameters(), None)
         if param is None:
             continue
@@ -107,7 +108,7 @@ def _check_explicit_backend(config: DraftAttentionConfig, transformers: list[tor
             device = torch.device("cuda", torch.cuda.current_device())
         dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        head_dim = getattr(t.config, "attention_head_dim", 128)
+        head_dim = family.head_dim(t)
         probe = AttentionInputs(device.type, cc, dtype, head_dim, head_dim, config.tile_size, False)
         reasons = get_backend(name).not_supported_reasons(probe)
         if reasons:

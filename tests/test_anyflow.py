@@ -55,3 +55,16 @@ def test_cross_attention_keeps_its_own_processor(pipe):
     assert {type(r.default_processor).__name__ for r in roles.values() if not r.video_self} == \
         {"AnyFlowCrossAttnProcessor"}
     assert not any(r.custom for r in roles.values())
+
+
+def test_anyflow_far_is_refused_with_its_reason():
+    from diffusers import AnyFlowFARTransformer3DModel
+
+    from draftattention_diffusers import DraftAttnProcessor
+    from draftattention_diffusers.models import require_family
+
+    model = AnyFlowFARTransformer3DModel.__new__(AnyFlowFARTransformer3DModel)
+    torch.nn.Module.__init__(model)  # the class alone decides; no weights needed
+    for refuse in (require_family, DraftAttnProcessor().attach):
+        with pytest.raises(ValueError, match="does not support AnyFlowFARTransformer3DModel: .*KV cache"):
+            refuse(model)

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +148,12 @@ def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
     if browser is None:
         pytest.skip("no headless browser installed (apt-get install chromium; .ci/run installs it)")
     flags = ["--headless", "--disable-gpu", "--no-first-run", "--hide-scrollbars", "--mute-audio",
-             "--virtual-time-budget=15000", "--user-data-dir=" + str(Path(os.environ.get("TMPDIR", "/tmp")) /
-                                                                   f"da-chromium-{os.getpid()}")]
+             "--disable-dev-shm-usage", "--virtual-time-budget=15000"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox (CI containers)
-    p = subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="draftattention-chromium-") as profile:
+        p = subprocess.run([browser, *flags, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                           timeout=timeout)
     assert p.returncode == 0, p.stderr[-2000:]
     return p
 

@@ -26,16 +26,19 @@ def build_tiny_chronoedit(seed: int = 0, num_layers: int = 2, heads: int = 2):
     """A tiny random-weight ``ChronoEditPipeline``: a tiny CLIP image encoder (the pipeline always encodes the input
     image) and a transformer taking noise, first-frame mask and image latents (16 + 4 + 16 channels), with the
     image-token cross-attention of Wan2.1 I2V; float32 on CPU, no text encoder; Wan's tiny VAE."""
-    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel, UniPCMultistepScheduler
 
     torch.manual_seed(seed + 1)
     transformer = ChronoEditTransformer3DModel(
         num_attention_heads=heads, num_layers=num_layers, **dict(TINY_WAN_TRANSFORMER, in_channels=36),
         image_dim=TINY_IMAGE_DIM, added_kv_proj_dim=heads * TINY_WAN_TRANSFORMER["attention_head_dim"]).eval()
     image_encoder, image_processor = tiny_clip_vision(seed + 3)
+    # UniPC as the ChronoEdit repository runs it: the pipeline's temporal reasoning trims the scheduler's
+    # model_outputs / last_sample, which flow-match Euler does not have
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     return ChronoEditPipeline(tokenizer=None, text_encoder=None, image_encoder=image_encoder,
                               image_processor=image_processor, transformer=transformer, vae=tiny_wan_vae(seed),
-                              scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+                              scheduler=scheduler)
 
 
 def _tiny_image():

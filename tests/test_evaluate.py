@@ -284,3 +284,17 @@ def test_map_layers_beyond_the_model_fail_before_any_generation(capsys, tmp_path
     monkeypatch.setattr(runner, "run_pipeline", lambda *a, **k: pytest.fail("generated before the check"))
     rc, _, err = run(capsys, "evaluate", *TINY, "--out", tmp_path / "o", "--map-layers", "7", "--categories", "text")
     one_line_error(rc, err, "--map-layers 7: this model has 2 blocks with video self-attention (indices 0..1)")
+
+
+def test_settings_from_sparsities_selections_and_presets():
+    from draftattention_diffusers.config import DraftAttentionConfig, load_preset
+    from draftattention_diffusers.evaluate.run import build_settings
+
+    paper = load_preset("paper-wan2.1-14b-512p-s90").draft_attention
+    own = Path(__file__).parent / "my.preset.yaml"
+    settings = build_settings(DraftAttentionConfig(), [0.75, 0.9], ["topk", "topk_heads"],
+                              [("paper-wan2.1-14b-512p-s90", paper), (str(own), paper.replace(sparsity=0.5))])
+    assert [st.id for st in settings] == ["s0.75-topk", "s0.75-topk_heads", "s0.9-topk", "s0.9-topk_heads",
+                                          "preset-paper-wan2.1-14b-512p-s90", "preset-my.preset"]
+    assert settings[4].config == paper and settings[3].config.selection == "topk_heads"
+    assert len({st.label for st in settings}) == len(settings)

@@ -464,8 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sparsities", help="comma-separated sparsities, e.g. 0.75,0.9 (default: --sparsity or the "
                                          "preset's)")
     ev.add_argument("--selections", help="comma-separated selection rules, e.g. topk,topk_heads")
-    ev.add_argument("--presets", help="comma-separated presets whose draft-attention settings are run as well "
-                                      "(same model)")
+    ev.add_argument("--presets", help="comma-separated presets whose draft-attention settings are run as well, "
+                                      "on this run's model, size and steps (e.g. paper-wan2.1-14b-512p-s90)")
     ev.add_argument("--long-frames", type=int, help="frames of the 'long' prompts (default: 2x the run's, 4k+1)")
     ev.add_argument("--out", metavar="DIR", help="folder of the report (default outputs/evaluate-<model>; with "
                                                  "--csv: next to it)")

@@ -72,8 +72,9 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
                     raise CLIError(str(e)) from None
                 out.append(EvalSetting(_safe(f"s{sp:g}-{sel}"), f"sparsity {sp:g}, {sel}", cfg))
     for name, cfg in presets:
-        out.append(EvalSetting(_safe(f"preset-{Path(name).stem}"), f"preset {Path(name).stem} (sparsity "
-                                                                     f"{cfg.sparsity:g}, {cfg.selection})", cfg))
+        short = Path(name).stem if name.endswith((".yaml", ".yml")) else name  # a name may hold dots: wan2.1-...
+        out.append(EvalSetting(_safe(f"preset-{short}"), f"preset {short} (sparsity {cfg.sparsity:g}, "
+                                                          f"{cfg.selection})", cfg))
     seen: dict[str, str] = {}
     for st in out:
         key = json.dumps(dataclasses.asdict(st.config), sort_keys=True, default=str)

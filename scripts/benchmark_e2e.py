@@ -100,6 +100,15 @@ COSMOS25_2B = dict(in_channels=16 + 1, out_channels=16, num_attention_heads=16, 
                    extra_pos_embed_type=None, use_crossattn_projection=True, crossattn_proj_in_channels=100352,
                    encoder_hidden_states_channels=1024)
 COSMOS25_14B = dict(COSMOS25_2B, num_attention_heads=40, num_layers=36)
+# Motif-Video 2B: 12 dual-stream + 16 single-stream + 8 DDT decoder blocks (diffusers' Motif-Video docs), head dim 128
+# with RoPE 16/56/56 and 12 heads (Motif's ComfyUI loader: attention_head_dim 128, rope_axes_dim [16, 56, 56],
+# num_decoder_layers 8; 12 heads is the 2B model: 2.15B parameters with the shared text cross-attention in every
+# block); noise + condition latents + mask (33 channels). The T5Gemma2 text width (text_embed_dim) was not read from
+# the checkpoint: it only sizes the text projection, not the attention
+MOTIF_VIDEO_2B = dict(in_channels=33, out_channels=16, num_attention_heads=12, attention_head_dim=128, num_layers=12,
+                      num_single_layers=24, num_decoder_layers=8, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+                      text_embed_dim=2304, rope_axes_dim=(16, 56, 56), enable_text_cross_attention_dual=True,
+                      enable_text_cross_attention_single=True)
 
 # ConsisID (ConsisID-preview): CogVideoX-5B-I2V's transformer shape (noise + image latents, RoPE, learned positions),
 # which ConsisID builds on, plus its face modules at ConsisIDTransformer3DModel's defaults (a perceiver cross-attention
@@ -167,6 +176,9 @@ MODELS = {
     # history prefix (short 2 x 24 x 40, mid 1 x 12 x 20, long 4 x 6 x 10: 2,400 tokens, kept dense); CFG
     # (guidance 5.0) as two calls per step. Times one chunk's forward (a 132-frame video is 4 chunks)
     "helios14b-384p": ("helios", HELIOS_14B, (9, 48, 80), 2, "Helios 14B, 384x640, one 33-frame chunk"),
+    # Motif-Video 2B at its docs' 736x1280, 121 frames (Wan VAE -> 31 x 92 x 160 latents, 2x2 patches: 31 x 46 x 80 =
+    # 114,080 tokens); guidance through its guider: two calls per step
+    "motif-video-2b-736p": ("motif_video", MOTIF_VIDEO_2B, (31, 92, 160), 2, "Motif-Video 2B, 736x1280, 121 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-consisid": ("consisid", dict(CONSISID, num_attention_heads=2, attention_head_dim=48, num_layers=2,
                                        time_embed_dim=32, text_embed_dim=32, cross_attn_interval=1,
@@ -226,6 +238,10 @@ MODELS = {
     "tiny-helios": ("helios", dict(HELIOS_14B, num_attention_heads=2, attention_head_dim=32, ffn_dim=64, num_layers=2,
                                    text_dim=32, freq_dim=32, rope_dim=(12, 10, 10)), (2, 32, 64), 2,
                     "tiny Helios (CPU dry run)"),
+    "tiny-motif-video": ("motif_video", dict(MOTIF_VIDEO_2B, num_attention_heads=2, attention_head_dim=32, num_layers=1,
+                                             num_single_layers=2, num_decoder_layers=1, text_embed_dim=32,
+                                             rope_axes_dim=(8, 12, 12)), (2, 32, 64), 2,
+                         "tiny Motif-Video (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
 # --tiny without --models
@@ -382,6 +398,16 @@ def _mochi_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) ->
                 timestep=torch.tensor([500], device=latents.device), encoder_attention_mask=mask, return_dict=False)
 
 
+def _motif_video_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as MotifVideoPipeline (T2V) calls it: noise, zero condition latents and mask (33 channels), a T5Gemma2 prompt of
+    # `text_tokens` tokens padded to the tokenizer's 512, its boolean mask
+    mask = torch.zeros(1, 512, dtype=torch.bool, device=latents.device)
+    mask[:, :text_tokens] = True
+    return dict(hidden_states=latents, timestep=torch.tensor([500.0], device=latents.device),
+                encoder_hidden_states=rnd(1, 512, config["text_embed_dim"]), encoder_attention_mask=mask,
+                return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
@@ -401,6 +427,7 @@ TRANSFORMERS = {
     "wan_animate": ("WanAnimateTransformer3DModel", _wan_animate_inputs),
     "helios": ("HeliosTransformer3DModel", _helios_inputs),
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
+    "motif_video": ("MotifVideoTransformer3DModel", _motif_video_inputs),
 }
 
 

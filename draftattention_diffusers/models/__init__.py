@@ -20,6 +20,7 @@ from .ltx2 import LTX2Family
 from .ltx_video import LTXVideoFamily
 from .minimax_h3 import MiniMaxH3Family
 from .mochi import MochiFamily
+from .motif_video import MotifVideoFamily
 from .skyreels_v2 import SkyReelsV2Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
@@ -30,7 +31,8 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        CogVideoXFamily(), LTXVideoFamily(), LTX2Family(), HunyuanVideo15Family(),
                                        ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(),
                                        AnyFlowFamily(), MiniMaxH3Family(),
-                                       CosmosFamily(), Kandinsky5Family(), MochiFamily())
+                                       CosmosFamily(), Kandinsky5Family(), MochiFamily(),
+                                       MotifVideoFamily())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

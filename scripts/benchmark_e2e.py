@@ -119,6 +119,12 @@ CONSISID = dict(COGVIDEOX_5B, in_channels=32, use_learned_positional_embeddings=
 # 12 latent channels, T5-XXL text of 256 tokens); 2x2 patches on an 8x spatial, 6x temporal VAE
 MOCHI = dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48, pooled_projection_dim=1536,
              in_channels=12, text_embed_dim=4096, time_embed_dim=256, max_sequence_length=256)
+# EasyAnimateV5.1 12B: the transformer config.json of alibaba-pai/EasyAnimateV5.1-12b-zh-InP (48 MMDiT blocks, 48
+# heads of 64, Qwen2-VL-7B text of 3584 through an RMSNorm, add_norm_text_encoder) with the T2V input width (16 latent
+# channels; the InP checkpoint adds 17 for the mask and masked video); 2x2 patches on an 8x spatial, 4x temporal VAE
+EASYANIMATE_12B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, patch_size=2,
+                       sample_width=90, sample_height=60, num_layers=48, mmdit_layers=48, time_embed_dim=512,
+                       add_norm_text_encoder=True, text_embed_dim=3584, text_embed_dim_t5=None)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -128,6 +134,12 @@ MODELS = {
     # Mochi 1 at its native 480x848, 163 frames (5.4 s at 30 fps: 28 latent frames of 30x53 tokens); CFG as a batch of
     # 2 in one call (counted as 2 calls)
     "mochi-480p": ("mochi", MOCHI, (28, 60, 106), 2, "Mochi 1 (10B), 480x848, 163 frames"),
+    # EasyAnimateV5.1 12B at EasyAnimatePipeline's default 512x512 and at 1024x1024 (its largest training size), 49
+    # frames (13 latent frames of 32x32 / 64x64 tokens, after 256 text tokens); CFG as a batch of 2 in one call
+    "easyanimate-12b-512p": ("easyanimate", EASYANIMATE_12B, (13, 64, 64), 2,
+                             "EasyAnimateV5.1 12B, 512x512, 49 frames"),
+    "easyanimate-12b-1024p": ("easyanimate", EASYANIMATE_12B, (13, 128, 128), 2,
+                              "EasyAnimateV5.1 12B, 1024x1024, 49 frames"),
     "wan1.3b-480p": ("wan", WAN_1_3B, (21, 60, 104), 2, "Wan2.1 1.3B, 480x832, 81 frames"),
     "wan14b-720p": ("wan", WAN_14B, (21, 90, 160), 2, "Wan2.1 14B, 720x1280, 81 frames"),
     "hunyuan-720p": ("hunyuan", HUNYUAN, (33, 90, 160), 1, "HunyuanVideo, 720x1280, 129 frames"),
@@ -190,6 +202,9 @@ MODELS = {
     "tiny-mochi": ("mochi", dict(MOCHI, num_attention_heads=2, attention_head_dim=32, num_layers=2,
                                  pooled_projection_dim=16, text_embed_dim=32, time_embed_dim=8),
                    (2, 32, 64), 2, "tiny Mochi (CPU dry run)"),
+    "tiny-easyanimate": ("easyanimate", dict(EASYANIMATE_12B, num_attention_heads=2, attention_head_dim=32,
+                                             num_layers=2, mmdit_layers=1, time_embed_dim=32, text_embed_dim=32),
+                         (2, 16, 64), 2, "tiny EasyAnimate (CPU dry run)"),
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
     "tiny-hunyuan": ("hunyuan", dict(HUNYUAN, num_attention_heads=2, attention_head_dim=16, num_layers=1,
@@ -408,11 +423,18 @@ def _motif_video_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: i
                 return_dict=False)
 
 
+def _easyanimate_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as EasyAnimatePipeline calls it: the Qwen2-VL prompt padded to its 256 slots (the transformer takes no mask)
+    return dict(hidden_states=latents, timestep=torch.tensor([500.0], device=latents.device),
+                encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]), return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
     "consisid": ("ConsisIDTransformer3DModel", _consisid_inputs),
     "mochi": ("MochiTransformer3DModel", _mochi_inputs),
+    "easyanimate": ("EasyAnimateTransformer3DModel", _easyanimate_inputs),
     "wan": ("WanTransformer3DModel", _wan_inputs),
     "hunyuan": ("HunyuanVideoTransformer3DModel", _hunyuan_inputs),
     "ltx": ("LTXVideoTransformer3DModel", _ltx_inputs),

@@ -12,6 +12,7 @@ from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
 from .consisid import ConsisIDFamily
 from .cosmos import CosmosFamily
+from .easyanimate import EasyAnimateFamily
 from .helios import HeliosFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
@@ -32,6 +33,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(),
                                        AnyFlowFamily(), MiniMaxH3Family(),
                                        CosmosFamily(), Kandinsky5Family(), MochiFamily(),
+                                       EasyAnimateFamily(),
                                        MotifVideoFamily())
 
 REFUSED: dict[str, str] = {

@@ -298,3 +298,25 @@ def test_settings_from_sparsities_selections_and_presets():
                                           "preset-paper-wan2.1-14b-512p-s90", "preset-my.preset"]
     assert settings[4].config == paper and settings[3].config.selection == "topk_heads"
     assert len({st.label for st in settings}) == len(settings)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_the_fast_stack_as_a_setting(compiled, tmp_path, capsys, monkeypatch):
+    """--stacks: the one-call stack (draft attention + First Block Cache [+ regional compile]) runs as one more
+    setting, installed once for all its prompts and removed at the end; a compiled one draws no draft maps."""
+    from draftattention_diffusers import get_fast_stack
+
+    pipes = []
+    load = runner.load_pipeline
+    monkeypatch.setattr(runner, "load_pipeline", lambda *a, **k: pipes.append(load(*a, **k)) or pipes[-1])
+    out = tmp_path / "s"
+    rc, stdout, err = run(capsys, "evaluate", *TINY, "--categories", "text,camera", "--out", out, "--sparsity", "0.5",
+                          "--stacks", "first_block", *([] if compiled else ["--stack-no-compile"]), "--no-videos")
+    assert rc == 0, err
+    data = json.loads((out / "results.json").read_text())
+    st = data["settings"][1]
+    assert st["stack"] == "first_block" and st["compile"] is compiled and "first_block" in st["label"]
+    recs = list(data["results"][st["id"]].values())
+    assert len(recs) == 2 and all(r["draft_attention"]["sparse_calls"] > 0 for r in recs)
+    assert ("maps" in recs[0]["media"]) is not compiled
+    assert get_fast_stack(pipes[0]) is None  # removed after the run

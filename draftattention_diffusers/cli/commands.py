@@ -239,7 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         presets.append((name, p.config))
     sparsities = _csv_list(args.sparsities, "--sparsities", float) if args.sparsities else None
     selections = _csv_list(args.selections, "--selections") if args.selections else None
-    settings = build_settings(base.config, sparsities, selections, presets)
+    stacks = _csv_list(args.stacks, "--stacks") if args.stacks else []
+    settings = build_settings(base.config, sparsities, selections, presets, stacks, compile=not args.stack_no_compile)
     for st in settings:
         runner.check_backend(dataclasses.replace(base, config=st.config), runner.pick_device(args.device))
     for flag, v in (("--warmup", args.warmup), ("--map-prompts", args.map_prompts),
@@ -466,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--selections", help="comma-separated selection rules, e.g. topk,topk_heads")
     ev.add_argument("--presets", help="comma-separated presets whose draft-attention settings are run as well, "
                                       "on this run's model, size and steps (e.g. paper-wan2.1-14b-512p-s90)")
+    ev.add_argument("--stacks", help="also run the one-call fast stack (enable_fast_stack: draft attention with "
+                                     "--sparsity or the preset's, a step cache, regional compile) with these caches, "
+                                     "e.g. first_block,none (none: no cache)")
+    ev.add_argument("--stack-no-compile", action="store_true", help="--stacks without regional compile")
     ev.add_argument("--long-frames", type=int, help="frames of the 'long' prompts (default: 2x the run's, 4k+1)")
     ev.add_argument("--out", metavar="DIR", help="folder of the report (default outputs/evaluate-<model>; with "
                                                  "--csv: next to it)")

@@ -46,11 +46,15 @@ FORMAT = "draftattention-evaluate/1"
 
 @dataclass(frozen=True)
 class EvalSetting:
-    """One draft-attention setting of a run: ``id`` (file-name safe), ``label`` (shown), ``config``."""
+    """One draft-attention setting of a run: ``id`` (file-name safe), ``label`` (shown), ``config``; ``stack``: run
+    it as the one-call fast stack (:func:`..integration.stack.enable_fast_stack`) with this cache (``"none"``: no
+    cache), regionally compiled when ``compile``; None: draft attention alone."""
 
     id: str
     label: str
     config: DraftAttentionConfig
+    stack: str | None = None
+    compile: bool = False
 
 
 def _safe(text: str) -> str:
@@ -58,12 +62,17 @@ def _safe(text: str) -> str:
 
 
 def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, selections: list[str] | None,
-                   presets: list[tuple[str, DraftAttentionConfig]] = ()) -> list[EvalSetting]:
+                   presets: list[tuple[str, DraftAttentionConfig]] = (), stacks: list[str] = (),
+                   compile: bool = True) -> list[EvalSetting]:
     """The settings of a run: every sparsity x selection on top of ``base`` (a preset's or the flags' config; None
-    lists: ``base``'s own value), then one per preset ``(name, config)``. Raises ``CLIError`` for a bad value (the
-    config's own message) or two settings with the same config."""
+    lists: ``base``'s own value; left out when only presets are given), then one per preset ``(name, config)``,
+    then one fast stack per cache name in
+    ``stacks`` (with ``base``, compiled when ``compile``). Raises ``CLIError`` for a bad value (the config's own
+    message), an unknown cache name, or two settings with the same config."""
+    from ..integration.stack import CACHE_NAMES
+
     out: list[EvalSetting] = []
-    if sparsities or selections or not presets:
+    if sparsities or selections or not presets:  # (with stacks too: the stack is judged against draft alone)
         for sp in sparsities or [base.sparsity]:
             for sel in selections or [base.selection]:
                 try:
@@ -75,9 +84,15 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
         short = Path(name).stem if name.endswith((".yaml", ".yml")) else name  # a name may hold dots: wan2.1-...
         out.append(EvalSetting(_safe(f"preset-{short}"), f"preset {short} (sparsity {cfg.sparsity:g}, "
                                                           f"{cfg.selection})", cfg))
+    for cache in stacks:
+        if cache != "none" and cache not in CACHE_NAMES:
+            raise CLIError(f"--stacks {cache}: expected none or one of {', '.join(CACHE_NAMES)}")
+        what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
+            (" + compile" if compile else "")
+        out.append(EvalSetting(_safe(f"stack-{cache}{'-compiled' if compile else ''}"), what, base, cache, compile))
     seen: dict[str, str] = {}
     for st in out:
-        key = json.dumps(dataclasses.asdict(st.config), sort_keys=True, default=str)
+        key = json.dumps([dataclasses.asdict(st.config), st.stack, st.compile], sort_keys=True, default=str)
         if key in seen:
             raise CLIError(f"settings {seen[key]!r} and {st.label!r} are the same draft-attention config; drop one")
         seen[key] = st.label
@@ -119,8 +134,9 @@ def dense_key(s: RunSettings) -> str:
     return _key(_run_fields(s))
 
 
-def draft_key(s: RunSettings, config: DraftAttentionConfig) -> str:
-    return _key({**_run_fields(s), "config": dataclasses.asdict(config)})
+def draft_key(s: RunSettings, st: EvalSetting) -> str:
+    extra = {} if st.stack is None else {"stack": st.stack, "compile": st.compile}
+    return _key({**_run_fields(s), "config": dataclasses.asdict(st.config), **extra})
 
 
 def _read_record(path: Path, key: str) -> dict | None:
@@ -316,7 +332,8 @@ class Evaluation:
         self.out = Path(opts.out_dir)
         self.pipe = None
         self.device: torch.device | None = None
-        self.warmed: set[str] = set()
+        self.warmed: set[tuple] = set()
+        self.active: EvalSetting | None = None  # the setting installed on the pipe now (None: dense)
         self.computed = self.reused = 0
         self.blocks: int | None = None
         self.command: str | None = None  # the command line shown in the report
@@ -350,32 +367,52 @@ class Evaluation:
             check_range(self.opts.map_steps, steps, "--map-steps", "denoising steps")
         return self.pipe
 
-    def _warm(self, mode: str, kwargs: dict, config: DraftAttentionConfig | None) -> None:
-        from .. import draft_attention_enabled
+    def _activate(self, st: EvalSetting | None) -> None:
+        """Install ``st`` (draft attention, or its fast stack) on the pipe, removing the one before; None: dense.
+        A setting stays installed for all its prompts: a compiled stack then compiles once, not per prompt."""
+        from .. import disable_draft_attention, disable_fast_stack, enable_draft_attention, enable_fast_stack
 
-        if mode in self.warmed or not self.opts.warmup:
+        if self.active is st:
             return
-        self.warmed.add(mode)
-        short = dict(kwargs, num_inference_steps=2, output_type="latent")
-        for _ in range(self.opts.warmup):
-            if config is None:
-                self.pipe(**short, generator=torch.Generator("cpu").manual_seed(self.base.seed))
-            else:
-                with draft_attention_enabled(self.pipe, config):
-                    self.pipe(**short, generator=torch.Generator("cpu").manual_seed(self.base.seed))
+        if self.active is not None:
+            (disable_draft_attention if self.active.stack is None else disable_fast_stack)(self.pipe)
+            self.active = None
+        if st is None:
+            return
+        if st.stack is None:
+            enable_draft_attention(self.pipe, st.config)
+        else:
+            try:
+                enable_fast_stack(self.pipe, cache=None if st.stack == "none" else st.stack, compile=st.compile,
+                                  draft=st.config, num_inference_steps=pipeline_steps(self.pipe, self.base))
+            except (ValueError, RuntimeError, ImportError) as e:
+                raise CLIError(f"{st.label}: {runner.first_line(e)}") from None
+        self.active = st
+
+    def _warm(self, st: EvalSetting | None, kwargs: dict) -> None:
+        """Untimed warm-up runs of the installed setting at this shape (2 latent steps; a compiled stack: two calls
+        at the run's step count, as its docs ask, so that every graph is compiled before timing)."""
+        key = (None if st is None else st.id, kwargs.get("num_frames"))
+        if key in self.warmed or not self.opts.warmup:
+            return
+        self.warmed.add(key)
+        compiled = st is not None and st.compile
+        short = dict(kwargs, output_type="latent", **({} if compiled else {"num_inference_steps": 2}))
+        for _ in range(max(self.opts.warmup, 2) if compiled else self.opts.warmup):
+            self.pipe(**short, generator=torch.Generator("cpu").manual_seed(self.base.seed))
 
     # --------------------------------------------------------------------------------------- dense
-    def dense(self, p: SuitePrompt) -> tuple[dict, np.ndarray]:
+    def dense(self, p: SuitePrompt) -> dict:
         s = prompt_settings(self.base, p, self.opts.long_frames)
         key = dense_key(s)
         jpath, npath = self.dense_paths(p)
         rec = _read_record(jpath, key)
         if rec is not None and npath.is_file():
-            with np.load(npath) as z:
-                return rec, z["frames"]
+            return rec
         pipe = self._load()
+        self._activate(None)
         kwargs = runner.call_kwargs(pipe, s)
-        self._warm("dense", kwargs, None)
+        self._warm(None, kwargs)
         frames, times = runner.run_pipeline(pipe, kwargs, s.seed)
         from ..video import to_uint8
 
@@ -386,18 +423,22 @@ class Evaluation:
         rec = {"key": key, "prompt": p.id, "times": times, "frames": int(frames.shape[0]),
                "size": [int(frames.shape[1]), int(frames.shape[2])], "fps": runner.video_fps(pipe, s)}
         write_json_atomic(jpath, rec)
-        return rec, frames
+        return rec
+
+    def dense_frames(self, p: SuitePrompt) -> np.ndarray:
+        with np.load(self.dense_paths(p)[1]) as z:
+            return z["frames"]
 
     # --------------------------------------------------------------------------------------- draft
-    def draft(self, p: SuitePrompt, st: EvalSetting, dense_rec: dict, dense: np.ndarray, map_prompt: bool) -> dict:
-        from .. import draft_attention_enabled, get_draft_processor, get_draft_stats
+    def draft(self, p: SuitePrompt, st: EvalSetting, dense_rec: dict, map_prompt: bool) -> dict:
+        from .. import get_draft_processor, get_draft_stats
         from ..integration.processor import num_dense_steps
         from ..video import side_by_side, to_uint8, write_video
         from ..video_metrics import psnr_per_frame, video_metrics
 
         s = prompt_settings(self.base, p, self.opts.long_frames)
         s = dataclasses.replace(s, config=st.config)
-        key = draft_key(s, st.config)
+        key = draft_key(s, st)
         path = self.draft_path(st, p)
         rec = _read_record(path, key)
         if rec is not None and rec.get("dense_key") == dense_rec["key"] and all(
@@ -405,13 +446,16 @@ class Evaluation:
             self.reused += 1
             return rec
         pipe = self._load()
+        self._activate(st)
         kwargs = runner.call_kwargs(pipe, s)
-        self._warm(st.id, kwargs, st.config)
+        self._warm(st, kwargs)
+        dense = self.dense_frames(p)
         num_steps = pipeline_steps(pipe, s)
         media = self.media(p)
         observer = None
         map_steps: list[int] = []
-        if map_prompt and num_steps:
+        # (no observer in compiled graphs: it would be traced into them, and attaching it mid-run recompiles)
+        if map_prompt and num_steps and not st.compile:
             first_sparse = num_dense_steps(st.config.dense_steps_fraction, num_steps)
             map_steps = self.opts.map_steps or sorted({min(first_sparse, num_steps - 1), num_steps - 1})
             free = [i for i in range(self.blocks or 1) if i not in st.config.dense_layers] or [0]
@@ -423,35 +467,34 @@ class Evaluation:
                 shutil.rmtree(cap_dir, ignore_errors=True)
             observer = _MapObserver(maps_dir, st.config, layers, map_steps, self.opts.map_heads, cap_dir)
         snaps: list = []
-        with draft_attention_enabled(pipe, st.config):
-            proc, stats = get_draft_processor(pipe), get_draft_stats(pipe)
-            attached = []
+        proc, stats = get_draft_processor(pipe), get_draft_stats(pipe)
+        attached = []
 
-            def attach(step: int) -> None:
-                if whole_run:
-                    return
-                want = observer is not None and step in map_steps
-                if want and not attached:
-                    proc.add_observer(observer)
-                    attached.append(observer)
-                elif not want and attached:
-                    proc.remove_observer(attached.pop())
-
-            def on_step(step: int) -> None:
-                snaps.append((step, stats.counter_snapshot()))
-                attach(step + 1)
-
-            whole_run = observer is not None and runner.step_timing_unavailable(pipe) is not None
-            if whole_run:  # no step callback to switch it per step: on for the whole call (its time includes it)
+        def attach(step: int) -> None:
+            if whole_run:
+                return
+            want = observer is not None and step in map_steps
+            if want and not attached:
                 proc.add_observer(observer)
                 attached.append(observer)
-            attach(0)
-            try:
-                frames, times = runner.run_pipeline(pipe, kwargs, s.seed, on_step=on_step)
-            finally:
-                if attached:
-                    proc.remove_observer(attached.pop())
-            summary = stats.summary()
+            elif not want and attached:
+                proc.remove_observer(attached.pop())
+
+        def on_step(step: int) -> None:
+            snaps.append((step, stats.counter_snapshot()))
+            attach(step + 1)
+
+        whole_run = observer is not None and runner.step_timing_unavailable(pipe) is not None
+        if whole_run:  # no step callback to switch it per step: on for the whole call (its time includes it)
+            proc.add_observer(observer)
+            attached.append(observer)
+        attach(0)
+        try:
+            frames, times = runner.run_pipeline(pipe, kwargs, s.seed, on_step=on_step)
+        finally:
+            if attached:
+                proc.remove_observer(attached.pop())
+        summary = stats.summary()
         draft = to_uint8(frames)
         metrics = video_metrics(dense, draft, with_lpips=self.opts.with_lpips, device=self.device)
         per_frame = psnr_per_frame(dense, draft)
@@ -499,24 +542,30 @@ class Evaluation:
         n = len(self.prompts) * len(self.settings)
         done = 0
         started = time.perf_counter()
-        for i, p in enumerate(self.prompts):
-            dense_rec, dense = self.dense(p)
-            results["dense"][p.id] = dense_rec
+        try:
+            for p in self.prompts:  # every dense reference first, then each setting over all prompts
+                results["dense"][p.id] = self.dense(p)
             for st in self.settings:
-                rec = self.draft(p, st, dense_rec, dense, map_prompt=i < self.opts.map_prompts)
-                results["results"][st.id][p.id] = rec
-                done += 1
-                m = rec["metrics"]
-                speed = (f"{rec['speedup']:.2f}x" if rec["speedup"] is not None
-                         else f"{rec['speedup_total']:.2f}x whole call")
-                self.log(f"[{done}/{n}] {p.id} | {st.label}: speedup {speed}, PSNR {m['psnr']:.2f} dB, "
-                         f"SSIM {m['ssim']:.4f}" + ("" if m["lpips"] is None else f", LPIPS {m['lpips']:.4f}"))
-                if rec["sparsity_note"]:
-                    runner.warn(f"{st.label}: {rec['sparsity_note']}")
-                self.write(results)
+                for i, p in enumerate(self.prompts):
+                    rec = self.draft(p, st, results["dense"][p.id], map_prompt=i < self.opts.map_prompts)
+                    results["results"][st.id][p.id] = rec
+                    done += 1
+                    self._progress(done, n, p, st, rec)
+                    self.write(results)
+        finally:
+            if self.pipe is not None:
+                self._activate(None)
         self.log(f"{self.computed} computed, {self.reused} reused from an earlier run "
                  f"({time.perf_counter() - started:.1f} s)")
         return self.write(results)
+
+    def _progress(self, done: int, n: int, p: SuitePrompt, st: EvalSetting, rec: dict) -> None:
+        m = rec["metrics"]
+        speed = f"{rec['speedup']:.2f}x" if rec["speedup"] is not None else f"{rec['speedup_total']:.2f}x whole call"
+        self.log(f"[{done}/{n}] {p.id} | {st.label}: speedup {speed}, PSNR {m['psnr']:.2f} dB, "
+                 f"SSIM {m['ssim']:.4f}" + ("" if m["lpips"] is None else f", LPIPS {m['lpips']:.4f}"))
+        if rec["sparsity_note"]:
+            runner.warn(f"{st.label}: {rec['sparsity_note']}")
 
     def write(self, partial: dict) -> dict:
         """results.json (and results.csv) from what is finished so far."""
@@ -526,8 +575,8 @@ class Evaluation:
                 "run": {k: v for k, v in _run_fields(self.base).items() if k != "prompt"}
                 | {"long_frames": self.opts.long_frames, "warmup": self.opts.warmup,
                    "fps": next((d["fps"] for d in partial["dense"].values()), None)},
-                "settings": [{"id": st.id, "label": st.label, "config": dataclasses.asdict(st.config)}
-                             for st in self.settings],
+                "settings": [{"id": st.id, "label": st.label, "config": dataclasses.asdict(st.config),
+                              "stack": st.stack, "compile": st.compile} for st in self.settings],
                 "prompts": [{"id": p.id, "category": p.category, "category_title": category_title(p.category),
                              "text": p.text, "long": p.long} for p in self.prompts],
                 "dense": partial["dense"], "results": partial["results"]}

@@ -360,10 +360,14 @@ def render_html(data: dict, plots: dict[str, Any]) -> str:
         add(f"<p><code>{_e(data['command'])}</code></p>")
     add("<table>" + "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>"
                             for k, v in {**env, **{f"run: {k}": v for k, v in run.items()}}.items()) + "</table>")
-    add("<h3>Settings</h3><table><tr><th class='l'>setting</th><th class='l'>draft-attention config</th></tr>")
+    add("<h3>Settings</h3><table><tr><th class='l'>setting</th><th class='l'>draft-attention config</th>"
+        "<th class='l'>fast stack</th></tr>")
     for st in settings:
         cfg = ", ".join(f"{k}={v}" for k, v in st["config"].items())
-        add(f"<tr><td class='l'>{_e(st['label'])}</td><td class='l'><code>{_e(cfg)}</code></td></tr>")
+        stack = ("-" if st.get("stack") is None else
+                 f"enable_fast_stack(cache={st['stack']!r}, compile={st.get('compile')})")
+        add(f"<tr><td class='l'>{_e(st['label'])}</td><td class='l'><code>{_e(cfg)}</code></td>"
+            f"<td class='l'><code>{_e(stack)}</code></td></tr>")
     add("</table><p class='small'>Reference: the dense video of each prompt (same seed). Metrics on the 8-bit frames "
         "that were saved. Data: <a href='results.json'>results.json</a>, <a href='results.csv'>results.csv</a>.</p>")
     add(f"<script>{_CHECK}</script></body></html>")

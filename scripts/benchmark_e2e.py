@@ -109,6 +109,10 @@ MOTIF_VIDEO_2B = dict(in_channels=33, out_channels=16, num_attention_heads=12, a
                       num_single_layers=24, num_decoder_layers=8, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
                       text_embed_dim=2304, rope_axes_dim=(16, 56, 56), enable_text_cross_attention_dual=True,
                       enable_text_cross_attention_single=True)
+# HunyuanVideo FramePack (FramePackI2V_HY, FramePack-F1): HunyuanVideo 13B's transformer with FramePack's history
+# patch embedder and a projection of FlowRedux's SigLIP image tokens (1152 wide; the has_clean_x_embedder /
+# has_image_proj / image_proj_dim arguments of HunyuanVideoFramepackTransformer3DModel)
+FRAMEPACK = dict(HUNYUAN, has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True)
 
 # ConsisID (ConsisID-preview): CogVideoX-5B-I2V's transformer shape (noise + image latents, RoPE, learned positions),
 # which ConsisID builds on, plus its face modules at ConsisIDTransformer3DModel's defaults (a perceiver cross-attention
@@ -191,6 +195,14 @@ MODELS = {
     # Motif-Video 2B at its docs' 736x1280, 121 frames (Wan VAE -> 31 x 92 x 160 latents, 2x2 patches: 31 x 46 x 80 =
     # 114,080 tokens); guidance through its guider: two calls per step
     "motif-video-2b-736p": ("motif_video", MOTIF_VIDEO_2B, (31, 92, 160), 2, "Motif-Video 2B, 736x1280, 121 frames"),
+    # FramePack: one section's forward (HunyuanVideoFramepackPipeline's default window of 9 latent frames; the video is
+    # several sections) at the pipeline's default 720x1280 (window 9 x 45 x 80 = 32,400 tokens after a 9,080-token
+    # dense history prefix: clean 2 x 45 x 80, 2x 1 x 23 x 40, 4x 4 x 12 x 20) and at the docs' 512x512 (9 x 32 x 32
+    # after 2,560); guidance-distilled (true_cfg_scale 1): one call per step
+    "framepack-720p": ("framepack", FRAMEPACK, (9, 90, 160), 1,
+                       "HunyuanVideo FramePack, 720x1280, one 9-latent-frame section"),
+    "framepack-512p": ("framepack", FRAMEPACK, (9, 64, 64), 1,
+                       "HunyuanVideo FramePack, 512x512, one 9-latent-frame section"),
     # tiny configs for a CPU dry run of this script
     "tiny-consisid": ("consisid", dict(CONSISID, num_attention_heads=2, attention_head_dim=48, num_layers=2,
                                        time_embed_dim=32, text_embed_dim=32, cross_attn_interval=1,
@@ -257,6 +269,10 @@ MODELS = {
                                              num_single_layers=2, num_decoder_layers=1, text_embed_dim=32,
                                              rope_axes_dim=(8, 12, 12)), (2, 32, 64), 2,
                          "tiny Motif-Video (CPU dry run)"),
+    "tiny-framepack": ("framepack", dict(FRAMEPACK, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                                         num_single_layers=1, num_refiner_layers=1, text_embed_dim=32,
+                                         pooled_projection_dim=16, rope_axes_dim=(4, 6, 6), image_proj_dim=32),
+                       (2, 16, 64), 1, "tiny HunyuanVideo FramePack (CPU dry run)"),
 }
 DEFAULT_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p"]
 # --tiny without --models
@@ -429,6 +445,26 @@ def _easyanimate_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: i
                 encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]), return_dict=False)
 
 
+def _framepack_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as HunyuanVideoFramepackPipeline (inverted anti-drifting) calls it in a section: the window's noise, the clean
+    # latents (image + 1 history frame), 2 frames of 2x and 16 of 4x history, their frame indices, 729 SigLIP image
+    # tokens, a Llama prompt of `text_tokens` tokens (batch 1: the model cuts the padding), guidance 10
+    b, c, f, h, w = latents.shape
+    device = latents.device
+    mask = torch.zeros(1, 256, dtype=torch.long, device=device)
+    mask[:, :text_tokens] = 1
+    idx = torch.arange(0, 1 + f + 19, device=device)
+    return dict(hidden_states=latents, timestep=torch.tensor([500], device=device),
+                encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]), encoder_attention_mask=mask,
+                pooled_projections=rnd(1, config["pooled_projection_dim"]),
+                image_embeds=rnd(1, 729, config["image_proj_dim"]),
+                indices_latents=idx[1:1 + f], guidance=torch.tensor([10000.0], device=device, dtype=latents.dtype),
+                latents_clean=rnd(1, c, 2, h, w), indices_latents_clean=torch.cat([idx[:1], idx[1 + f:2 + f]]),
+                latents_history_2x=rnd(1, c, 2, h, w), indices_latents_history_2x=idx[2 + f:4 + f],
+                latents_history_4x=rnd(1, c, 16, h, w), indices_latents_history_4x=idx[4 + f:20 + f],
+                return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
@@ -450,6 +486,7 @@ TRANSFORMERS = {
     "helios": ("HeliosTransformer3DModel", _helios_inputs),
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
     "motif_video": ("MotifVideoTransformer3DModel", _motif_video_inputs),
+    "framepack": ("HunyuanVideoFramepackTransformer3DModel", _framepack_inputs),
 }
 
 

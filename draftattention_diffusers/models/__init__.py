@@ -16,6 +16,7 @@ from .easyanimate import EasyAnimateFamily
 from .helios import HeliosFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
+from .hunyuan_video_framepack import HunyuanVideoFramepackFamily
 from .kandinsky5 import Kandinsky5Family
 from .ltx2 import LTX2Family
 from .ltx_video import LTXVideoFamily
@@ -34,7 +35,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        AnyFlowFamily(), MiniMaxH3Family(),
                                        CosmosFamily(), Kandinsky5Family(), MochiFamily(),
                                        EasyAnimateFamily(),
-                                       MotifVideoFamily())
+                                       MotifVideoFamily(), HunyuanVideoFramepackFamily())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

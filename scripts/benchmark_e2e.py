@@ -129,6 +129,12 @@ MOCHI = dict(patch_size=2, num_attention_heads=24, attention_head_dim=128, num_l
 EASYANIMATE_12B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, patch_size=2,
                        sample_width=90, sample_height=60, num_layers=48, mmdit_layers=48, time_embed_dim=512,
                        add_norm_text_encoder=True, text_embed_dim=3584, text_embed_dim_t5=None)
+# Allegro (2.8B): AllegroTransformer3DModel's defaults, written for rhymes-ai/Allegro (32 layers, 24 heads of 96,
+# T5-XXL captions of 4096, 2x2 patches on an 8x spatial, 4x temporal VAE, RoPE interpolation 2.2 / 2.0 / 2.0)
+ALLEGRO = dict(patch_size=2, patch_size_t=1, num_attention_heads=24, attention_head_dim=96, in_channels=4,
+               out_channels=4, num_layers=32, cross_attention_dim=2304, attention_bias=True, sample_height=90,
+               sample_width=160, sample_frames=22, caption_channels=4096, interpolation_scale_t=2.2,
+               interpolation_scale_h=2.0, interpolation_scale_w=2.0)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -144,6 +150,9 @@ MODELS = {
                              "EasyAnimateV5.1 12B, 512x512, 49 frames"),
     "easyanimate-12b-1024p": ("easyanimate", EASYANIMATE_12B, (13, 128, 128), 2,
                               "EasyAnimateV5.1 12B, 1024x1024, 49 frames"),
+    # Allegro at its pipeline's defaults: 720x1280, 88 frames (22 latent frames of 45x80 tokens: 79,200 tokens, video
+    # only; the prompt enters through cross-attention); CFG as a batch of 2 in one call
+    "allegro-720p": ("allegro", ALLEGRO, (22, 90, 160), 2, "Allegro 2.8B, 720x1280, 88 frames"),
     "wan1.3b-480p": ("wan", WAN_1_3B, (21, 60, 104), 2, "Wan2.1 1.3B, 480x832, 81 frames"),
     "wan14b-720p": ("wan", WAN_14B, (21, 90, 160), 2, "Wan2.1 14B, 720x1280, 81 frames"),
     "hunyuan-720p": ("hunyuan", HUNYUAN, (33, 90, 160), 1, "HunyuanVideo, 720x1280, 129 frames"),
@@ -217,6 +226,9 @@ MODELS = {
     "tiny-easyanimate": ("easyanimate", dict(EASYANIMATE_12B, num_attention_heads=2, attention_head_dim=32,
                                              num_layers=2, mmdit_layers=1, time_embed_dim=32, text_embed_dim=32),
                          (2, 16, 64), 2, "tiny EasyAnimate (CPU dry run)"),
+    "tiny-allegro": ("allegro", dict(ALLEGRO, num_attention_heads=2, attention_head_dim=48, num_layers=2,
+                                     cross_attention_dim=96, caption_channels=32), (2, 16, 64), 2,
+                     "tiny Allegro (CPU dry run)"),
     "tiny-wan": ("wan", dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=64, ffn_dim=64, num_layers=2,
                              text_dim=32, freq_dim=32), (2, 32, 64), 2, "tiny Wan (CPU dry run)"),
     "tiny-hunyuan": ("hunyuan", dict(HUNYUAN, num_attention_heads=2, attention_head_dim=16, num_layers=1,
@@ -445,6 +457,23 @@ def _easyanimate_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: i
                 encoder_hidden_states=rnd(1, 256, config["text_embed_dim"]), return_dict=False)
 
 
+def _allegro_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as AllegroPipeline calls it: a T5 prompt of `text_tokens` tokens padded to 512 with its mask, and the RoPE
+    # frequencies and positions from the pipeline's own method (8x VAE)
+    from types import SimpleNamespace
+
+    from diffusers import AllegroPipeline
+
+    _, _, f, h, w = latents.shape
+    mask = torch.zeros(1, 512, device=latents.device)
+    mask[:, :text_tokens] = 1
+    owner = SimpleNamespace(vae_scale_factor_spatial=8, transformer=SimpleNamespace(config=SimpleNamespace(**config)))
+    rope = AllegroPipeline._prepare_rotary_positional_embeddings(owner, 1, 8 * h, 8 * w, f, latents.device)
+    return dict(hidden_states=latents, encoder_hidden_states=rnd(1, 1, 512, config["caption_channels"]),
+                encoder_attention_mask=mask, timestep=torch.tensor([500], device=latents.device),
+                image_rotary_emb=rope, return_dict=False)
+
+
 def _framepack_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     # as HunyuanVideoFramepackPipeline (inverted anti-drifting) calls it in a section: the window's noise, the clean
     # latents (image + 1 history frame), 2 frames of 2x and 16 of 4x history, their frame indices, 729 SigLIP image
@@ -471,6 +500,7 @@ TRANSFORMERS = {
     "consisid": ("ConsisIDTransformer3DModel", _consisid_inputs),
     "mochi": ("MochiTransformer3DModel", _mochi_inputs),
     "easyanimate": ("EasyAnimateTransformer3DModel", _easyanimate_inputs),
+    "allegro": ("AllegroTransformer3DModel", _allegro_inputs),
     "wan": ("WanTransformer3DModel", _wan_inputs),
     "hunyuan": ("HunyuanVideoTransformer3DModel", _hunyuan_inputs),
     "ltx": ("LTXVideoTransformer3DModel", _ltx_inputs),

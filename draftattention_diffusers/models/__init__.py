@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionRole, LoadRecipe, ModelFamily, TinyBuilder
+from .allegro import AllegroFamily
 from .anyflow import AnyFlowFamily
 from .chronoedit import ChronoEditFamily
 from .cogvideox import CogVideoXFamily
@@ -34,7 +35,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        ChronoEditFamily(), WanAnimateFamily(), HeliosFamily(),
                                        AnyFlowFamily(), MiniMaxH3Family(),
                                        CosmosFamily(), Kandinsky5Family(), MochiFamily(),
-                                       EasyAnimateFamily(),
+                                       EasyAnimateFamily(), AllegroFamily(),
                                        MotifVideoFamily(), HunyuanVideoFramepackFamily())
 
 REFUSED: dict[str, str] = {

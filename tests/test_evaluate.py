@@ -310,7 +310,8 @@ def test_the_fast_stack_as_a_setting(compiled, tmp_path, capsys, monkeypatch):
     load = runner.load_pipeline
     monkeypatch.setattr(runner, "load_pipeline", lambda *a, **k: pipes.append(load(*a, **k)) or pipes[-1])
     out = tmp_path / "s"
-    rc, stdout, err = run(capsys, "evaluate", *TINY, "--categories", "text,camera", "--out", out, "--sparsity", "0.5",
+    rc, stdout, err = run(capsys, "evaluate", *TINY, "--steps", "2", "--categories", "text,camera", "--out", out,
+                          "--sparsity", "0.5",
                           "--stacks", "first_block", *([] if compiled else ["--stack-no-compile"]), "--no-videos")
     assert rc == 0, err
     data = json.loads((out / "results.json").read_text())

@@ -57,7 +57,14 @@ INPUT_FLAGS = {kind: f"--{kind}" for kind in INPUT_KINDS}
 """The command-line flag of each input kind a pipeline can take (``PipelineInput.kind``): --image, --video."""
 
 TINY_DEFAULTS = {"height": 256, "width": 512, "num_frames": 9, "num_inference_steps": 6}
-"""Small enough for a CPU in seconds; 12 draft regions, so 90% sparsity really skips tiles."""
+"""Small enough for a CPU in seconds; 12 draft regions, so 90% sparsity really skips tiles. The frame count is the
+least one at or above this that the family's pipelines take (:func:`tiny_frames`)."""
+
+
+def tiny_frames(family: ModelFamily, at_least: int = TINY_DEFAULTS["num_frames"]) -> int:
+    """The least ``frame_step * k + 1`` frames at or above ``at_least`` (9 for most families, 13 for Mochi, 33 for
+    Helios's 33-frame chunks)."""
+    return at_least + (-(at_least - 1)) % family.frame_step
 
 DEFAULT_FPS = {f.name: f.default_fps for f in families()}
 DEFAULT_PROMPT = "A cat walks on the grass, realistic style."
@@ -190,7 +197,7 @@ def resolve_settings(
                        "or --preset (names: draftattention_diffusers/configs/)")
     s = RunSettings(model=model)
     if model in TINY_MODELS:
-        s = dataclasses.replace(s, **TINY_DEFAULTS)
+        s = dataclasses.replace(s, **dict(TINY_DEFAULTS, num_frames=tiny_frames(tiny_builder(model)[0])))
     if p:
         s = dataclasses.replace(
             s, height=p.height, width=p.width, num_frames=p.num_frames,
@@ -456,6 +463,10 @@ def _pipeline_to_load(model: str, inputs) -> tuple[ModelFamily, str, dict[str, A
         if tiny is None:
             return None
         class_name, index = tiny.pipeline, tiny.model_index
+        if class_name not in family.pipelines:
+            raise CLIError(f"{model} is a {class_name}, which the command line does not run ({family.title}: "
+                           f"Python API only); use build_tiny_pipeline({tiny_alias(model)!r}) in Python, or one of "
+                           f"the command line's pipelines: {', '.join(family.pipelines) or 'none'}")
     else:
         index, _ = _model_index(model)
         class_name = index["_class_name"]
@@ -855,5 +866,5 @@ __all__ = ["RunSettings", "CLIError", "resolve_settings", "add_run_options", "se
            "step_timing_unavailable", "format_times", "check_backend", "check_model_path",
            "pick_device", "looks_like_local_path", "family_of", "prompt_seed", "video_fps", "warn", "reset_warnings",
            "first_line", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
-           "DEVICE_FORMS", "MODELS_TITLE", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",
+           "DEVICE_FORMS", "MODELS_TITLE", "tiny_frames", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",
            "load_video_input", "sparsity_gap_note", "SPARSITY_GAP", "PIPELINE_PACKAGES"]

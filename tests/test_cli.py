@@ -56,34 +56,43 @@ def test_generate_tiny_hunyuan15_without_a_step_callback(capsys, tmp_path):
 
 
 def _text_to_video_tiny_models() -> list[str]:
-    """The tiny pipelines that run without an input file (every family's text-to-video ones)."""
+    """The tiny pipelines the command line runs without an input file (every family's text-to-video ones)."""
     out = []
     for name in runner.TINY_MODELS:
-        family, cls = runner.pipeline_to_load(name)
-        if not any(i.required for i in family.pipelines[cls].inputs):
+        family, tiny = runner.tiny_builder(name)
+        recipe = family.pipelines.get(getattr(tiny, "pipeline", None))
+        if recipe is not None and not any(i.required for i in recipe.inputs):
             out.append(name)
     return out
 
 
 def test_every_family_has_a_text_to_video_tiny_model():
+    """...every family whose command-line pipelines include one that needs no input file."""
     from draftattention_diffusers.models import families, family_for_pipeline
 
     names = _text_to_video_tiny_models()
-    assert {family_for_pipeline(runner.pipeline_to_load(n)[1]).name for n in names} == {
-        f.name for f in families() if f.tiny_variants}
-    assert "tiny-hunyuan15" in names and "tiny-wan-i2v" not in names
+    t2v = {f.name for f in families() if f.tiny_variants
+           and any(not any(i.required for i in r.inputs) for r in f.pipelines.values())}
+    assert {family_for_pipeline(runner.pipeline_to_load(n)[1]).name for n in names} == t2v
+    assert "tiny-hunyuan15" in names and "tiny-wan-i2v" not in names and "tiny-chronoedit" not in names
+
+
+def test_a_python_api_only_tiny_model_is_refused_clearly(capsys):
+    rc, _, err = run(capsys, "generate", "--model", "tiny-framepack", "--no-progress")
+    assert rc != 0 and "Python API only" in err and "build_tiny_pipeline('framepack')" in err
 
 
 @pytest.mark.slow  # about 60 s in all on two CPU cores
 @pytest.mark.parametrize("model", _text_to_video_tiny_models())
 def test_generate_every_tiny_text_to_video_model(model, capsys, tmp_path):
-    """Smoke test: `generate` end to end on each tiny text-to-video pipeline (written video, draft statistics). 9
-    frames: a count every family's VAE decodes to as many frames (LTX compresses time 8x)."""
-    rc, stdout, err = run(capsys, "generate", "--model", model, "--height", "128", "--width", "256", "--frames", "9",
+    """Smoke test: `generate` end to end on each tiny text-to-video pipeline (written video, draft statistics), at
+    the least frame count from 9 that its family's pipelines take (9 for most: LTX compresses time 8x; Mochi 13)."""
+    frames = runner.tiny_frames(runner.tiny_builder(model)[0])
+    rc, stdout, err = run(capsys, "generate", "--model", model, "--height", "128", "--width", "256", "--frames", frames,
                           "--steps", "2", "--no-progress", "--output", tmp_path / "v.gif",
                           "--json", tmp_path / "r.json")
     assert rc == 0, err
-    assert read_video(tmp_path / "v.gif").shape == (9, 128, 256, 3)
+    assert read_video(tmp_path / "v.gif").shape == (frames, 128, 256, 3)
     result = json.loads((tmp_path / "r.json").read_text())
     da = result["draft_attention"]
     assert da["steps"] == {"0": "dense", "1": "sparse"} and da["sparse_calls"] > 0 and da["fallbacks"] == {}

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import DraftAttentionConfig
-from ..models import ModelFamily, family_for, supported_pipelines, supported_transformers
+from ..models import ModelFamily, family_for, refusal, supported_pipelines, supported_transformers
 from .lifecycle import attention_processors, installation, is_draft_processor, set_processors, uninstall
 from .parallel import check_context_parallel
 from .processor import DraftAttnProcessor
@@ -26,6 +26,9 @@ def _transformers(obj) -> tuple[list[torch.nn.Module], list[str | None], list[Mo
         names = [n for n in _PIPELINE_TRANSFORMERS if getattr(obj, n, None) is not None]
         found = [getattr(obj, n) for n in names]
     families = [family_for(t) for t in found]
+    refused = next((r for r in map(refusal, found) if r is not None), None)
+    if refused is not None:  # a model draft attention cannot serve: its reason, not the list of supported ones
+        raise ValueError(refused)
     if not found or any(f is None for f in families):
         what = ", ".join(type(t).__name__ for t in found) or f"no transformer in {type(obj).__name__}"
         raise ValueError(f"draft attention does not support {what}; supported transformers: "

@@ -60,8 +60,9 @@ def installation(transformer: torch.nn.Module) -> Installation | None:
 def install(transformer: torch.nn.Module, inst: Installation) -> None:
     """Record ``inst`` on ``transformer`` (hooks and roles are registered by the processor) and wrap
     ``set_attn_processor`` so that replacing processors cannot leave this installation behind."""
-    inst.previous_setter = transformer.__dict__.get("set_attn_processor")
-    transformer.set_attn_processor = types.MethodType(_set_attn_processor, transformer)
+    if hasattr(type(transformer), "set_attn_processor"):  # (a class without one gets none: diffusers' own tests
+        inst.previous_setter = transformer.__dict__.get("set_attn_processor")  # check for it to skip theirs)
+        transformer.set_attn_processor = types.MethodType(_set_attn_processor, transformer)
     setattr(transformer, STATE_ATTR, inst)
 
 

@@ -82,31 +82,13 @@ def _tiny_siglip(seed: int):
     return transformers.SiglipVisionModel(config).eval(), processor_class(size={"height": 32, "width": 32})
 
 
-def _tiny_framepack_pipeline_class():
-    from diffusers import HunyuanVideoFramepackPipeline
-
-    class TinyFramepackPipeline(HunyuanVideoFramepackPipeline):
-        """``HunyuanVideoFramepackPipeline`` whose ``output_type="latent"`` result is the whole video's latents
-        ``[B, C, T, H, W]`` (the last entry of the pipeline's list of the history after each section), as every other
-        tiny pipeline returns them; the denoising is the pipeline's own."""
-
-        def __call__(self, *args, **kwargs):
-            out = super().__call__(*args, **kwargs)
-            if kwargs.get("output_type") != "latent":
-                return out
-            if isinstance(out, tuple):
-                return (out[0][-1],)
-            return type(out)(frames=out.frames[-1])
-
-    return TinyFramepackPipeline
-
-
 def build_tiny_framepack(seed: int = 0, num_layers: int = 2, heads: int = 2):
-    """A tiny random-weight ``HunyuanVideoFramepackPipeline`` (with latent output as one tensor:
-    :func:`_tiny_framepack_pipeline_class`), float32 on CPU, no text encoders (prompt embeddings
+    """A tiny random-weight ``HunyuanVideoFramepackPipeline`` (its latent output is a list: the history after each
+    section, the last one the whole video), float32 on CPU, no text encoders (prompt embeddings
     given), a tiny SigLIP image encoder; the transformer has the history embedder and image projection of the
     released FramePack models (head dim 32; RoPE 8/12/12); HunyuanVideo's tiny VAE (8x spatial, 4x temporal)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackTransformer3DModel
+    from diffusers import (FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline,
+                           HunyuanVideoFramepackTransformer3DModel)
 
     from .hunyuan_video import _tiny_hunyuan_parts
 
@@ -119,7 +101,7 @@ def build_tiny_framepack(seed: int = 0, num_layers: int = 2, heads: int = 2):
         text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=_TINY_POOLED_DIM, rope_axes_dim=(8, 12, 12),
         has_image_proj=True, image_proj_dim=_TINY_IMAGE_DIM, has_clean_x_embedder=True).eval()
     image_encoder, feature_extractor = _tiny_siglip(seed)
-    return _tiny_framepack_pipeline_class()(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+    return HunyuanVideoFramepackPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
                                          scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), text_encoder_2=None,
                                          tokenizer_2=None, image_encoder=image_encoder,
                                          feature_extractor=feature_extractor)

@@ -135,6 +135,14 @@ ALLEGRO = dict(patch_size=2, patch_size_t=1, num_attention_heads=24, attention_h
                out_channels=4, num_layers=32, cross_attention_dim=2304, attention_bias=True, sample_height=90,
                sample_width=160, sample_frames=22, caption_channels=4096, interpolation_scale_t=2.2,
                interpolation_scale_h=2.0, interpolation_scale_w=2.0)
+# Kandinsky 6.0: Kandinsky6Transformer3DModel's defaults (60 fused video+audio blocks of 4096, head dim 32+48+48 =
+# 128, audio branch as wide as the video one: 48B parameters, 96 GB in bf16, an H200 job) with the flags its docstring
+# says the released checkpoints set (ca_rope, cross_gates, fix_modulation; two visual token types for I2V). The
+# checkpoints' transformer/config.json was not readable here: the Pro / Lite sizes may differ
+KANDINSKY6 = dict(in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=1024,
+                  patch_size=(1, 2, 2), model_dim=4096, ff_dim=16384, num_text_blocks=4, num_visual_blocks=60,
+                  axes_dims=(32, 48, 48), visual_cond=True, in_audio_dim=20, out_audio_dim=20, text_token_padding=True,
+                  ca_rope=True, cross_gates=True, fix_modulation=True, visual_token_type_num_embeddings=2)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -212,7 +220,14 @@ MODELS = {
                        "HunyuanVideo FramePack, 720x1280, one 9-latent-frame section"),
     "framepack-512p": ("framepack", FRAMEPACK, (9, 64, 64), 1,
                        "HunyuanVideo FramePack, 512x512, one 9-latent-frame section"),
+    # Kandinsky 6.0 at its pipeline example's 480x864, 121 frames (31 latent frames of 30x54 tokens: 50,220 video
+    # tokens, video-only self-attention) with 218 audio tokens; the distilled checkpoints run guidance 1.0: one call
+    "kandinsky6-480p": ("kandinsky6", KANDINSKY6, (31, 60, 108), 1,
+                        "Kandinsky 6.0 (class defaults, video+audio), 480x864, 121 frames"),
     # tiny configs for a CPU dry run of this script
+    "tiny-kandinsky6": ("kandinsky6", dict(KANDINSKY6, in_text_dim=32, in_text_dim2=16, time_dim=32, model_dim=64,
+                                           ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12)),
+                        (2, 16, 64), 1, "tiny Kandinsky 6.0 (CPU dry run)"),
     "tiny-consisid": ("consisid", dict(CONSISID, num_attention_heads=2, attention_head_dim=48, num_layers=2,
                                        time_embed_dim=32, text_embed_dim=32, cross_attn_interval=1,
                                        cross_attn_dim_head=16, cross_attn_num_heads=2, LFE_id_dim=16, LFE_vit_dim=16,
@@ -494,6 +509,21 @@ def _framepack_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int
                 return_dict=False)
 
 
+def _kandinsky6_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as Kandinsky6TI2VAPipeline calls it for text-to-video with audio (its default): channels-last noise with the
+    # zero conditioning latent and mask (visual_cond), audio latents for the video's length (24 fps, 44.1 kHz, a
+    # 1024-sample latent hop: 218 for 121 frames), a Qwen2.5-VL prompt of `text_tokens` tokens (no padding mask) and
+    # the pooled CLIP embedding
+    x = latents.permute(0, 2, 3, 4, 1)
+    if config.get("visual_cond", True):
+        x = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x[..., :1])], dim=-1)
+    audio_len = math.ceil(((x.shape[1] - 1) * 4 + 1) / 24 * 44100 / 1024)
+    return dict(hidden_states=x, encoder_hidden_states=rnd(1, text_tokens, config["in_text_dim"]),
+                pooled_projections=rnd(1, config["in_text_dim2"]),
+                timestep=torch.tensor([500.0], device=latents.device, dtype=latents.dtype),
+                audio_hidden_states=rnd(1, audio_len, config["in_audio_dim"]), return_dict=False)
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
@@ -517,6 +547,7 @@ TRANSFORMERS = {
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
     "motif_video": ("MotifVideoTransformer3DModel", _motif_video_inputs),
     "framepack": ("HunyuanVideoFramepackTransformer3DModel", _framepack_inputs),
+    "kandinsky6": ("Kandinsky6Transformer3DModel", _kandinsky6_inputs),
 }
 
 
@@ -545,7 +576,7 @@ def inputs(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int
     family, config, (f, h, w), _, _ = MODELS[name]
     g = torch.Generator(device="cpu").manual_seed(1)
     rnd = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
-    latents = rnd(1, config["in_channels"], f, h, w)
+    latents = rnd(1, config["in_channels"] if "in_channels" in config else config["in_visual_dim"], f, h, w)
     return TRANSFORMERS[family][1](config, latents, rnd, text_tokens)
 
 

@@ -19,6 +19,7 @@ from .hunyuan_video import HunyuanVideoFamily
 from .hunyuan_video15 import HunyuanVideo15Family
 from .hunyuan_video_framepack import HunyuanVideoFramepackFamily
 from .kandinsky5 import Kandinsky5Family
+from .kandinsky6 import Kandinsky6Family
 from .ltx2 import LTX2Family
 from .ltx_video import LTXVideoFamily
 from .minimax_h3 import MiniMaxH3Family
@@ -36,7 +37,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (WanFamily(), HunyuanVideoFamily(), SkyReel
                                        AnyFlowFamily(), MiniMaxH3Family(),
                                        CosmosFamily(), Kandinsky5Family(), MochiFamily(),
                                        EasyAnimateFamily(), AllegroFamily(),
-                                       MotifVideoFamily(), HunyuanVideoFramepackFamily())
+                                       MotifVideoFamily(), HunyuanVideoFramepackFamily(), Kandinsky6Family())
 
 REFUSED: dict[str, str] = {
     # class name -> why draft attention refuses it (require_family names the reason); subclasses are refused too

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tracing import is_exporting
+
 
 @dataclass(frozen=True)
 class VideoGrid:
@@ -110,7 +112,7 @@ def get_layout(grid: VideoGrid, text_len: int = 0, region_size: tuple[int, int] 
         >>> lay.num_tiles, lay.num_full_region_tiles
         (25, 18)
     """
-    if torch.compiler.is_exporting():
+    if is_exporting():
         # torch.export runs this Python on fake tensors: a cached fake layout would break every later eager call
         return _build_layout(grid, text_len, tuple(region_size), device)
     return _cached_layout(grid, text_len, tuple(region_size), device)

@@ -38,6 +38,7 @@ from ..attention import draft_attention
 from ..backends import AttentionInputs, get_backend, resolve_backend
 from ..config import DraftAttentionConfig, make_config
 from ..core.layout import VideoGrid, get_layout
+from ..core.tracing import is_exporting
 from ..models import ModelFamily, family_for, require_family, supported_transformers
 from ..models.base import AttentionRole, TileOrder, forward_latents, register_hook
 from ..models.hunyuan_video import HunyuanVideoFamily
@@ -560,7 +561,7 @@ class DraftAttnProcessor:
         if not (m.dtype == torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1 and m.shape[-1] == seq_len):
             return False
         lengths = m.reshape(m.shape[0], seq_len).sum(dim=-1, dtype=torch.int32)
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if torch.compiler.is_compiling() or is_exporting():
             return lengths
         if self._mask_cache is None or self._mask_cache[0] is not attention_mask:
             self._mask_cache = (attention_mask, _is_key_suffix(m.reshape(m.shape[0], seq_len), lengths,

@@ -10,6 +10,7 @@ import torch
 
 from ..attention import StageTimer
 from ..core.layout import VideoGrid
+from ..core.tracing import is_exporting
 from ..core.selection import TileMask
 
 
@@ -198,7 +199,7 @@ def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
     Not counted in ``torch.export``: export lifts the counters as constants, and AOTInductor refuses a program that
     mutates a constant; an exported program runs without the processor's bookkeeping anyway."""
     counters = getattr(module, COUNTERS_ATTR, None)
-    if counters is None or torch.compiler.is_exporting():
+    if counters is None or is_exporting():  # (not torch.compiler.is_exporting(): core/tracing.py says why)
         return
     if sparsity is None:
         counters[1].add_(1.0)

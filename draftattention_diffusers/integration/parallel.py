@@ -116,11 +116,11 @@ def check_context_parallel(transformer: torch.nn.Module, family: ModelFamily, gr
             f"draft attention supports Ulysses context parallelism only, got ring_degree={cp.ring_degree}: ring "
             "attention gives each rank a slice of the queries and keys, so no rank can draw the draft map of a "
             "whole head. Use ContextParallelConfig(ulysses_degree=N) (ring_degree=1).")
-    p = cp.ulysses_degree
-    heads = transformer.config.num_attention_heads
-    refusal = family.cp_refusal(transformer)
+    refusal = family.cp_refusal(transformer)  # first: a refused model may not even state its head count
     if refusal is not None:
         raise ValueError(refusal)
+    p = cp.ulysses_degree
+    heads = transformer.config.num_attention_heads
     if cp.ulysses_anything:
         pad = (-heads) % p
         if pad and pad >= (heads + pad) // p:

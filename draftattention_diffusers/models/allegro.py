@@ -25,8 +25,7 @@ from diffusers.models.embeddings import apply_rotary_emb_allegro
 
 from ..core.layout import VideoGrid
 from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, permute_forward_argument,
-                   register_hook, register_tokens_back_hook)
-from .cogvideox import CogVideoXFamily
+                   pipeline_loop_step, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -82,7 +81,7 @@ class AllegroFamily(ModelFamily):
         "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
 
     # the step is the denoising loop's i: its pipeline takes any Karras scheduler, some without step_index (DDIM)
-    pipeline_step = CogVideoXFamily.pipeline_step
+    pipeline_step = pipeline_loop_step
 
     def grid(self, transformer, latents):
         config = transformer.config

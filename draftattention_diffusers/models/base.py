@@ -328,6 +328,69 @@ class ModelFamily:
         raise NotImplementedError
 
 
+class TextKeyMask:
+    """The boolean key mask ``[B, 1, 1, video + text]`` of a sequence ``[video, text]`` from the text's mask
+    ``[B, S_text]``, one object for every block of a forward (they all get the same text mask), so the processor
+    checks it on the host once per forward. Families whose processors expand the text mask themselves (Mochi,
+    HunyuanVideo-1.5) hand draft attention this instead."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, ...] | None = None  # (text mask, video tokens, key mask) of the last forward
+
+    def __call__(self, text_mask: torch.Tensor, video_tokens: int) -> torch.Tensor:
+        compiling = torch.compiler.is_compiling()
+        last = self._last
+        if not compiling and last is not None and last[0] is text_mask and last[1] == video_tokens:
+            return last[2]
+        b = text_mask.shape[0]
+        key = torch.cat([text_mask.new_ones(b, video_tokens, dtype=torch.bool), text_mask.bool()], dim=1)
+        key = key.view(b, 1, 1, -1)
+        if not compiling:
+            self._last = (text_mask, video_tokens, key)
+        return key
+
+
+def pipeline_loop_step(family: "ModelFamily", pipe, pipeline_locals: dict[str, Any]) -> tuple[int, int] | None:
+    """``ModelFamily.pipeline_step`` of pipelines whose schedulers may keep no ``step_index`` (CogVideoX's DDIM /
+    DPM, DDIM under Allegro or EasyAnimate): the step is the denoising loop's ``i`` of ``_num_timesteps``, for the
+    family's own pipelines. Use as ``pipeline_step = pipeline_loop_step``."""
+    served = {*family.pipelines, *family.other_pipelines}
+    if not served.intersection(c.__name__ for c in type(pipe).__mro__):
+        return None
+    i, num = pipeline_locals.get("i"), getattr(pipe, "_num_timesteps", None)
+    if isinstance(i, int) and isinstance(num, int) and 0 <= i < num:
+        return i, num
+    return None
+
+
+def guidance_from_guider(pipe, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``ModelFamily.pipeline_kwargs`` of pipelines that take their guidance scale from a guider component
+    (HunyuanVideo-1.5, Motif-Video), not from a call argument: the scale goes to a new guider."""
+    scale = kwargs.pop("guidance_scale", None)
+    if scale is not None:
+        pipe.guider = pipe.guider.new(guidance_scale=scale)
+    return kwargs
+
+
+def register_sequence_tile_order_hooks(order: "TileOrder", tokens: torch.nn.Module, out: torch.nn.Module,
+                                       rope: torch.nn.Module | None = None, rope_dim: int = 0) -> None:
+    """The tile-order hooks of a model whose ``tokens`` module outputs the video tokens ``[B, S, C]`` and whose
+    ``rope`` module outputs a tuple of tables with the tokens along ``rope_dim`` (HunyuanVideo and its kin: each
+    ``[S, D]``); the tokens go back to diffusers' order before ``out``."""
+    register_hook(tokens, "post", functools.partial(_output_to_tiles, order))
+    if rope is not None:
+        register_hook(rope, "post", functools.partial(_tables_to_tiles, order, rope_dim))
+    register_tokens_back_hook(out, order)
+
+
+def _output_to_tiles(order: "TileOrder", module, args, out):
+    return order.to_tiles(out, 1) if order.active else None
+
+
+def _tables_to_tiles(order: "TileOrder", dim: int, module, args, out):
+    return tuple(order.to_tiles(t, dim) for t in out) if order.active else None
+
+
 def forward_latents(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     """The first argument of a transformer forward (``hidden_states``, the latents), positional or by name."""
     return args[0] if args else kwargs["hidden_states"]

@@ -17,7 +17,7 @@ arrive as the forward argument ``image_rotary_emb`` (``[S_video, D]`` each, perm
 back to diffusers' order before ``proj_out``.
 
 What "step" means: CogVideoX's own schedulers (``CogVideoXDDIMScheduler``, ``CogVideoXDPMScheduler``) keep no
-``step_index``, so the step is the pipeline loop's ``i`` of ``len(timesteps)`` (:meth:`CogVideoXFamily.pipeline_step`).
+``step_index``, so the step is the pipeline loop's ``i`` of ``len(timesteps)`` (``pipeline_loop_step``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from diffusers.models.attention_processor import (Attention, CogVideoXAttnProces
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
-                   register_tokens_back_hook)
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles,
+                   pipeline_loop_step, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 _OWN_PROCESSORS = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)  # the model's own (fused or not)
@@ -198,15 +198,8 @@ class CogVideoXFamily(ModelFamily):
         register_tokens_back_hook(transformer.proj_out, order)
         return True
 
-    def pipeline_step(self, pipe, pipeline_locals):
-        # CogVideoX's schedulers have no step_index: the step is the denoising loop's i of len(timesteps)
-        served = {*self.pipelines, *self.other_pipelines}
-        if not served.intersection(c.__name__ for c in type(pipe).__mro__):
-            return None
-        i, num = pipeline_locals.get("i"), getattr(pipe, "_num_timesteps", None)
-        if isinstance(i, int) and isinstance(num, int) and 0 <= i < num:
-            return i, num
-        return None
+    # its DDIM / DPM schedulers keep no step_index: the step is the denoising loop's i of len(timesteps)
+    pipeline_step = pipeline_loop_step
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
         out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM))

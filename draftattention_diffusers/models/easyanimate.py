@@ -27,8 +27,7 @@ from diffusers.models.transformers.transformer_easyanimate import EasyAnimateAtt
 
 from ..core.layout import VideoGrid
 from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, permute_forward_argument,
-                   register_hook, register_tokens_back_hook)
-from .cogvideox import CogVideoXFamily
+                   pipeline_loop_step, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -80,7 +79,7 @@ class EasyAnimateFamily(ModelFamily):
         "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
 
     # the step is the denoising loop's i: its pipelines also take schedulers without step_index (DDIM, ...)
-    pipeline_step = CogVideoXFamily.pipeline_step
+    pipeline_step = pipeline_loop_step
 
     def grid(self, transformer, latents):
         p = transformer.config.patch_size

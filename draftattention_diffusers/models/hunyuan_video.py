@@ -18,7 +18,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
-                   keep_or_default, register_hook, register_tokens_back_hook)
+                   keep_or_default, register_sequence_tile_order_hooks)
 
 _DUAL = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
 _SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.attn$")
@@ -182,15 +182,8 @@ class HunyuanVideoFamily(ModelFamily):
         if getattr(transformer.config, "image_condition_type", None) == "token_replace":
             return False  # its blocks slice the first frame's tokens by position
 
-        def patches(module, args, out):  # [B, S, C]
-            return order.to_tiles(out, 1) if order.active else None
-
-        def rope(module, args, out):  # (cos, sin), each [S, D]
-            return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
-
-        register_hook(transformer.x_embedder, "post", patches)
-        register_hook(transformer.rope, "post", rope)
-        register_tokens_back_hook(transformer.proj_out, order)
+        # x_embedder: [B, S, C]; rope: (cos, sin), each [S, D]
+        register_sequence_tile_order_hooks(order, transformer.x_embedder, transformer.proj_out, transformer.rope)
         return True
 
     def cp_plan(self):

@@ -25,8 +25,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
-                   keep_or_default, register_hook, register_tokens_back_hook)
+from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TextKeyMask, TinyPipeline,
+                   guidance_from_guider, keep_or_default, register_sequence_tile_order_hooks)
 from .hunyuan_video import call_with_image_rotary_emb
 
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.attn$")
@@ -129,7 +129,7 @@ class HunyuanVideo15Family(ModelFamily):
         "(valid first) and its processor masks the whole sequence, which a plan would have to split consistently")
 
     def __init__(self) -> None:
-        self._key_mask_cache: tuple[Any, ...] | None = None  # (text mask, video tokens, key mask) of the last forward
+        self._key_mask = TextKeyMask()
 
     def grid(self, transformer, latents):
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
@@ -150,21 +150,6 @@ class HunyuanVideo15Family(ModelFamily):
             else:  # token refiner: plain self-attention over text
                 out[module] = AttentionRole(name, False, None, keep_or_default(cur, AttnProcessor2_0))
         return out
-
-    def _key_mask(self, text_mask: torch.Tensor, video_tokens: int) -> torch.Tensor:
-        """``[B, 1, 1, video + text]`` boolean key mask from the packed text mask ``[B, S_text]``. Every block of a
-        forward gets the same text mask object; returning one key mask object for all of them lets the processor
-        check it on the host once per forward, not once per block."""
-        cached = self._key_mask_cache
-        compiling = torch.compiler.is_compiling()
-        if not compiling and cached is not None and cached[0] is text_mask and cached[1] == video_tokens:
-            return cached[2]
-        b = text_mask.shape[0]
-        key = torch.cat([text_mask.new_ones(b, video_tokens, dtype=torch.bool), text_mask.bool()], dim=1)
-        key = key.view(b, 1, 1, -1)
-        if not compiling:
-            self._key_mask_cache = (text_mask, video_tokens, key)
-        return key
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # Steps 1-4 and 6 of diffusers' HunyuanVideo15AttnProcessor2_0; step 5 (attention) is `attend`.
@@ -193,23 +178,12 @@ class HunyuanVideo15Family(ModelFamily):
                                           **kwargs)
 
     def tile_order_hooks(self, transformer, order):
-        def patches(module, args, out):  # [B, S, C]
-            return order.to_tiles(out, 1) if order.active else None
-
-        def rope(module, args, out):  # (cos, sin), each [S, D]
-            return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
-
-        register_hook(transformer.x_embedder, "post", patches)
-        register_hook(transformer.rope, "post", rope)
-        register_tokens_back_hook(transformer.proj_out, order)
+        # x_embedder: [B, S, C]; rope: (cos, sin), each [S, D]
+        register_sequence_tile_order_hooks(order, transformer.x_embedder, transformer.proj_out, transformer.rope)
         return True
 
-    def pipeline_kwargs(self, pipe, kwargs):
-        # HunyuanVideo15 pipelines take guidance from their guider, not a call argument (diffusers' docs)
-        scale = kwargs.pop("guidance_scale", None)
-        if scale is not None:
-            pipe.guider = pipe.guider.new(guidance_scale=scale)
-        return kwargs
+    def pipeline_kwargs(self, pipe, kwargs):  # guidance comes from the pipelines' guider
+        return guidance_from_guider(pipe, kwargs)
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
         def prompt(prefix: str) -> dict[str, Any]:

@@ -18,14 +18,12 @@ of ``rope``: ``[S, H, D/2]`` each), and back before ``proj_out``; everything bet
 from __future__ import annotations
 
 import re
-from typing import Any
-
 import torch
 from diffusers.models.attention_processor import MochiAttention, MochiAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
-                   register_tokens_back_hook)
+from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TextKeyMask, TinyPipeline, numbered_roles,
+                   register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -80,7 +78,7 @@ class MochiFamily(ModelFamily):
         "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
 
     def __init__(self) -> None:
-        self._key_mask_cache: tuple[Any, ...] | None = None  # (text mask, video tokens, key mask) of the last forward
+        self._key_mask = TextKeyMask()
 
     def grid(self, transformer, latents):
         p = transformer.config.patch_size
@@ -89,20 +87,6 @@ class MochiFamily(ModelFamily):
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, MochiAttention, _SELF, MochiAttnProcessor2_0)
-
-    def _key_mask(self, text_mask: torch.Tensor, video_tokens: int) -> torch.Tensor:
-        """``[B, 1, 1, video + text]`` boolean key mask; one object for every block of a forward (they all get the
-        same text mask), so the processor checks it on the host once per forward."""
-        cached = self._key_mask_cache
-        compiling = torch.compiler.is_compiling()
-        if not compiling and cached is not None and cached[0] is text_mask and cached[1] == video_tokens:
-            return cached[2]
-        b = text_mask.shape[0]
-        key = torch.cat([text_mask.new_ones(b, video_tokens, dtype=torch.bool), text_mask.bool()], dim=1)
-        key = key.view(b, 1, 1, -1)
-        if not compiling:
-            self._key_mask_cache = (text_mask, video_tokens, key)
-        return key
 
     def self_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope, attend):
         # diffusers' MochiAttnProcessor2_0 with one masked attention call instead of its loop over the batch

@@ -37,7 +37,7 @@ from diffusers.models.transformers.transformer_motif_video import (MotifVideoAtt
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, AttentionRole, LoadRecipe, ModelFamily, TinyPipeline,
-                   keep_or_default, register_hook, register_tokens_back_hook)
+                   guidance_from_guider, keep_or_default, register_sequence_tile_order_hooks)
 from .hunyuan_video import call_with_image_rotary_emb
 from .wan import tiny_wan_vae
 
@@ -127,23 +127,12 @@ class MotifVideoFamily(ModelFamily):
                                           **kwargs)
 
     def tile_order_hooks(self, transformer, order):
-        def patches(module, args, out):  # [B, S, C]
-            return order.to_tiles(out, 1) if order.active else None
-
-        def rope(module, args, out):  # (cos, sin), each [S, D]
-            return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
-
-        register_hook(transformer.x_embedder, "post", patches)
-        register_hook(transformer.rope, "post", rope)
-        register_tokens_back_hook(transformer.proj_out, order)
+        # x_embedder: [B, S, C]; rope: (cos, sin), each [S, D]
+        register_sequence_tile_order_hooks(order, transformer.x_embedder, transformer.proj_out, transformer.rope)
         return True
 
-    def pipeline_kwargs(self, pipe, kwargs):
-        # the Motif-Video pipelines take guidance from their guider, not a call argument
-        scale = kwargs.pop("guidance_scale", None)
-        if scale is not None:
-            pipe.guider = pipe.guider.new(guidance_scale=scale)
-        return kwargs
+    def pipeline_kwargs(self, pipe, kwargs):  # guidance comes from the pipelines' guider
+        return guidance_from_guider(pipe, kwargs)
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
         mask = torch.zeros(1, text_len, dtype=torch.bool)

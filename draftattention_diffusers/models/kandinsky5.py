@@ -81,7 +81,20 @@ def build_tiny_kandinsky5(seed: int = 0, num_layers: int = 2, heads: int = 2, vi
                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
 
 
-class Kandinsky5Family(ModelFamily):
+class KandinskyVisualFacts(ModelFamily):
+    """What Kandinsky 5 and 6 share: channels-last visual latents ``[B, T, H, W, C]`` and a head dim that is the sum
+    of the RoPE axes (their configs state no ``attention_head_dim``)."""
+
+    def head_dim(self, transformer):
+        return sum(transformer.config.axes_dims)  # (its config has no attention_head_dim)
+
+    def grid(self, transformer, latents):
+        p_t, p_h, p_w = transformer.config.patch_size
+        _, t, h, w, _ = latents.shape  # channels last
+        return VideoGrid(t // p_t, h // p_h, w // p_w)
+
+
+class Kandinsky5Family(KandinskyVisualFacts):
     """Kandinsky 5.0 Video Lite / Pro with full attention: text only in cross-attention, tokens in tile order once
     per forward; NABLA refused (module docstring)."""
 
@@ -97,14 +110,6 @@ class Kandinsky5Family(ModelFamily):
                      "tiny-kandinsky5-i2v": TinyPipeline(partial(build_tiny_kandinsky5, visual_cond=True),
                                                          "Kandinsky5I2VPipeline")}
     cp_unsupported_because = "diffusers 0.42.1 has no context-parallel plan for it"
-
-    def head_dim(self, transformer):
-        return sum(transformer.config.axes_dims)  # (its config has no attention_head_dim)
-
-    def grid(self, transformer, latents):
-        p_t, p_h, p_w = transformer.config.patch_size
-        _, t, h, w, _ = latents.shape  # channels last
-        return VideoGrid(t // p_t, h // p_h, w // p_w)
 
     def forward_grid(self, transformer, args, kwargs):
         if kwargs.get("sparse_params") is not None or (len(args) > 7 and args[7] is not None):

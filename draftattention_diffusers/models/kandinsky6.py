@@ -24,8 +24,8 @@ import re
 import torch
 from diffusers.models.transformers.transformer_kandinsky6 import Kandinsky6Attention, Kandinsky6AttnProcessor
 
-from ..core.layout import VideoGrid
-from .base import TINY_TEXT_DIM, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline, numbered_roles
+from .base import TINY_TEXT_DIM, LoadRecipe, PipelineInput, TinyPipeline, numbered_roles
+from .kandinsky5 import KandinskyVisualFacts
 
 _SELF = re.compile(r"^visual_transformer_blocks\.(\d+)\.video_dec_block\.self_attention$")
 _TINY_POOLED_DIM = 16
@@ -66,7 +66,7 @@ def build_tiny_kandinsky6(seed: int = 0, num_layers: int = 2, heads: int = 2):
                                    audio_vae=audio_vae, vocoder=vocoder)
 
 
-class Kandinsky6Family(ModelFamily):
+class Kandinsky6Family(KandinskyVisualFacts):
     """Kandinsky 6.0 (video + audio): the fused blocks' video self-attention sparse, everything else the model's own
     processor; tile order gathered per call (module docstring)."""
 
@@ -80,14 +80,6 @@ class Kandinsky6Family(ModelFamily):
     default_fps = 24  # the example exports at 24 fps (the pipeline's frame_rate default)
     tiny_variants = {"tiny-kandinsky6": TinyPipeline(build_tiny_kandinsky6, "Kandinsky6TI2VAPipeline")}
     cp_unsupported_because = "diffusers 0.42.1 has no context-parallel plan for it"
-
-    def head_dim(self, transformer):
-        return sum(transformer.config.axes_dims)  # (its config has no attention_head_dim)
-
-    def grid(self, transformer, latents):
-        p_t, p_h, p_w = transformer.config.patch_size
-        _, t, h, w, _ = latents.shape  # channels last
-        return VideoGrid(t // p_t, h // p_h, w // p_w)
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, Kandinsky6Attention, _SELF, Kandinsky6AttnProcessor)

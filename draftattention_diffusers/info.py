@@ -76,7 +76,7 @@ def supported_models_report() -> str:
     lines = ["supported models (family: transformer; command-line pipelines; Python API only; tiny models):"]
     for f in families():
         loads = ", ".join(name + "".join(f" --{i.kind}" for i in recipe.inputs) for name, recipe in f.pipelines.items())
-        lines.append(f"  {f.title}: {', '.join(f.transformer_classes)}; {loads}; "
+        lines.append(f"  {f.title}: {', '.join(f.transformer_classes)}; {loads or '-'}; "
                      f"{', '.join(f.other_pipelines) or '-'}; {', '.join(f.tiny_variants) or '-'}")
     return "\n".join(lines)
 

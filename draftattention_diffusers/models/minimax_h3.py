@@ -73,7 +73,7 @@ class MiniMaxH3Family(ModelFamily):
     text_position = "leading"
     # its pipelines are modular (MiniMaxH3ModularPipeline): served through the Python API on the transformer
     pipelines = {}
-    other_pipelines = ()
+    other_pipelines = ("MiniMaxH3ModularPipeline",)  # a modular pipeline: the Python API serves it
     default_fps = 24
     cp_unsupported_because = ("diffusers' context-parallel plan for it splits the packed sequence at the first block, "
                               "which was not verified with draft attention (whose video rows are the sequence's tail)")

@@ -41,3 +41,25 @@ def uncompile(model: torch.nn.Module) -> None:
     for module in model.modules():
         module._compiled_call_impl = None
     dynamo.reset()
+
+
+def watch_compilation(monkeypatch):
+    """``(eager_calls, graphs, backend)``: ``eager_calls`` gets an entry for every Wan video self-attention call that
+    runs outside a compiled graph, ``graphs`` every graph the ``backend`` (a torch.compile backend that runs the
+    graph as traced) compiles."""
+    from diffusers.models.transformers.transformer_wan import WanAttention
+
+    eager_calls, graphs = [], []
+    forward = WanAttention.forward
+
+    def counted(self, *args, **kwargs):
+        if not self.is_cross_attention and not torch.compiler.is_compiling():
+            eager_calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(WanAttention, "forward", counted)
+    return eager_calls, graphs, backend

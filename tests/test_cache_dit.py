@@ -4,7 +4,7 @@ agree on which forwards ran in full, a fixed compute mask is honoured, and the u
 
 import pytest
 import torch
-from pipeline_utils import is_wan, max_diff, run, uncompile
+from pipeline_utils import is_wan, max_diff, run, uncompile, watch_compilation
 from stack_utils import computed_forwards, diff_footprints, footprint
 
 from draftattention_diffusers import (disable_draft_attention, disable_fast_stack, enable_draft_attention,
@@ -149,26 +149,13 @@ def test_dbcache_compiles_regionally_with_draft_attention(monkeypatch):
     the first already compiled every graph: cache-dit decides outside the blocks) a call compiles nothing and runs
     attention only inside graphs; equal to the same stack uncompiled."""
     import torch._dynamo as dynamo
-    from diffusers.models.transformers.transformer_wan import WanAttention
 
     pipe = build_tiny_pipeline("wan")
     kw = dict(compute_mask=MASK, num_inference_steps=STEPS, sparsity=0.5)
     enable_fast_stack(pipe, dbcache(), compile=False, **kw)
     want, _ = run(pipe, steps=STEPS, guidance_scale=5.0)
     disable_fast_stack(pipe)
-    eager_calls, graphs = [], []
-    forward = WanAttention.forward
-
-    def counted(self, *args, **kwargs):
-        if not self.is_cross_attention and not torch.compiler.is_compiling():
-            eager_calls.append(1)
-        return forward(self, *args, **kwargs)
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(WanAttention, "forward", counted)
+    eager_calls, graphs, backend = watch_compilation(monkeypatch)  # uncompiled attention calls, graphs
     dynamo.reset()
     enable_fast_stack(pipe, dbcache(), compile_kwargs=dict(backend=backend), **kw)
     try:

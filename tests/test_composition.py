@@ -7,7 +7,7 @@ import torch
 from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                        TaylorSeerCacheConfig)
 from diffusers.models.attention_dispatch import attention_backend
-from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile
+from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile, watch_compilation
 
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
@@ -264,7 +264,6 @@ def test_first_block_cache_and_regional_compile_workaround(monkeypatch, order):
     and two warm-up calls of the real schedule; a third call then compiles nothing, runs every video
     self-attention call compiled and equals the same stack uncompiled."""
     import torch._dynamo as dynamo
-    from diffusers.models.transformers.transformer_wan import WanAttention
 
     steps = 6  # 2 dense steps (0.25), then sparse; the cache skips steps 3 and 5 (after sparse step 2 computed)
     schedule = [True, True, True, False, True, False]
@@ -274,19 +273,7 @@ def test_first_block_cache_and_regional_compile_workaround(monkeypatch, order):
     for part in parts if order == "draft_first" else parts[::-1]:
         part()
 
-    eager_calls, graphs = [], []
-    forward = WanAttention.forward
-
-    def counted(self, *args, **kwargs):  # counts video self-attention calls that run outside a compiled graph
-        if not self.is_cross_attention and not torch.compiler.is_compiling():
-            eager_calls.append(1)
-        return forward(self, *args, **kwargs)
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(WanAttention, "forward", counted)
+    eager_calls, graphs, backend = watch_compilation(monkeypatch)  # uncompiled attention calls, graphs
     try:
         want, _ = run(pipe, steps=steps, guidance_scale=5.0)
         want_steps = get_draft_stats(pipe).summary()["steps"]

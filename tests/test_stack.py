@@ -5,7 +5,7 @@ same stack without draft attention, or with the parts installed by hand, and cou
 import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
-from pipeline_utils import is_wan, max_diff, run, uncompile
+from pipeline_utils import is_wan, max_diff, run, uncompile, watch_compilation
 from stack_utils import diff_footprints, footprint
 
 from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention, disable_fast_stack,
@@ -167,7 +167,6 @@ def test_compiled_first_block_cache_stack_needs_two_warmups_and_restores(monkeyp
     two warm-up calls compile every graph (a third compiles none and runs every video self-attention call inside a
     graph), output = the same stack uncompiled; disable restores the limit and leaves nothing compiled."""
     import torch._dynamo as dynamo
-    from diffusers.models.transformers.transformer_wan import WanAttention
 
     pipe = build_tiny_pipeline("wan", num_layers=3)
     mask = [True, True, True, False, True, False]
@@ -176,19 +175,7 @@ def test_compiled_first_block_cache_stack_needs_two_warmups_and_restores(monkeyp
     want, _ = run(pipe, steps=STEPS, **cfg(pipe))
     disable_fast_stack(pipe)
 
-    eager_calls, graphs = [], []
-    forward = WanAttention.forward
-
-    def counted(self, *args, **kwargs):
-        if not self.is_cross_attention and not torch.compiler.is_compiling():
-            eager_calls.append(1)
-        return forward(self, *args, **kwargs)
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(WanAttention, "forward", counted)
+    eager_calls, graphs, backend = watch_compilation(monkeypatch)  # uncompiled attention calls, graphs
     before = footprint(pipe)
     limit = dynamo.config.recompile_limit
     dynamo.reset()

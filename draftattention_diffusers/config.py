@@ -70,6 +70,9 @@ class DraftAttentionConfig:
         pooling: ``"avg"`` (paper) or ``"max"`` pooling of Q and K inside a region (max is worse; for studies).
         dense_steps_fraction: fraction of the denoising steps, from the first, that run dense attention
             (``ceil(fraction * num_steps)`` steps). ``1.0`` means always dense.
+        warmup_sparsity: opt-in, for studies of the warm-up's cost: the warm-up steps (the first
+            ``dense_steps_fraction``, when that is in ``(0, 1)``) run draft attention at this sparsity instead of
+            dense attention (a milder warm-up). ``None`` (default): the paper's dense warm-up.
         dense_layers: indices of transformer blocks that always run dense (per transformer).
         backend: ``"auto"`` (fastest backend that can run on the inputs) or a backend name
             (``"fa4"``, ``"flex"``, ``"bsa"``, ``"reference"``); see ``python -m draftattention_diffusers info``.
@@ -104,6 +107,7 @@ class DraftAttentionConfig:
     selection: str = "topk"
     pooling: str = "avg"
     dense_steps_fraction: float = 0.25
+    warmup_sparsity: float | None = None
     dense_layers: tuple[int, ...] = ()
     backend: str = "auto"
     dense_backend: str = "auto"
@@ -114,6 +118,8 @@ class DraftAttentionConfig:
         set_ = object.__setattr__
         set_(self, "sparsity", _plain_number(self.sparsity))
         set_(self, "dense_steps_fraction", _plain_number(self.dense_steps_fraction))
+        if self.warmup_sparsity is not None:
+            set_(self, "warmup_sparsity", _plain_number(self.warmup_sparsity))
         set_(self, "region_size", _plain_tuple(self.region_size, "region_size",
                                                "two positive integers (h, w), e.g. (8, 16)", ordered=True))
         set_(self, "dense_layers", _plain_tuple(self.dense_layers, "dense_layers",
@@ -139,6 +145,9 @@ class DraftAttentionConfig:
             raise ValueError(f"reorder={self.reorder!r}: expected one of {REORDERS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
+        w = self.warmup_sparsity
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not (0.0 <= w < 1.0)):
+            raise ValueError(f"warmup_sparsity={w!r}: expected None (dense warm-up) or a number in [0, 1)")
         f = self.dense_steps_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 <= f <= 1.0):  # NaN fails too
             raise ValueError(f"dense_steps_fraction={f!r}: expected a number in [0, 1]")

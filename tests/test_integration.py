@@ -5,7 +5,8 @@ import torch
 from pipeline_utils import run as run_pipeline
 from pipeline_utils import uncompile
 
-from draftattention_diffusers import (DraftAttentionWarning, DraftAttnProcessor, HunyuanVideoDraftAttnProcessor,
+from draftattention_diffusers import (DraftAttentionConfig, DraftAttentionWarning, DraftAttnProcessor,
+                                      HunyuanVideoDraftAttnProcessor,
                                       WanDraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
 from draftattention_diffusers.core import get_layout
@@ -377,3 +378,28 @@ def test_a_video_smaller_than_one_tile_before_text_runs_dense_visibly(hunyuan):
         stats = get_draft_stats(hunyuan).summary()
     assert stats["sparse_calls"] == 0 and any("fewer than one 128-token tile" in m for m in stats["fallbacks"])
     assert torch.equal(out, base)
+
+
+def test_milder_warm_up_is_opt_in_and_runs_its_own_sparsity():
+    """warmup_sparsity (issue 20 item 5, opt-in): the warm-up steps run draft attention at that sparsity instead of
+    dense; the steps after it at `sparsity`; the default stays the paper's dense warm-up."""
+    assert DraftAttentionConfig().warmup_sparsity is None
+    with pytest.raises(ValueError, match="warmup_sparsity"):
+        DraftAttentionConfig(warmup_sparsity=1.0)
+    pipe = build_tiny_pipeline("wan")
+    seen = []
+    with draft_attention_enabled(pipe, sparsity=0.75, dense_steps_fraction=0.5, warmup_sparsity=0.25) as p:
+        get_draft_processor(p).add_observer(lambda e: seen.append((e.step, e.dense, e.tiles)))
+        run_pipeline(pipe, steps=4)  # 2 regions per frame row: 4 tiles, 16 region pairs
+        stats = get_draft_stats(p)
+    summary = stats.summary()
+    assert summary["steps"] == {0: "warmup", 1: "warmup", 2: "sparse", 3: "sparse"}
+    assert summary["dense_calls"] == 0 and summary["fallbacks"] == {}
+    by_step = {}
+    for step, dense, tiles in seen:
+        assert not dense
+        by_step.setdefault(step, []).append(tiles.video_sparsity.float().mean().item())
+    warm = sum(by_step[0] + by_step[1]) / len(by_step[0] + by_step[1])
+    late = sum(by_step[2] + by_step[3]) / len(by_step[2] + by_step[3])
+    assert 0.0 < warm < late  # the tiny grid rounds both budgets; the warm-up keeps more tiles
+    assert "2 sparse warm-up: 0-1" in stats.format()

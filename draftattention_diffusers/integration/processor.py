@@ -111,6 +111,10 @@ class DraftAttnProcessor:
 
     def __init__(self, config: DraftAttentionConfig | dict | None = None, **overrides: Any) -> None:
         self.config = make_config(config, **overrides)
+        # what sparse calls of this forward use: the config, or the milder warm-up's (config.warmup_sparsity)
+        self._forward_config = self.config
+        self._warmup_config = (None if self.config.warmup_sparsity is None
+                               else self.config.replace(sparsity=self.config.warmup_sparsity))
         self.stats = DraftStats()
         self._roles: dict[torch.nn.Module, AttentionRole] = {}
         self._transformers: list[torch.nn.Module] = []
@@ -338,6 +342,9 @@ class DraftAttnProcessor:
         else:
             dense = self.step < num_dense_steps(fraction, self.num_steps)
             mode = "dense" if dense else "sparse"
+            if dense and self._warmup_config is not None:  # the opt-in milder warm-up: sparse at its sparsity
+                dense, mode = False, "warmup"
+        self._forward_config = self._warmup_config if mode == "warmup" else self.config
         self._dense_forward = dense
         if record:
             self.stats.record_step(self.step, mode)
@@ -530,7 +537,7 @@ class DraftAttnProcessor:
                 kernel = None  # training: diffusers' attention has a backward pass
             out = self._dense(q, k, v, attention_mask, key_lengths, scale, padding_mask, kernel, model_scale)
         else:
-            out, tiles = draft_attention(q, k, v, grid, self.config, text_len=text_len, key_lengths=key_lengths,
+            out, tiles = draft_attention(q, k, v, grid, self._forward_config, text_len=text_len, key_lengths=key_lengths,
                                          scale=scale, draft_timer=self.stats.draft_timer, check_key_lengths=False,
                                          in_tile_order=in_tile_order)
             count_call(attn, (tiles if self._cp is None else self._cp.global_tiles(tiles)).video_sparsity)

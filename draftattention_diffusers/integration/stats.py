@@ -175,11 +175,13 @@ class DraftStats:
 
     def format(self) -> str:
         s = self.summary()
-        dense = [k for k, m in s["steps"].items() if m != "sparse"]
+        dense = [k for k, m in s["steps"].items() if m not in ("sparse", "warmup")]
+        warmup = [k for k, m in s["steps"].items() if m == "warmup"]
         sparse = [k for k, m in s["steps"].items() if m == "sparse"]
         skipped = f" ({s['skipped_forwards']} skipped by a step cache)" if s["skipped_forwards"] else ""
+        milder = f"{len(warmup)} sparse warm-up: {format_ranges(warmup)}; " if warmup else ""
         lines = [
-            f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {format_ranges(dense)}; "
+            f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {format_ranges(dense)}; {milder}"
             f"{len(sparse)} sparse: {format_ranges(sparse)}), {s['forwards']} transformer forwards{skipped}",
             f"  self-attention calls: {s['sparse_calls']} sparse, {s['dense_calls']} dense",
         ]

@@ -69,11 +69,25 @@ def hunyuan_video_cp_plan() -> dict[str, Any]:
 _TINY_POOLED_DIM = 16
 
 
+def tiny_hunyuan_vae(seed: int):
+    """A tiny random-weight HunyuanVideo VAE (4 latent channels; 8x spatial, 4x temporal compression), shared by the
+    tiny pipelines of the families that decode with it (HunyuanVideo, Kandinsky 5 and 6)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(seed)
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
+        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=False).eval()
+
+
 def _tiny_hunyuan_parts(seed: int, num_layers: int, heads: int, **transformer_config):
     """The tiny transformer (``num_layers`` blocks split between dual-stream, half and at least 1, and
     single-stream, the rest and at least 1; head dim 32; 4 latent channels unless ``transformer_config`` says)
     and VAE (8x spatial, 4x temporal compression) of the tiny HunyuanVideo pipelines."""
-    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+    from diffusers import HunyuanVideoTransformer3DModel
 
     torch.manual_seed(seed + 1)
     tr = HunyuanVideoTransformer3DModel(**{
@@ -83,14 +97,7 @@ def _tiny_hunyuan_parts(seed: int, num_layers: int, heads: int, **transformer_co
                guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=_TINY_POOLED_DIM,
                rope_theta=256.0, rope_axes_dim=(8, 12, 12)),
         **transformer_config}).eval()
-    torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=False,
-    ).eval()
+    vae = tiny_hunyuan_vae(seed)
     return tr, vae
 
 

@@ -34,6 +34,7 @@ from diffusers.models.transformers.transformer_kandinsky import Kandinsky5Attent
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles,
                    register_hook)
+from .hunyuan_video import tiny_hunyuan_vae
 
 _SELF = re.compile(r"^visual_transformer_blocks\.(\d+)\.self_attention$")
 _TINY_POOLED_DIM = 16
@@ -56,7 +57,7 @@ def build_tiny_kandinsky5(seed: int = 0, num_layers: int = 2, heads: int = 2, vi
     layers (zero-initialised by diffusers, which would zero every attention branch) get random weights. The VAE is a
     tiny HunyuanVideo VAE (8x spatial, 4x temporal), so ``height x width`` pixels give ``height/16 x width/16``
     tokens per frame."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline,
+    from diffusers import (FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline,
                            Kandinsky5T2VPipeline, Kandinsky5Transformer3DModel)
     from diffusers.models.transformers.transformer_kandinsky import Kandinsky5Modulation
 
@@ -69,13 +70,7 @@ def build_tiny_kandinsky5(seed: int = 0, num_layers: int = 2, heads: int = 2, vi
         if isinstance(m, Kandinsky5Modulation):
             torch.nn.init.normal_(m.out_layer.weight, std=0.1)
             torch.nn.init.normal_(m.out_layer.bias, std=0.5)
-    torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=False).eval()
+    vae = tiny_hunyuan_vae(seed)
     cls = Kandinsky5I2VPipeline if visual_cond else Kandinsky5T2VPipeline
     return cls(transformer=tr, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))

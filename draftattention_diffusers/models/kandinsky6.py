@@ -25,6 +25,7 @@ import torch
 from diffusers.models.transformers.transformer_kandinsky6 import Kandinsky6Attention, Kandinsky6AttnProcessor
 
 from .base import TINY_TEXT_DIM, LoadRecipe, PipelineInput, TinyPipeline, numbered_roles
+from .hunyuan_video import tiny_hunyuan_vae
 from .kandinsky5 import KandinskyVisualFacts
 
 _SELF = re.compile(r"^visual_transformer_blocks\.(\d+)\.video_dec_block\.self_attention$")
@@ -39,7 +40,7 @@ def build_tiny_kandinsky6(seed: int = 0, num_layers: int = 2, heads: int = 2):
     (RoPE axes 8 + 12 + 12) for video and audio, one text block per branch, ``num_layers`` fused blocks. The VAE is
     a tiny HunyuanVideo VAE (8x spatial, 4x temporal), so ``height x width`` pixels give ``height/16 x width/16``
     tokens per frame; a tiny MMAudio VAE and vocoder at 2048 Hz give a handful of audio tokens."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky6TI2VAPipeline,
+    from diffusers import (FlowMatchEulerDiscreteScheduler, Kandinsky6TI2VAPipeline,
                            Kandinsky6Transformer3DModel, MMAudioVAE, MMAudioVocoder)
 
     torch.manual_seed(seed + 1)
@@ -49,13 +50,7 @@ def build_tiny_kandinsky6(seed: int = 0, num_layers: int = 2, heads: int = 2):
         axes_dims=(8, 12, 12), visual_cond=True, in_audio_dim=_TINY_AUDIO_DIM, out_audio_dim=_TINY_AUDIO_DIM,
         text_token_padding=True, ca_rope=True, cross_gates=True, fix_modulation=True,
         visual_token_type_num_embeddings=2).eval()
-    torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=False).eval()
+    vae = tiny_hunyuan_vae(seed)
     audio_vae = MMAudioVAE(mel_bins=8, latent_channels=_TINY_AUDIO_DIM, hidden_channels=8, channel_multipliers=(1,),
                            layers_per_block=1, sample_rate=2048, n_fft=32, hop_length=16).eval()
     vocoder = MMAudioVocoder(num_mels=8, upsample_initial_channel=8, upsample_rates=(4, 4),

@@ -111,7 +111,7 @@ class AllegroFamily(ModelFamily):
         def patches(module, args, out):  # [B*F, H*W, C], frame by frame; the forward flattens it to [B, S, C]
             if not order.active:
                 return None
-            flat = out.reshape(-1, order._perm.numel(), out.shape[-1])
+            flat = out.reshape(-1, order.num_tokens, out.shape[-1])
             return order.to_tiles(flat, 1).view(out.shape)
 
         def rope(module, args, kwargs=None):  # forward argument image_rotary_emb: (freqs, (t, h, w) positions [1, S])

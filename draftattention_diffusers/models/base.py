@@ -408,6 +408,11 @@ class TileOrder:
         self.active = perm is not None
         self._perm, self._inv = perm, inv
 
+    @property
+    def num_tokens(self) -> int:
+        """Video tokens of this forward (the permutation's length); only while :attr:`active`."""
+        return self._perm.numel()
+
     def to_tiles(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.index_select(dim, self._perm.to(x.device))
 

@@ -124,7 +124,7 @@ class MochiFamily(ModelFamily):
         def patches(module, args, out):  # [B*F, H*W, D], frame by frame; the forward flattens it to [B, S, D]
             if not order.active:
                 return None
-            frames_tokens = order._perm.numel()
+            frames_tokens = order.num_tokens
             flat = out.reshape(-1, frames_tokens, out.shape[-1])
             return order.to_tiles(flat, 1).view(out.shape)
 

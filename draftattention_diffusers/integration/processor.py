@@ -1,4 +1,4 @@
-"""``DraftAttnProcessor``: one processor instance for every attention module of a Wan or HunyuanVideo transformer.
+"""``DraftAttnProcessor``: one processor instance for every attention module of a supported transformer.
 
 How it knows what it needs (see docs/design.md):
 
@@ -6,7 +6,11 @@ How it knows what it needs (see docs/design.md):
   processor is attached (``enable_draft_attention``, or ``transformer.set_attn_processor`` once draft attention is
   installed), or, after a first bare ``transformer.set_attn_processor(proc)``, at the first call: the processor then
   finds its transformer on the Python call stack, once.
-* **the token grid**: a forward pre-hook on the transformer reads the latent shape ``[B, C, T, H, W]``.
+* **the token grid**: a forward pre-hook on the transformer asks the model family (``ModelFamily.forward_grid``,
+  from the latents or the forward's other arguments), and where the video tokens sit in the sequence.
+* **the attention call**: video self-attention runs the model's own processor, whose ``dispatch_attention_fn`` call
+  comes to :meth:`DraftAttnProcessor._route` (``routing.py``); families whose processors call PyTorch's attention
+  themselves compute q, k, v in ``ModelFamily.self_attention``.
 * **the denoising step**: the same pre-hook finds the pipeline that is calling the transformer *now* (on the call
   stack; no reference to a pipeline is kept) and asks its scheduler (``step_index``, None at step 0, and
   ``len(timesteps)``); that is right with CFG (both calls see one step), Wan2.2's two experts (one scheduler),
@@ -87,11 +91,11 @@ def _user_chose_backend(processor_backend) -> bool:
 
 
 class DraftAttnProcessor:
-    """Draft attention for the video self-attention of Wan2.1/2.2 and HunyuanVideo transformers.
+    """Draft attention for the video self-attention of every supported transformer (``draftattention info``).
 
     One instance serves every attention module: video self-attention runs draft attention (or dense during the
-    warm-up steps and in ``dense_layers``); cross-attention and HunyuanVideo's token refiner run the processor they
-    had before (the model's own, or the user's) unchanged.
+    warm-up steps and in ``dense_layers``); cross-attention, audio and text refiners run the processor they had
+    before (the model's own, or the user's) unchanged.
 
     Args:
         config: a :class:`DraftAttentionConfig` (or dict); ``**overrides`` change single fields.

@@ -8,6 +8,11 @@ all video self-attention sparse). Random weights give the same compute as real o
 meaningless. Projection: 50 steps, ``ceil(0.25 * 50) = 13`` dense steps on the fastest dense path, the rest sparse;
 Wan runs two transformer calls per step (CFG), HunyuanVideo one (guidance-distilled).
 
+``--fp8`` then quantizes the blocks' linear layers in place with torchao float8 (what ``enable_fast_stack(fp8=True)``
+applies) and times the same settings again ("fp8 ..."), with the largest difference of the fp8 default forward
+from the bf16 one. ``--profile`` adds, for every draft setting, one profiled forward and its CUDA kernel time by kind
+(matmuls, attention kernels, the rest): where the time goes.
+
 Every timed setting first runs at least one untimed warm-up forward at its own shape (``--warmup``, >= 1), so the
 JIT compiles of flash-attn-4 / FlexAttention / torch.compile never land in a timing whatever the run order; the first
 (compile-including) forward of each setting is reported separately as "first call".
@@ -15,6 +20,7 @@ JIT compiles of flash-attn-4 / FlexAttention / torch.compile never land in a tim
 Examples:
     python scripts/benchmark_e2e.py --models wan1.3b-480p wan14b-720p hunyuan-720p --out /tmp/e2e.md
     python scripts/benchmark_e2e.py --models wan1.3b-480p --compile regional       # torch.compile gain and breaks
+    python scripts/benchmark_e2e.py --models wan14b-720p --fp8 --profile             # float8 linears, where time goes
     python scripts/benchmark_e2e.py --tiny                                           # CPU dry run, tiny configs
 """
 
@@ -621,6 +627,39 @@ def time_forward(model, kwargs, device, reps: int, warmup: int) -> tuple[float, 
     return t.seconds, t.out
 
 
+KERNEL_KINDS = (  # CUDA kernel name fragments -> kind, first match wins (cuBLAS/CUTLASS GEMMs, flash/flex attention)
+    ("attention", ("flash", "fmha", "attn", "attention", "flex")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "scaled_mm", "sm90", "matmul", "cublas")),
+)
+
+
+def kernel_breakdown(model, kwargs, device) -> dict:
+    """CUDA kernel seconds of one forward (after the caller's warm-up) by kind: attention kernels, matmuls, the rest
+    (norms, RoPE, float8 casts, gathers, the draft map), and the forward's wall seconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return {}
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        sync(device)
+        t0 = time.perf_counter()
+        model(**kwargs)
+        sync(device)
+        wall = time.perf_counter() - t0
+    kinds = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        secs = getattr(ev, "self_device_time_total", getattr(ev, "self_cuda_time_total", 0)) / 1e6
+        if secs <= 0:
+            continue
+        name = ev.key.lower()
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in name for f in frags)), "other")
+        kinds[kind] += secs
+    out = {f"{k} s": v for k, v in kinds.items()}
+    out["wall s (profiled)"] = wall
+    print(f"   kernels by kind: {', '.join(f'{k} {v:.3f}' for k, v in out.items())}", flush=True)
+    return out
+
+
 def run_model(name: str, args, device, dtype) -> dict:
     family, _, _, calls, label = MODELS[name]
     print(f"== {name}: {label}", flush=True)
@@ -635,9 +674,13 @@ def run_model(name: str, args, device, dtype) -> dict:
     reps, warmup = args.reps, (args.warmup_large if large and args.warmup_large is not None else args.warmup)
     res["warmup"] = warmup
 
+    outs = {}
+
     def record(key, fn):
         try:
             secs, first, out = fn()
+            if key in ("diffusers default", "fp8 diffusers default"):
+                outs[key] = out.float()
             finite = bool(torch.isfinite(out).all())
             res["times"][key] = secs
             res["first_call"][key] = first
@@ -671,10 +714,38 @@ def run_model(name: str, args, device, dtype) -> dict:
                     "mean_sparsity", "sparse_calls", "dense_calls", "fallbacks", "draft_seconds")}
         return fn
 
-    if args.backend == "auto" or args.backend == "fa4":
-        record("flash-attn-4 dense", draft(dense_steps_fraction=1.0, dense_backend="fa4"))
-    for s in args.sparsities:
-        record(f"draft {s}", draft(sparsity=s, backend=args.backend, dense_steps_fraction=0.0))
+    def attention_settings(prefix: str = "") -> None:
+        if args.backend == "auto" or args.backend == "fa4":
+            record(f"{prefix}flash-attn-4 dense", draft(dense_steps_fraction=1.0, dense_backend="fa4"))
+        for s in args.sparsities:
+            cfg = dict(sparsity=s, backend=args.backend, dense_steps_fraction=0.0)
+            record(f"{prefix}draft {s}", draft(**cfg))
+            if args.profile:
+                enable_draft_attention(model, **cfg)
+                try:
+                    res.setdefault("profile", {})[f"{prefix}draft {s}"] = kernel_breakdown(model, kw, device)
+                finally:
+                    disable_draft_attention(model)
+
+    attention_settings()
+    if args.fp8:
+        try:
+            from draftattention_diffusers.integration.stack import quantize_fp8
+
+            res["fp8 layers"] = len(quantize_fp8(model, args.fp8))
+        except Exception as e:  # torchao missing or unable to run float8 here: say so, keep the bf16 rows
+            res["notes"].append(f"fp8: {type(e).__name__}: {str(e)[:300]}")
+            print(f"   fp8 FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+        else:
+            record("fp8 diffusers default", lambda: measure_forward(model, kw, device, reps, warmup))
+            if "diffusers default" in outs and "fp8 diffusers default" in outs:
+                a, b = outs["diffusers default"], outs["fp8 diffusers default"]
+                diff = (a - b).abs()
+                res["fp8 diff"] = {"max abs": diff.max().item(), "mean abs": diff.mean().item(),
+                                   "max abs output": a.abs().max().item(),
+                                   "relative (max diff / max output)": (diff.max() / a.abs().max()).item()}
+                print(f"   fp8 vs bf16 (diffusers default, one forward): {res['fp8 diff']}", flush=True)
+            attention_settings("fp8 ")
     if args.compile:
         res["compile"] = compile_runs(model, kw, device, args)
     model = None  # free the weights (a `del` would make pyflakes flag the closures above as undefined names)
@@ -738,8 +809,11 @@ def project(res: dict) -> dict:
     n_dense = math.ceil(round(DENSE_FRACTION * STEPS, 9))
     out = {"fastest dense": fastest}
     base = t.get("diffusers default")
-    for k in [k for k in t if k.startswith("draft ")]:
-        total = calls * (n_dense * t[fastest] + (STEPS - n_dense) * t[k])
+    for k in [k for k in t if k.startswith(("draft ", "fp8 draft "))]:
+        # fp8 draft: its dense steps on the fastest fp8 dense path; speedups still against the bf16 baselines
+        fp8_dense = [d for d in ("fp8 diffusers default", "fp8 flash-attn-4 dense") if d in t]
+        dense = min(fp8_dense, key=t.get) if k.startswith("fp8 ") and fp8_dense else fastest
+        total = calls * (n_dense * t[dense] + (STEPS - n_dense) * t[k])
         out[k] = {"projected s": total,
                   "speedup vs default": calls * STEPS * base / total if base else None,
                   "speedup vs fastest dense": calls * STEPS * t[fastest] / total,
@@ -770,6 +844,19 @@ def markdown(results, meta) -> str:
                          f"{f(p.get('speedup vs default'))} | {f(p.get('speedup vs fastest dense'))} |")
         for n in r["notes"]:
             lines.append(f"| {r['label']} | note | {n} | | | | | | |")
+    for r in results:
+        if "fp8 diff" in r:
+            d = r["fp8 diff"]
+            lines += ["", f"{r['label']}: float8 linears ({r['fp8 layers']} layers) vs bf16, one default forward: max abs "
+                      f"diff {d['max abs']:.4g}, mean {d['mean abs']:.4g}, max abs output {d['max abs output']:.4g}, "
+                      f"relative {d['relative (max diff / max output)']:.4g}"]
+    prof = [(r["label"], k, v) for r in results for k, v in r.get("profile", {}).items() if v]
+    if prof:
+        lines += ["", "Where the time goes (one profiled forward, CUDA kernel seconds by kind):", "",
+                  "| model | setting | attention s | matmul s | other s | wall s |", "|---|---|---|---|---|---|"]
+        for label, k, v in prof:
+            lines.append(f"| {label} | {k} | {v['attention s']:.3f} | {v['matmul s']:.3f} | {v['other s']:.3f} | "
+                         f"{v['wall s (profiled)']:.3f} |")
     comp = [(r["label"], k, v) for r in results for k, v in r.get("compile", {}).items()]
     if comp:
         lines += ["", "torch.compile:", "", "| model | setting | first call s | forward s | graph breaks | top reasons |",
@@ -798,6 +885,10 @@ def main(argv=None) -> None:
     p.add_argument("--skip-cudnn", action="store_true")
     p.add_argument("--compile", choices=["regional", "whole"], help="also time torch.compile'd forwards")
     p.add_argument("--compile-backends", nargs="+", default=["fa4", "flex"])
+    p.add_argument("--fp8", nargs="?", const="row", choices=["row", "tensor"],
+                   help="then quantize the blocks' linears to float8 (torchao; per-row scales unless 'tensor') and "
+                   "time the settings again")
+    p.add_argument("--profile", action="store_true", help="CUDA kernel time by kind for each draft setting")
     p.add_argument("--out", help="write the markdown table here (and a .json beside it)")
     args = p.parse_args(argv)
     if args.warmup < 1 or (args.warmup_large is not None and args.warmup_large < 1):

@@ -17,6 +17,12 @@
 #                and HunyuanVideo 720p: how much of the kernel's distance from its tile count is row imbalance
 #   hunyuan-kernel  the attention call at HunyuanVideo 720p, then HunyuanVideo-1.5's forward per setting (its
 #                default attention builds a [B, 1, S, S] mask, ~13 GB per call: minutes, not seconds)
+#   fp8          tests/gpu, then Wan 14B 720p one forward per setting in bf16 and with float8 linears (torchao):
+#                the difference from bf16 and CUDA kernel time by kind (issue 20 items 0 and 2)
+#   wan22        Wan2.2 A14B 720p (two experts), 4-step distilled schedule, no CFG: default, flash-attn-4 dense,
+#                draft; then one forward per setting of the 2B-13B new families (issue 19 rows)
+#   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack+fp8 and the same
+#                without draft attention (stack and its baseline without fp8 where torchao's float8 cannot run)
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -25,7 +31,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan14b-stack|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -73,6 +79,39 @@ case $stage in
       --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
       --settings default@1,fbcache-mag+draft+compile@8,fbcache-mag+compile@4 --out "$OUT/p14f"
     cat "$OUT/p14f/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  fp8)
+    run gpu_tests 230 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
+    tail -5 "$OUT/gpu_tests.log"
+    run e2e_fp8 240 python3 scripts/benchmark_e2e.py --models wan14b-720p --sparsities 0.9 --reps 1 --warmup 1 \
+      --skip-cudnn --fp8 --profile --out "$OUT/e2e_fp8.md"
+    sed -n '/^| model/,$p' "$OUT/e2e_fp8.md" 2>/dev/null
+    ;;
+  wan22)
+    run pipeline_wan22 260 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --no-decode \
+      --warmup-steps 1 --budget-s 250 --settings default,fa4-dense,draft --out "$OUT/p22"
+    cat "$OUT/p22/benchmark_pipeline.md" 2>/dev/null
+    e2e_models cosmos2.5-2b-704p:70 motif-video-2b-736p:90 framepack-720p:80 mochi-480p:90 allegro-720p:80
+    ;;
+  wan22-only)
+    run pipeline_wan22 260 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --no-decode \
+      --warmup-steps 1 --budget-s 250 --settings default,fa4-dense,draft --out "$OUT/p22"
+    cat "$OUT/p22/benchmark_pipeline.md" 2>/dev/null
+    # how long float8 + regional compile takes to compile, and its step, at Wan 1.3B 480p
+    run pipeline_fp8_compile 140 python3 scripts/benchmark_pipeline.py --models wan1.3b-480p --steps 4 --no-decode \
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 --settings compile+draft,compile+draft+fp8 --out "$OUT/p13f"
+    grep -E "warm-up|denoise|^--" "$OUT/p13f/benchmark_pipeline.log"
+    cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan14b-stack)
+    if python3 -c "from draftattention_diffusers.integration.stack import _check_fp8; _check_fp8('row')"; then
+      settings=default@1,stack+fp8@8,fbcache-mag+compile+fp8@4
+    else
+      settings=default@1,stack@8,fbcache-mag+compile@4
+    fi
+    run pipeline_14b_stack 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings "$settings" --out "$OUT/p14s"
+    cat "$OUT/p14s/benchmark_pipeline.md" 2>/dev/null
     ;;
   families)
     e2e_models ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 wan-vace14b-720p:100 skyreels-v2-14b-720p:160

@@ -501,24 +501,49 @@ def _cache_dit_context_configs(pipe, transformers) -> list:
     return out
 
 
+def fp8_block_linears(transformer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The linear layers that ``fp8`` quantizes: those inside the transformer's ``_repeated_blocks`` classes whose
+    dims are divisible by 16 (what float8 matmuls take); embeddings and the output projection stay in their dtype.
+    Keys are module names in ``transformer``."""
+    block_classes = set(getattr(transformer, "_repeated_blocks", None) or ())
+    targets: dict[str, torch.nn.Linear] = {}
+    for bname, block in transformer.named_modules():
+        if type(block).__name__ not in block_classes:
+            continue
+        for lname, lin in block.named_modules():
+            full = f"{bname}.{lname}" if lname else bname
+            if (isinstance(lin, torch.nn.Linear) and lin.in_features % 16 == 0 and lin.out_features % 16 == 0
+                    and full not in targets):
+                targets[full] = lin
+    if not targets:
+        raise ValueError(f"fp8: no linear layer of {type(transformer).__name__}'s blocks has dims divisible by 16")
+    return targets
+
+
+def quantize_fp8(transformer: torch.nn.Module, granularity: str = "row") -> dict[str, torch.nn.Linear]:
+    """torchao float8 dynamic quantization (``Float8DynamicActivationFloat8WeightConfig``, per-row or per-tensor
+    scales) of :func:`fp8_block_linears`, in place, with no way back: what ``enable_fast_stack(fp8=...)`` applies,
+    for a bare transformer (benchmarks). Returns the quantized layers. Raises ``ValueError`` where torchao cannot run
+    float8 (no torchao, or a GPU below compute capability 8.9)."""
+    kind = _fp8_kind(granularity)
+    _check_fp8(kind)
+    import torchao.quantization as tq
+
+    gran = tq.PerRow() if kind == "row" else tq.PerTensor()
+    targets = fp8_block_linears(transformer)
+    ids = {id(m) for m in targets.values()}
+    tq.quantize_(transformer, tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran),
+                 filter_fn=lambda m, fqn: id(m) in ids)
+    return targets
+
+
 def _quantize_fp8(stack: FastStack, keep: bool) -> None:
     import torchao.quantization as tq
 
     gran = tq.PerRow() if stack.fp8 == "row" else tq.PerTensor()
     config = tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran)
     for tname, t in zip(stack.transformers, stack.modules()):
-        block_classes = set(t._repeated_blocks or ())
-        targets = {}
-        for bname, block in t.named_modules():
-            if type(block).__name__ not in block_classes:
-                continue
-            for lname, lin in block.named_modules():
-                full = f"{bname}.{lname}" if lname else bname
-                if (isinstance(lin, torch.nn.Linear) and lin.in_features % 16 == 0 and lin.out_features % 16 == 0
-                        and full not in targets):
-                    targets[full] = lin
-        if not targets:
-            raise ValueError(f"fp8: no linear layer of {type(t).__name__}'s blocks has dims divisible by 16")
+        targets = fp8_block_linears(t)
         ids = {id(m) for m in targets.values()}
         for full, lin in targets.items():
             stack._fp8_modules.append((tname, full, lin, "extra_repr" in lin.__dict__))

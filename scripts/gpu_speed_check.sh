@@ -94,11 +94,11 @@ case $stage in
     e2e_models cosmos2.5-2b-704p:70 motif-video-2b-736p:90 framepack-720p:80 mochi-480p:90 allegro-720p:80
     ;;
   wan22-only)
-    run pipeline_wan22 260 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --no-decode \
-      --warmup-steps 1 --budget-s 250 --settings default,fa4-dense,draft --out "$OUT/p22"
+    run pipeline_wan22 230 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --no-decode \
+      --warmup-steps 1 --budget-s 220 --settings default,fa4-dense,draft --out "$OUT/p22"
     cat "$OUT/p22/benchmark_pipeline.md" 2>/dev/null
     # how long float8 + regional compile takes to compile, and its step, at Wan 1.3B 480p
-    run pipeline_fp8_compile 140 python3 scripts/benchmark_pipeline.py --models wan1.3b-480p --steps 4 --no-decode \
+    run pipeline_fp8_compile 120 python3 scripts/benchmark_pipeline.py --models wan1.3b-480p --steps 4 --no-decode \
       --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 --settings compile+draft,compile+draft+fp8 --out "$OUT/p13f"
     grep -E "warm-up|denoise|^--" "$OUT/p13f/benchmark_pipeline.log"
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null

@@ -33,6 +33,9 @@ CACHE_NAMES = ("first_block", "taylorseer", "dbcache", "dbcache+taylorseer")
 RECOMPILE_LIMIT = 16
 """dynamo's recompile limit while a compiled stack is enabled (default 8 is too few, docs/benchmarks.md section 10)."""
 FP8_GRANULARITIES = ("row", "tensor")
+FP8_EAGER_WARNING = ("fp8=True with compile=False: measured slower than bf16 (Wan 14B 720p on an H100: 5.62 s against "
+                     "4.88 s per sparse forward; the float8 casts run as separate kernels and only compile fuses them, "
+                     "docs/benchmarks.md section 13)")
 
 _MAGCACHE_WHY = ("diffusers wraps MagCache's block hooks (MagCacheHeadHook.new_forward, MagCacheBlockHook.new_forward) in "
                  "torch.compiler.disable, so every transformer block runs inside a compiler-disabled frame and "
@@ -223,6 +226,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
                                  "compile it regionally; pass compile=False and compile its blocks yourself")
     if fp8_kind:
         _check_fp8(fp8_kind)
+        if not compile:
+            warnings.warn(FP8_EAGER_WARNING, stacklevel=2)
 
     stack = FastStack(pipe, [n for n in names], draft=draft_cfg, cache=cache_obj, cache_library=library,
                       cache_name=cache_name, calibrator=calibrator, compute_mask=compute_mask, compiled=compile,

@@ -149,6 +149,14 @@ KANDINSKY6 = dict(in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text
                   patch_size=(1, 2, 2), model_dim=4096, ff_dim=16384, num_text_blocks=4, num_visual_blocks=60,
                   axes_dims=(32, 48, 48), visual_cond=True, in_audio_dim=20, out_audio_dim=20, text_token_padding=True,
                   ca_rope=True, cross_gates=True, fix_modulation=True, visual_token_type_num_embeddings=2)
+# MiniMax-H3 (the t2va / fl2va transformer/ partition): MiniMaxH3Transformer3DModel's defaults, which its docstring and
+# diffusers' docs (api/models/minimax_h3_transformer3d, api/pipelines/minimax_h3) give as the released checkpoint's: 50
+# blocks of 5376 (56 heads of 128), 24 video latent channels in (1, 2, 2) patches on a 16x spatial VAE, 32 audio latent
+# channels, Qwen3-VL text of 5120 (hidden_states[50]); 33.12B parameters, 61.7 GiB in bf16
+MINIMAX_H3 = dict(num_attention_heads=56, attention_head_dim=128, hidden_size=5376, num_layers=50,
+                  num_refiner_layers=2, ffn_dim=14336, in_channels=24, audio_in_channels=32, patch_size=(1, 2, 2),
+                  text_dim=5120, freq_dim=256, time_embed_hidden_dim=5376, time_embed_dim=2688, rope_freq_dim=16,
+                  rope_theta=10000.0)
 
 # name: (family, config, (latent frames, latent height, latent width), transformer calls per step, label)
 MODELS = {
@@ -230,7 +238,22 @@ MODELS = {
     # tokens, video-only self-attention) with 218 audio tokens; the distilled checkpoints run guidance 1.0: one call
     "kandinsky6-480p": ("kandinsky6", KANDINSKY6, (31, 60, 108), 1,
                         "Kandinsky 6.0 (class defaults, video+audio), 480x864, 121 frames"),
+    # MiniMax-H3 t2va at its modular pipeline's defaults (MiniMaxH3PrepareLayoutStep): the 16:9 canvas of its
+    # canvas_short_edge 768 / canvas_max_pixels 768 * 1344 (768x1344), 124 frames at 24 fps (17n + 5 -> 5n + 2 = 37
+    # latent frames of 48x84, 2x2 patches: 37 x 24 x 42 = 37,296 video tokens) after the prompt's `text_tokens` rows
+    # (no padding) and 2 x 207 stereo audio rows, all one packed sequence in every block's self-attention (the video
+    # tail sparse, the rest a dense prefix). Guidance-distilled: one call per step (its num_inference_steps counts sigma
+    # points: 50 drive 49 forwards). An H200 job: build() makes the weights in float32 first (123 GiB), which only an
+    # H200's 139 GiB holds, and the bf16 weights alone (61.7 GiB) leave ~16 GiB of an 80 GB H100 for the activations
+    # (its docs run the pipeline on one 80 GB card only with CPU offload)
+    "minimax-h3-768p": ("minimax_h3", MINIMAX_H3, (37, 48, 84), 1,
+                        "MiniMax-H3 33B (video+audio), 768x1344, 124 frames (H200: does not fit an 80 GB H100)"),
     # tiny configs for a CPU dry run of this script
+    "tiny-minimax-h3": ("minimax_h3", dict(MINIMAX_H3, num_attention_heads=2, attention_head_dim=32, hidden_size=64,
+                                           num_layers=2, num_refiner_layers=1, ffn_dim=64, in_channels=4,
+                                           audio_in_channels=4, text_dim=32, freq_dim=32, time_embed_hidden_dim=32,
+                                           time_embed_dim=32, rope_freq_dim=4),
+                        (2, 16, 64), 1, "tiny MiniMax-H3 (CPU dry run)"),
     "tiny-kandinsky6": ("kandinsky6", dict(KANDINSKY6, in_text_dim=32, in_text_dim2=16, time_dim=32, model_dim=64,
                                            ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12)),
                         (2, 16, 64), 1, "tiny Kandinsky 6.0 (CPU dry run)"),
@@ -530,6 +553,25 @@ def _kandinsky6_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: in
                 audio_hidden_states=rnd(1, audio_len, config["in_audio_dim"]), return_dict=False)
 
 
+def _minimax_h3_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as MiniMaxH3LoopDenoiser calls it for a t2va request (the family module's denoiser_inputs: diffusers' own packed
+    # layout [text | target audio | target video] and row timesteps): the prompt verbatim (`text_tokens` Qwen3-VL rows,
+    # no padding), stereo audio for the video's length (40 latents/s: 207 per channel for 124 frames at 24 fps), latents
+    # as patchified rows; the latent frames are the video VAE's 5n + 2 for 17n + 5 frames
+    from diffusers.modular_pipelines.minimax_h3.modular_pipeline import (MINIMAX_H3_AUDIO_CHANNELS,
+                                                                          audio_latent_num_frames,
+                                                                          video_latent_num_frames)
+
+    from draftattention_diffusers.models.minimax_h3 import denoiser_inputs
+
+    f = latents.shape[2]
+    frames = (f - 2) // 5 * 17 + 5
+    if video_latent_num_frames(frames, 17, 5) != f:
+        raise ValueError(f"MiniMax-H3 latent frames are 5n + 2 (17n + 5 frames), got {f}")
+    audio = rnd(1, MINIMAX_H3_AUDIO_CHANNELS * audio_latent_num_frames(frames), config["audio_in_channels"])
+    return denoiser_inputs(latents, audio, rnd(1, text_tokens, config["text_dim"]), patch_size=config["patch_size"])
+
+
 # family key of MODELS -> (diffusers transformer class, forward inputs(config, latents [B, C, F, H, W], rnd,
 # text_tokens)); a new model family adds one line here and its rows in MODELS
 TRANSFORMERS = {
@@ -554,6 +596,7 @@ TRANSFORMERS = {
     "motif_video": ("MotifVideoTransformer3DModel", _motif_video_inputs),
     "framepack": ("HunyuanVideoFramepackTransformer3DModel", _framepack_inputs),
     "kandinsky6": ("Kandinsky6Transformer3DModel", _kandinsky6_inputs),
+    "minimax_h3": ("MiniMaxH3Transformer3DModel", _minimax_h3_inputs),
 }
 
 

@@ -12,7 +12,7 @@ from draftattention_diffusers import (disable_draft_attention, draft_attention_e
                                       get_draft_processor, get_draft_stats)
 from draftattention_diffusers.core.layout import VideoGrid, get_layout
 from draftattention_diffusers.models.base import count_hooks
-from draftattention_diffusers.models.minimax_h3 import target_video_grid
+from draftattention_diffusers.models.minimax_h3 import denoiser_inputs, target_video_grid
 
 FRAMES, LATENT_H, LATENT_W = 2, 16, 64  # 2 x 8 x 32 tokens: two 8x16 regions side by side per frame
 TEXT, AUDIO_LATENTS, AUDIO_CHANNELS = 8, 5, 2
@@ -30,23 +30,11 @@ def tiny_transformer():
 
 def packed_inputs(keyframe_anchors=("first",)):
     """The forward's arguments as MiniMaxH3LoopDenoiser passes them (target rows at timestep 0.7, keyframe rows at
-    0.0), on the layout of diffusers' build_packed_sequence."""
-    from diffusers.modular_pipelines.minimax_h3.before_denoise import (MiniMaxH3PrepareLayoutStep,
-                                                                        patchify_video_latents)
-
-    position_ids, tags, video_idx, audio_idx, text_idx, cond_rows, _ = MiniMaxH3PrepareLayoutStep.build_packed_sequence(
-        torch.ones(TEXT, dtype=torch.long), FRAMES, LATENT_H, LATENT_W, AUDIO_LATENTS, (1, 2, 2), AUDIO_CHANNELS,
-        audio_tag=2, video_tag=0, keyframe_anchors=keyframe_anchors)
+    0.999), on the layout of diffusers' build_packed_sequence (the family module's denoiser_inputs)."""
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(1, 4, FRAMES + len(keyframe_anchors), LATENT_H, LATENT_W, generator=g)
-    rows = patchify_video_latents(latents, (1, 2, 2))  # keyframe frames first, then the target frames
-    step_of_row = torch.zeros(position_ids.shape[0], dtype=torch.long)
-    step_of_row[video_idx[:cond_rows]] = 1
-    return dict(hidden_states=rows[None], audio_hidden_states=torch.randn(1, AUDIO_LATENTS * AUDIO_CHANNELS, 4,
-                generator=g), encoder_hidden_states=torch.randn(1, TEXT, 32, generator=g),
-                timestep=torch.tensor([0.7, 0.0]), timestep_indices=step_of_row, token_tags=tags,
-                position_ids=position_ids, video_indices=video_idx, audio_indices=audio_idx, text_indices=text_idx,
-                return_dict=False)
+    return denoiser_inputs(latents, torch.randn(1, AUDIO_LATENTS * AUDIO_CHANNELS, 4, generator=g),
+                           torch.randn(1, TEXT, 32, generator=g), keyframe_anchors)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,47 @@ def target_video_grid(position_ids: torch.Tensor, video_indices: torch.Tensor) -
     return VideoGrid(frames, len(rows), len(cols))
 
 
+def denoiser_inputs(latents: torch.Tensor, audio_latents: torch.Tensor, prompt_embeds: torch.Tensor,
+                    keyframe_anchors: tuple[str, ...] = (), timestep: float = 0.7, audio_timestep: float | None = None,
+                    patch_size: tuple[int, int, int] = (1, 2, 2)) -> dict:
+    """The forward's arguments as ``MiniMaxH3LoopDenoiser`` passes them in one step of a ``t2va`` / ``fl2va`` request:
+    the packed layout of diffusers' ``MiniMaxH3PrepareLayoutStep.build_packed_sequence`` (``[text | keyframe rows |
+    target audio | target video]``) and the row timesteps of ``MiniMaxH3SetTimestepsStep.build_row_timesteps`` (target
+    video rows at ``timestep``, target audio rows at ``audio_timestep`` (default: ``timestep``), keyframe rows held at
+    ``max(timestep, 0.999)``, the pipeline's ``keyframe_noise_aug``). Used by the tests and scripts/benchmark_e2e.py.
+
+    ``latents`` ``(B, C, K + F, H, W)``: the K keyframe latent frames (one per anchor, in packed order), then the F
+    target frames; ``audio_latents`` ``(B, 2 * A, audio_in_channels)``: the stereo target audio rows, channel-major (A
+    latents per channel); ``prompt_embeds`` ``(B, T, text_dim)``: T text rows (tagged text: no keyframe vision block in
+    the prompt). The structural tensors are built on the CPU and moved to ``latents``' device (``meta`` included)."""
+    from diffusers.modular_pipelines.minimax_h3.before_denoise import (MiniMaxH3PrepareLayoutStep,
+                                                                        MiniMaxH3SetTimestepsStep,
+                                                                        patchify_video_latents)
+    from diffusers.modular_pipelines.minimax_h3.modular_pipeline import (MINIMAX_H3_AUDIO_CHANNELS,
+                                                                          MINIMAX_H3_AUDIO_TAG, MINIMAX_H3_TEXT_TAG,
+                                                                          MINIMAX_H3_VIDEO_TAG)
+
+    batch, _, frames, height, width = latents.shape
+    audio_rows, text_rows = audio_latents.shape[1], prompt_embeds.shape[1]
+    if audio_rows % MINIMAX_H3_AUDIO_CHANNELS:
+        raise ValueError(f"audio_latents: {audio_rows} rows are not {MINIMAX_H3_AUDIO_CHANNELS} channels of latents")
+    position_ids, tags, video_idx, audio_idx, text_idx, cond_video, cond_audio = \
+        MiniMaxH3PrepareLayoutStep.build_packed_sequence(
+            torch.full((text_rows,), MINIMAX_H3_TEXT_TAG, dtype=torch.long), frames - len(keyframe_anchors), height,
+            width, audio_rows // MINIMAX_H3_AUDIO_CHANNELS, tuple(patch_size), MINIMAX_H3_AUDIO_CHANNELS,
+            audio_tag=MINIMAX_H3_AUDIO_TAG, video_tag=MINIMAX_H3_VIDEO_TAG, keyframe_anchors=tuple(keyframe_anchors))
+    timesteps, step_of_row = MiniMaxH3SetTimestepsStep.build_row_timesteps(
+        video_idx, audio_idx, cond_video, cond_audio, text_rows, timestep,
+        timestep if audio_timestep is None else audio_timestep, max(timestep, 0.999), 1.0)
+    rows = patchify_video_latents(latents, tuple(patch_size))  # frame-major, row-major: keyframe frames first
+    device = latents.device
+    return dict(hidden_states=rows.reshape(batch, -1, rows.shape[-1]), audio_hidden_states=audio_latents,
+                encoder_hidden_states=prompt_embeds, timestep=timesteps.to(device),
+                timestep_indices=step_of_row.to(device), token_tags=tags.to(device),
+                position_ids=position_ids.to(device), video_indices=video_idx.to(device),
+                audio_indices=audio_idx.to(device), text_indices=text_idx.to(device), return_dict=False)
+
+
 class MiniMaxH3Family(ModelFamily):
     """MiniMax-H3: one packed sequence, the target video its tail, everything before it a dense prefix."""
 

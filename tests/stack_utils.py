@@ -13,7 +13,8 @@ VOLATILE = {"_compiled_call_impl", "_diffusers_hook"}
 
 def footprint(pipe) -> dict:
     """Everything an installed part could leave on a pipeline's transformers: per module the attribute names, the
-    torch hooks per table, the diffusers hooks by name, the attention processor's class, the compiled call; the
+    torch hooks per table, the diffusers hooks by name, the attention processor's class, the compiled call, the
+    order of its children; the
     pipeline class's ``__call__`` (cache-dit patches it); dynamo's recompile limit."""
     out = {"pipeline_call": type(pipe).__dict__.get("__call__"),
            "recompile_limit": torch._dynamo.config.recompile_limit}
@@ -31,6 +32,7 @@ def footprint(pipe) -> dict:
                 m.__dict__.get("_compiled_call_impl"),
                 tuple(sorted(m._parameters)), tuple(type(p.data).__name__ for p in m._parameters.values()
                                                       if p is not None),
+                tuple(m._modules),  # the children's order: diffusers' caches find their head block by it
             )
     return out
 

@@ -171,3 +171,26 @@ def test_dbcache_compiles_regionally_with_draft_attention(monkeypatch):
     assert len(graphs) == warm and warm > 0
     assert eager_calls == []
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_undo_keeps_the_block_lists_order_for_a_later_first_block_cache():
+    """cache-dit re-adds HunyuanVideo's block lists per forward (unittest.mock.patch.object), which moves them last
+    among the transformer's children; the undo puts them back in order, so that diffusers' First Block Cache, which
+    takes the first block list it meets as its head, works on the same pipeline afterwards (it failed before:
+    'NoneType' object is not subscriptable in FBCBlockHook)."""
+    pipe = build_tiny_pipeline("hunyuan", num_layers=4)
+    before = footprint(pipe)
+    enable_fast_stack(pipe, dbcache(), compute_mask=MASK, num_inference_steps=STEPS, compile=False, sparsity=0.75)
+    try:
+        run(pipe, steps=STEPS)
+        assert list(pipe.transformer._modules)[-1] in ("transformer_blocks", "single_transformer_blocks")
+    finally:
+        disable_fast_stack(pipe)
+    assert diff_footprints(before, footprint(pipe)) == []
+    enable_fast_stack(pipe, "first_block", compute_mask=[True, True, False, True], compile=False, sparsity=0.75)
+    try:
+        out, _ = run(pipe, steps=4)
+    finally:
+        disable_fast_stack(pipe)
+    assert torch.isfinite(out).all()
+    assert diff_footprints(before, footprint(pipe)) == []

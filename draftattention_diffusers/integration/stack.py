@@ -73,6 +73,7 @@ class FastStack:
     _fp8_modules: list = dataclasses.field(default_factory=list)
     _mag_ratios: list | None = None
     _before_cache: dict = dataclasses.field(default_factory=dict)  # id(module) -> attributes it had before the cache
+    _child_order: dict = dataclasses.field(default_factory=dict)  # id(module) -> its children's names, in order
 
     def modules(self) -> list[torch.nn.Module]:
         return [getattr(self.pipe, n) for n in self.transformers]
@@ -241,6 +242,7 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
         if cache_obj is not None:
             stack._before_cache = {id(m): {a for a in _CACHE_LEFTOVERS if a in m.__dict__}
                                    for t in transformers for m in t.modules()}
+            stack._child_order = {id(m): list(m._modules) for t in transformers for m in t.modules()}
             _enable_cache(stack)
             stack._done.append("cache")
         if fp8_kind:
@@ -646,7 +648,17 @@ def _disable_cache(stack: FastStack) -> None:
                 del d["_diffusers_hook"]
             if "_cache_config" not in had and "_cache_config" in d and d["_cache_config"] is None:
                 del d["_cache_config"]
+            # cache-dit 1.5.3 swaps a transformer's block lists in per forward with unittest.mock.patch.object, whose
+            # undo deletes and re-adds each list: a list then sits last among the children. diffusers' First Block
+            # Cache takes the first block list it meets in that order as the head, so on HunyuanVideo (dual- and
+            # single-stream lists) a later First Block Cache took a single-stream block as its head and failed.
+            order = stack._child_order.get(id(m))
+            if order is not None and list(m._modules) != order and set(m._modules) == set(order):
+                children = dict(m._modules)
+                m._modules.clear()
+                m._modules.update((name, children[name]) for name in order)
     stack._before_cache = {}
+    stack._child_order = {}
 
 
 def _config_fields(cfg) -> str:

@@ -616,8 +616,19 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
     family, config, _, _, _ = MODELS[name]
     cls = getattr(diffusers, TRANSFORMERS[family][0])
     torch.manual_seed(0)
-    with torch.device(device):
-        model = cls(**config)
+    default = torch.get_default_dtype()
+    if device.type == "cuda":
+        with torch.device("meta"):
+            params = sum(p.numel() for p in cls(**config).parameters())
+        if params * 4 > 0.9 * torch.cuda.mem_get_info(device)[0]:
+            # float32 weights would not fit (MiniMax-H3 33B: 123 GiB, Kandinsky 6 48B: 180 GiB): build in `dtype`
+            print(f"   {params / 1e9:.1f}B parameters: built in {dtype} (float32 would not fit)", flush=True)
+            torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(**config)
+    finally:
+        torch.set_default_dtype(default)
     return model.to(dtype).eval().requires_grad_(False)
 
 

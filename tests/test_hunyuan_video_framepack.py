@@ -52,6 +52,42 @@ def test_every_section_has_its_own_warm_up_and_only_the_window_is_sparse():
     assert not torch.equal(out, base)
 
 
+def test_statistics_cover_every_section_of_the_call_and_the_next_call_starts_fresh():
+    # the schedule restarts per section (its own warm-up), the statistics do not: after a call of two sections they
+    # count both sections' calls, section by section; the next call (one section) starts from nothing
+    pipe = build_tiny_framepack(num_layers=2)
+    kw = dict(tiny_prompt_kwargs(pipe), image=HunyuanVideoFramepackFamily.tiny_call["image"], height=128,
+              width=512, latent_window_size=2, num_inference_steps=2, output_type="latent")
+    forwards, events = [], []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.5) as p:
+        get_draft_processor(p).add_observer(lambda e: events.append(e.dense))
+        pipe(**kw, num_frames=9, generator=torch.Generator().manual_seed(0))  # two sections
+        stats = get_draft_stats(p).summary()
+        text = get_draft_stats(p).format()
+        assert get_draft_stats(pipe).summary()["sparse_calls"] == stats["sparse_calls"]
+        layers = len(stats["layer_sparsity"])  # the sparse-able layers: one dual-stream, one single-stream block
+        first = dict(forwards=len(forwards), events=list(events))
+        forwards.clear(), events.clear()
+        pipe(**kw, num_frames=5, generator=torch.Generator().manual_seed(0))  # one section
+        again = get_draft_stats(p).summary()
+    assert layers == 2 and first["forwards"] == 4 and stats["fallbacks"] == {}
+    assert stats["forwards"] == first["forwards"]
+    assert stats["sparse_calls"] + stats["dense_calls"] == first["forwards"] * layers == len(first["events"])
+    assert stats["sparse_calls"] == first["events"].count(False) == 4 and stats["dense_calls"] == 4
+    assert stats["mean_sparsity"] == 0.5
+    # each section its own warm-up, numbered through the call in "steps"
+    assert stats["steps"] == {0: "dense", 1: "sparse", 2: "dense", 3: "sparse"}
+    assert [s["section"] for s in stats["sections"]] == [0, 1]
+    for sec in stats["sections"]:  # each section alone: 2 forwards, 1 dense and 1 sparse step of 2 layers
+        assert sec["steps"] == {0: "dense", 1: "sparse"} and sec["forwards"] == 2
+        assert sec["sparse_calls"] == sec["dense_calls"] == 2 and sec["mean_sparsity"] == 0.5
+    assert "4 steps in 2 sections" in text and "section 1: 2 steps" in text
+    assert again["forwards"] == len(forwards) == 2 and again["steps"] == {0: "dense", 1: "sparse"}
+    assert again["sparse_calls"] + again["dense_calls"] == len(forwards) * layers == len(events)
+    assert [s["section"] for s in again["sections"]] == [0]
+
+
 def test_a_batch_with_padded_prompts_equals_dense_at_sparsity_zero():
     # batch 2: the model keeps the padded text and masks it ([B, 1, 1, S], ones up to each item's valid length);
     # moving the window to the front keeps that mask a key-padding suffix

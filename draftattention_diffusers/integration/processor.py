@@ -307,9 +307,17 @@ class DraftAttnProcessor:
         if pipe is not None:  # the family knows pipelines whose step is not the scheduler's (diffusion forcing)
             step_info = family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
             key = getattr(pipe.scheduler, "timesteps", None)
-            if key is not self._run_key:  # a new pipeline call sets new timesteps: fresh statistics
+            if key is not self._run_key:  # new timesteps: a new pipeline call (fresh statistics), or its next section
+                section = family.pipeline_section(pipe, pipe_frame.f_locals)
+                sections = self.stats.sections
+                if section and sections and sections[-1].index < section:  # the call goes on: the counts too
+                    if self._untiled_run is self._run_key:
+                        self._untiled_run = key
+                else:
+                    self.stats.reset()
+                if section is not None:
+                    self.stats.begin_section(section)
                 self._run_key = key
-                self.stats.reset()
         else:
             step_info = self._manual_step
         latents = forward_latents(args, kwargs)

@@ -28,6 +28,17 @@ def warn_once(message: str) -> None:
 
 
 @dataclass
+class _Section:
+    """One denoising loop of a pipeline call that denoises in sections: its index in the call, its steps, and the
+    forwards and summed counters ``[3]`` (on the counters' device; None: no layer yet) when it began."""
+
+    index: int
+    steps: dict[int, str]
+    forwards: int
+    counters: torch.Tensor | None
+
+
+@dataclass
 class AttentionEvent:
     """One video self-attention call, as seen by observers (``processor.add_observer(fn)``).
 
@@ -59,6 +70,10 @@ the counters are reached through the module, so every compiled block shares one 
 class DraftStats:
     """What draft attention did during the last pipeline call (reset when a new call starts).
 
+    A pipeline that denoises in sections (FramePack, Helios: ``ModelFamily.section_loops``) restarts the schedule per
+    section, each with its own warm-up; the statistics cover every section of the call, and ``summary()["sections"]``
+    tells them apart.
+
     Counts are read once, when :meth:`summary` is called. A forward in which no video self-attention ran (a step
     cache such as MagCache skipped every block) counts as *skipped*.
 
@@ -74,7 +89,8 @@ class DraftStats:
         self.reset()
 
     def reset(self) -> None:
-        self.steps: dict[int, str] = {}
+        self.steps: dict[int, str] = {}  # of the current section where the call has sections
+        self.sections: list[_Section] = []
         self.forwards = 0
         self.fallbacks: dict[str, int] = {}
         self.draft_timer = StageTimer()
@@ -84,6 +100,17 @@ class DraftStats:
             getattr(module, COUNTERS_ATTR).zero_()
 
     # ------------------------------------------------------------------------------------ bookkeeping (eager)
+    def begin_section(self, index: int) -> None:
+        """A section of the running pipeline call begins (a new denoising loop): its steps are recorded apart, the
+        counts go on accumulating. Call :meth:`reset` first at the call's first section."""
+        counters = list(self._counters().values())
+        mark = None
+        if counters:  # one stack and one sum per section, no host synchronisation
+            device = counters[0].device
+            mark = torch.stack([c.to(device) for c in counters]).sum(0)
+        self.steps = {}
+        self.sections.append(_Section(index, self.steps, self.forwards, mark))
+
     def track(self, name: str, module: torch.nn.Module) -> None:
         """Give ``module`` (a video self-attention module) its counters, listed under ``name``."""
         with torch.inference_mode(False):  # a normal tensor: an inference tensor could not be updated outside one
@@ -151,7 +178,12 @@ class DraftStats:
         """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, ``forwards``, ``skipped_forwards`` (no
         self-attention ran: a step cache skipped every block), call counts, ``mean_sparsity`` (over sparse calls),
         ``layer_sparsity``, ``draft_seconds`` (time in the draft step), ``backends`` (the backend that ran the
-        sparse calls -> their count; calls inside a compiled graph are not counted) and ``fallbacks``."""
+        sparse calls -> their count; calls inside a compiled graph are not counted), ``fallbacks`` and ``sections``.
+
+        Everything covers the whole pipeline call. ``sections``: for a pipeline that denoises in sections, one entry
+        per section (``section``: its index, its own ``steps`` from 0, ``forwards``, ``sparse_calls``,
+        ``dense_calls``, ``mean_sparsity``); ``steps`` then numbers the steps through the call (section 0's first);
+        empty for a pipeline with one denoising loop per call."""
         counts = {n: c.tolist() for n, c in self._counters().items()}
         sparse_calls = int(sum(c[0] for c in counts.values()))
         dense_calls = int(sum(c[1] for c in counts.values()))
@@ -160,8 +192,20 @@ class DraftStats:
         if self._marks:
             marks = [int(m) for m in self._marks] + [sparse_calls + dense_calls]
             skipped = sum(1 for a, b in zip(marks, marks[1:]) if a == b)
+        steps, sections = dict(sorted(self.steps.items())), []
+        if self.sections:
+            steps, ends = {}, [(s.forwards, s.counters) for s in self.sections[1:]]
+            for sec, (end_forwards, end) in zip(self.sections, ends + [(self.forwards, None)]):
+                start = [0.0, 0.0, 0.0] if sec.counters is None else sec.counters.tolist()
+                end = [sparse_calls, dense_calls, total] if end is None else end.tolist()
+                sp, de, tot = (b - a for a, b in zip(start, end))
+                offset = len(steps) and max(steps) + 1
+                steps.update((offset + k, m) for k, m in sorted(sec.steps.items()))
+                sections.append({"section": sec.index, "steps": dict(sorted(sec.steps.items())),
+                                 "forwards": end_forwards - sec.forwards, "sparse_calls": int(round(sp)),
+                                 "dense_calls": int(round(de)), "mean_sparsity": tot / sp if sp else None})
         return {
-            "steps": dict(sorted(self.steps.items())),
+            "steps": steps,
             "forwards": self.forwards,
             "skipped_forwards": skipped,
             "sparse_calls": sparse_calls,
@@ -171,18 +215,16 @@ class DraftStats:
             "draft_seconds": self.draft_timer.seconds(),
             "backends": dict(self.draft_timer.backends),
             "fallbacks": dict(self.fallbacks),
+            "sections": sections,
         }
 
     def format(self) -> str:
         s = self.summary()
-        dense = [k for k, m in s["steps"].items() if m not in ("sparse", "warmup")]
-        warmup = [k for k, m in s["steps"].items() if m == "warmup"]
-        sparse = [k for k, m in s["steps"].items() if m == "sparse"]
         skipped = f" ({s['skipped_forwards']} skipped by a step cache)" if s["skipped_forwards"] else ""
-        milder = f"{len(warmup)} sparse warm-up: {format_ranges(warmup)}; " if warmup else ""
+        in_sections = f" in {len(s['sections'])} sections" if s["sections"] else ""
         lines = [
-            f"draft attention: {len(s['steps'])} steps ({len(dense)} dense: {format_ranges(dense)}; {milder}"
-            f"{len(sparse)} sparse: {format_ranges(sparse)}), {s['forwards']} transformer forwards{skipped}",
+            f"draft attention: {len(s['steps'])} steps{in_sections} ({_format_steps(s['steps'])}), "
+            f"{s['forwards']} transformer forwards{skipped}",
             f"  self-attention calls: {s['sparse_calls']} sparse, {s['dense_calls']} dense",
         ]
         if s["mean_sparsity"] is not None:
@@ -190,9 +232,21 @@ class DraftStats:
             ran = f"; backend {', '.join(s['backends'])}" if s["backends"] else ""
             lines.append(f"  achieved sparsity: mean {s['mean_sparsity']:.3f} (layers {min(vals):.3f}..{max(vals):.3f})"
                          f"; draft step {s['draft_seconds'] * 1e3:.1f} ms{ran}")
+        for sec in s["sections"]:
+            mean = "" if sec["mean_sparsity"] is None else f", mean sparsity {sec['mean_sparsity']:.3f}"
+            lines.append(f"  section {sec['section']}: {len(sec['steps'])} steps ({_format_steps(sec['steps'])}), "
+                         f"{sec['sparse_calls']} sparse and {sec['dense_calls']} dense calls{mean}")
         for msg, n in s["fallbacks"].items():
             lines.append(f"  FALLBACK x{n}: {msg}")
         return "\n".join(lines)
+
+
+def _format_steps(steps: dict[int, str]) -> str:
+    dense = [k for k, m in steps.items() if m not in ("sparse", "warmup")]
+    warmup = [k for k, m in steps.items() if m == "warmup"]
+    sparse = [k for k, m in steps.items() if m == "sparse"]
+    milder = f"{len(warmup)} sparse warm-up: {format_ranges(warmup)}; " if warmup else ""
+    return f"{len(dense)} dense: {format_ranges(dense)}; {milder}{len(sparse)} sparse: {format_ranges(sparse)}"
 
 
 def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:

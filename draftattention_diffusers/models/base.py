@@ -198,6 +198,11 @@ class ModelFamily:
     it and which files (``--image``, ``--video``) it passes to it (:class:`LoadRecipe`)."""
     other_pipelines: ClassVar[tuple[str, ...]] = ()
     """Further pipeline classes built on its transformers that the Python API serves (named in messages)."""
+    section_loops: ClassVar[dict[str, str]] = {}
+    """Pipelines (class names) that denoise a video in sections within one call, each section a whole denoising loop
+    with new timesteps -> the local variable of their ``__call__`` holding the index of the section being denoised
+    (0 first). Each section runs its own schedule (its dense warm-up steps); the statistics cover the whole call,
+    section by section (:meth:`pipeline_section`). Pipelines not named here run one loop per call."""
     default_fps: ClassVar[int] = 16
     frame_step: ClassVar[int] = 4
     """Its pipelines take ``frame_step * k + 1`` frames (the VAE's temporal compression); other counts are cut or
@@ -319,6 +324,16 @@ class ModelFamily:
         """``(step, num_steps)`` of a pipeline whose denoising step is not its scheduler's ``step_index``, read from
         the running pipeline call's locals; None (the default): ask the scheduler."""
         return None
+
+    def pipeline_section(self, pipe, pipeline_locals: dict[str, Any]) -> int | None:
+        """The index of the section that a running call of one of :attr:`section_loops`' pipelines denoises (0
+        first), read from the call's locals at the first forward after new timesteps (where the section loop has just
+        set it; the pipelines' step-callback loops reuse the name later); None for other pipelines (one denoising
+        loop per call)."""
+        name = next((self.section_loops[c.__name__] for c in type(pipe).__mro__ if c.__name__ in self.section_loops),
+                    None)
+        index = None if name is None else pipeline_locals.get(name)
+        return index if type(index) is int and index >= 0 else None
 
     def tiny_prompt_kwargs(self, pipe, emb: Callable[..., torch.Tensor], text_len: int, valid_len: int | None,
                            negative: bool) -> dict[str, Any]:

@@ -15,7 +15,8 @@ sixth parameter (``image_rotary_emb``) and hands on as ``key_rope`` (next to the
 
 Tokens are gathered per call (no tile-order hooks): the model's RoPE module also builds the history tables, and its
 output norm slices the chunk's tokens by position. ``HeliosPipeline`` resets its scheduler per chunk, so every chunk
-has its own dense warm-up steps and the statistics are those of the last chunk.
+has its own dense warm-up steps; the statistics cover the whole call, chunk by chunk (``section_loops``: its chunk
+index is its ``k``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class HeliosFamily(ModelFamily):
                                               inputs=(PipelineInput("image", "image"),
                                                       PipelineInput("video", "video")))}
     other_pipelines = ()
+    section_loops = {"HeliosPipeline": "k"}  # for k in range(num_latent_chunk): scheduler.set_timesteps
     default_fps = 24
     # HeliosPipeline generates whole chunks of 4 (num_latent_frames_per_chunk - 1) + 1 = 33 frames (its default 9
     # latent frames a chunk) and cuts the video to 4k + 1 frames: 32k + 1 frames (33, 65, 129) come out as asked

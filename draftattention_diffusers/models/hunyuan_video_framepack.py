@@ -20,8 +20,8 @@ from its locals: without ``video_start`` the window's position is unknown, so th
 The step: ``HunyuanVideoFramepackPipeline`` denoises each section of the video from noise with its own
 ``retrieve_timesteps`` call, so the scheduler's ``step_index`` restarts per section; "step" is the denoising step
 within the current section (of ``num_inference_steps``), and every section has its own dense warm-up steps (a section
-is a whole denoising run). The statistics restart with each section (its new timesteps), so after a call they are
-those of the last section.
+is a whole denoising run). The statistics cover the whole call (``section_loops``: the pipeline's section index is
+its ``k``), section by section in ``summary()["sections"]``.
 
 Checked against diffusers 0.42.1 ``models/transformers/transformer_hunyuan_video_framepack.py`` (``forward``: the
 history patch embedder ``clean_x_embedder`` with kernels (1, 2, 2), (2, 4, 4) and (4, 8, 8), the last two after
@@ -120,6 +120,7 @@ class HunyuanVideoFramepackFamily(ModelFamily):
     # HunyuanVideo's other components; diffusers' FramePack docs): the Python API serves it, the command line does not
     pipelines = {}
     other_pipelines = ("HunyuanVideoFramepackPipeline",)
+    section_loops = {"HunyuanVideoFramepackPipeline": "k"}  # for k in range(num_latent_sections): retrieve_timesteps
     default_fps = 30  # diffusers' FramePack docs export at 30 fps
     takes_negative_prompt = False
     negative_prompt_note = "FramePack is guidance-distilled and runs without a negative prompt here"

@@ -1,5 +1,6 @@
-"""Whole-pipeline benchmark: the real diffusers denoising loop of ``WanPipeline`` (Wan2.1) and
-``HunyuanVideoPipeline`` with full-size transformers (random weights), timed per attention / cache setting.
+"""Whole-pipeline benchmark: the real diffusers denoising loop of ``WanPipeline`` (Wan2.1, Wan2.2 A14B),
+``HunyuanVideoPipeline`` and ``Cosmos2_5_PredictBasePipeline`` (Cosmos-Predict2.5 2B) with full-size transformers
+(random weights), timed per attention / cache setting.
 
 What runs: the transformer configs of ``scripts/benchmark_e2e.py`` (imported from it), built with random weights on
 the device in bf16 (the parameters that ``from_pretrained(torch_dtype=bf16)`` keeps in float32 stay float32), the real
@@ -11,6 +12,17 @@ guidance 6.0, one call per step). Schedulers: Wan ``UniPCMultistepScheduler(pred
 use_flow_sigmas=True, flow_shift=3.0 at 480p, 5.0 at 720p)`` = the published Wan2.1 scheduler (also the one that
 MagCache's Wan ratios were calibrated with); HunyuanVideo ``FlowMatchEulerDiscreteScheduler(shift=7.0)``, its
 published scheduler.
+Cosmos-Predict2.5 2B (text-to-world; one of the families whose own attention processor is kept and only its
+``dispatch_attention_fn`` call routed to draft attention): 704x1280, 93 frames, the pipeline's defaults of 36 steps
+and CFG 7.0 (two calls per step), the published ``UniPCMultistepScheduler(use_karras_sigmas=True,
+use_flow_sigmas=True, prediction_type="flow_prediction", sigma_max=200.0, sigma_min=0.01)``, ``AutoencoderKLWan`` in
+bf16, random ``prompt_embeds`` / ``negative_prompt_embeds`` [1, 512, 100352] (Qwen2.5-VL's concatenated hidden
+layers), the package's pass-through safety checker (the pipeline refuses to run without one; with prompt embeddings
+and latent output it is only moved to the device). In diffusers 0.42.1 its transformer has neither diffusers' step
+caches (no ``CacheMixin``: taylorseer, magcache and fbcache report unavailable) nor ``_repeated_blocks``
+(``enable_fast_stack`` refuses compile and fp8): its settings are default, fa4-dense, draft, preset and cache-dit's
+dbcache (no MagCache ratios are published for it, so dbcache-mag and the MagCache schedules report unavailable).
+Its estimates are at its published 36 steps (9 dense, 27 sparse), the other models' at 50.
 
 Timing: the denoising loop is the pipeline call with ``output_type="latent"`` (CUDA-synchronised wall clock); per-step
 times come from ``callback_on_step_end``; one ``vae.decode`` of the latents is timed separately once per model
@@ -52,8 +64,10 @@ Examples:
     python scripts/benchmark_pipeline.py --models wan14b-720p --steps 8 --settings default,fa4-dense,draft,preset
     python scripts/benchmark_pipeline.py --models hunyuan-720p --steps 8 --settings fa4-dense,draft --no-decode
     python scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 --settings default,fa4-dense,draft
+    python scripts/benchmark_pipeline.py --models cosmos2.5-2b-704p --steps 8 --settings default,fa4-dense,draft
     python scripts/benchmark_pipeline.py --tiny --steps 4 --no-decode \\
         --settings default,draft,taylorseer+draft,fbcache+draft,magcache+draft,dbcache+draft,stack  # CPU
+    python scripts/benchmark_pipeline.py --tiny --models tiny-cosmos --steps 4 --no-decode --settings default,draft
 """
 
 from __future__ import annotations
@@ -89,7 +103,11 @@ from draftattention_diffusers.integration.stats import format_ranges as ranges  
 # the preset of the model they stand in for.
 PRESETS = {"wan1.3b-480p": "wan2.1-1.3b-480p", "wan14b-720p": "wan2.1-14b-720p", "hunyuan-720p": "hunyuan-720p",
            "wan22-a14b-720p": "wan2.2-a14b-720p-4step", "tiny-wan": "wan2.1-1.3b-480p", "tiny-hunyuan": "hunyuan-720p",
-           "tiny-wan22": "wan2.2-a14b-720p-4step"}
+           "tiny-wan22": "wan2.2-a14b-720p-4step",
+           # Cosmos-Predict2.5 2B has no preset of its own: Predict2 2B Video2World's (the same 2B transformer widths
+           # and depth, the same 24x44x80-token grid at 704x1280, 93 frames) gives the draft-attention fields
+           "cosmos2.5-2b-704p": "cosmos-predict2-2b-video2world-704p",
+           "tiny-cosmos": "cosmos-predict2-2b-video2world-704p"}
 # Wan2.2 T2V A14B: two Wan 14B-architecture experts switching at boundary_ratio 0.875 (its published pipeline config);
 # rows for the few-step distilled schedule (run it with --steps 4 / name@4): no CFG, one transformer call per step.
 MODELS = dict(MODELS)
@@ -103,15 +121,29 @@ SAMPLING = {"wan1.3b-480p": dict(flow_shift=3.0, guidance_scale=5.0),
             "wan14b-720p": dict(flow_shift=5.0, guidance_scale=5.0),
             "hunyuan-720p": dict(flow_shift=7.0, guidance_scale=6.0),
             "wan22-a14b-720p": dict(flow_shift=5.0, guidance_scale=1.0)}  # the distilled preset's settings
+# Cosmos-Predict2.5 2B (Cosmos2_5_PredictBasePipeline, text-to-world): the pipeline's __call__ defaults in diffusers
+# 0.42.1 (704x1280, 93 frames, num_inference_steps=36, guidance_scale=7.0: CFG, two transformer calls per step; the
+# docstring's "defaults to 35" is stale) and the scheduler that diffusers' scripts/convert_cosmos_to_diffusers.py
+# (save_pipeline_cosmos2_5_predict) saved the published nvidia/Cosmos-Predict2.5-2B pipeline with:
+# UniPCMultistepScheduler(use_karras_sigmas=True, use_flow_sigmas=True, prediction_type="flow_prediction",
+# sigma_max=200.0, sigma_min=0.01), no flow shift of its own (COSMOS25_SCHEDULER). Its 36 steps are this model's
+# reference step count for the step-count estimate (ceil(0.25 x 36) = 9 dense + 27 sparse), where the others use 50.
+SAMPLING["cosmos2.5-2b-704p"] = dict(guidance_scale=7.0, num_inference_steps=36)
+COSMOS25_SCHEDULER = dict(use_karras_sigmas=True, use_flow_sigmas=True, prediction_type="flow_prediction",
+                          sigma_max=200.0, sigma_min=0.01)
 SAMPLING.update({"tiny-wan": SAMPLING["wan1.3b-480p"], "tiny-hunyuan": SAMPLING["hunyuan-720p"],
-                 "tiny-wan22": SAMPLING["wan22-a14b-720p"]})
-FULL_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p", "wan22-a14b-720p"]
-TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan22"]
-# Seconds per transformer forward with the default attention on one H200 (docs/benchmarks.md, section 4): the time
-# estimate of a setting before anything was measured on that model. Also rough VAE-decode and build priors.
-PRIOR_FORWARD_S = {"wan1.3b-480p": 0.62, "wan14b-720p": 12.4, "hunyuan-720p": 32.9, "wan22-a14b-720p": 12.4}
-PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150.0, "wan22-a14b-720p": 60.0}
-PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0, "wan22-a14b-720p": 80.0}
+                 "tiny-wan22": SAMPLING["wan22-a14b-720p"], "tiny-cosmos": SAMPLING["cosmos2.5-2b-704p"]})
+FULL_MODELS = ["wan1.3b-480p", "wan14b-720p", "hunyuan-720p", "wan22-a14b-720p", "cosmos2.5-2b-704p"]
+TINY_MODELS = ["tiny-wan", "tiny-hunyuan", "tiny-wan22", "tiny-cosmos"]
+# Seconds per transformer forward with the default attention on one H200 (docs/benchmarks.md, section 4; Cosmos 2.5 2B:
+# one H100, section 13): the time estimate of a setting before anything was measured on that model. Also rough
+# VAE-decode and build priors.
+PRIOR_FORWARD_S = {"wan1.3b-480p": 0.62, "wan14b-720p": 12.4, "hunyuan-720p": 32.9, "wan22-a14b-720p": 12.4,
+                   "cosmos2.5-2b-704p": 3.9}
+PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150.0, "wan22-a14b-720p": 60.0,
+                  "cosmos2.5-2b-704p": 70.0}
+PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0, "wan22-a14b-720p": 80.0,
+                 "cosmos2.5-2b-704p": 15.0}
 PRIOR_COMPILE_S = 150.0  # torch.compile + kernel JIT of a full-size model (docs: 66 s for Wan 1.3B draft)
 # Planned cost of a step, in default-attention steps, for time estimates: a sparse step at most half (docs, one
 # forward at 0.9: 0.50 Wan 1.3B, 0.39 Wan 14B, 0.19 HunyuanVideo), a step a cache skips almost nothing.
@@ -120,7 +152,8 @@ SPARSE_STEP_COST, SKIPPED_STEP_COST = 0.5, 0.05
 TINY_VAE = {"wan": dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
             "hunyuan": dict(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
                             norm_num_groups=4, mid_block_add_attention=False)}
-TEXT_LEN = {"wan": 512, "hunyuan": 256}
+TINY_VAE["cosmos"] = TINY_VAE["wan"]  # Cosmos-Predict2 / 2.5 decode with the Wan2.1 VAE
+TEXT_LEN = {"wan": 512, "hunyuan": 256, "cosmos": 512}  # Cosmos: max_sequence_length, padded, no mask
 DEFAULT_DENSE_FRACTION = DraftAttentionConfig().dense_steps_fraction  # 0.25
 REF_STEPS = 50
 
@@ -236,6 +269,7 @@ class Bench:
     config: dict = field(default_factory=dict)  # the transformer config
     latent: tuple = ()  # latent (frames, height, width)
     steps: int = REF_STEPS  # steps of the pipeline call about to run (the setting reads it)
+    ref_steps: int = REF_STEPS  # the step count of the step-count estimate (the published one: 50; Cosmos 2.5: 36)
     decode_source: tuple | None = None  # (setting, latents) of the first timed run: what the VAE decode times
 
     @property
@@ -277,55 +311,106 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
     return model
 
 
-def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int) -> Bench:
-    """The pipeline of ``name``: transformer (random weights, built on ``device``), VAE (class default = published
-    config, random weights), the published scheduler, no text encoder; and the prompt-embedding call kwargs."""
-    from diffusers import (AutoencoderKLHunyuanVideo, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
-                           HunyuanVideoPipeline, HunyuanVideoTransformer3DModel, UniPCMultistepScheduler,
-                           WanPipeline, WanTransformer3DModel)
+def _build_wan(name: str, transformer, config: dict, device: torch.device, emb, text_tokens: int):
+    """``WanPipeline`` (Wan2.1; Wan2.2 A14B with its second expert): ``AutoencoderKLWan`` in float32, the published
+    UniPC flow-matching scheduler, CFG with random ``prompt_embeds`` / ``negative_prompt_embeds`` [1, 512, 4096]."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
-    family, config, (f, h, w), calls, label = MODELS[name]
-    shift, guidance = SAMPLING[name]["flow_shift"], SAMPLING[name]["guidance_scale"]
-    tiny = name.startswith("tiny")
-    torch.manual_seed(0)
-    with torch.device(device):
-        transformer = (WanTransformer3DModel if family == "wan" else HunyuanVideoTransformer3DModel)(**config)
-    cast_like_from_pretrained(transformer.eval().requires_grad_(False), dtype)
     experts = {}
     if name in TWO_EXPERTS:
         # Wan2.2 A14B: a second expert of the same architecture, a copy of the first's weights (what is timed does not
         # depend on the values; building it in float32 on the GPU beside the first in bf16 needs 86 GB: OOM on an H100)
         experts = dict(transformer_2=copy.deepcopy(transformer), boundary_ratio=TWO_EXPERTS[name])
+    with torch.device(device):
+        vae = AutoencoderKLWan(**(TINY_VAE["wan"] if name.startswith("tiny") else {}))
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=SAMPLING[name]["flow_shift"])
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler,
+                       **experts)
+    kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
+                  negative_prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]))
+    return pipe, kwargs, torch.float32
+
+
+def _build_hunyuan(name: str, transformer, config: dict, device: torch.device, emb, text_tokens: int):
+    """``HunyuanVideoPipeline``: ``AutoencoderKLHunyuanVideo`` in fp16 (float32 on the CPU) with tiling, the published
+    ``FlowMatchEulerDiscreteScheduler(shift=7.0)``, embedded guidance; ``prompt_embeds`` [1, 256, 4096] of which
+    ``text_tokens`` are live, ``pooled_prompt_embeds`` [1, 768]."""
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    with torch.device(device):
+        vae = AutoencoderKLHunyuanVideo(**(TINY_VAE["hunyuan"] if name.startswith("tiny") else {}))
+    vae.enable_tiling()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=SAMPLING[name]["flow_shift"])
+    pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                transformer=transformer, vae=vae, scheduler=scheduler)
+    mask = torch.zeros(1, TEXT_LEN["hunyuan"], dtype=torch.long, device=device)
+    mask[:, :text_tokens] = 1  # a prompt of `text_tokens` tokens, the rest padding
+    kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["hunyuan"], config["text_embed_dim"]),
+                  pooled_prompt_embeds=emb(1, config["pooled_projection_dim"]), prompt_attention_mask=mask)
+    return pipe, kwargs, (torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def _build_cosmos(name: str, transformer, config: dict, device: torch.device, emb, text_tokens: int):
+    """``Cosmos2_5_PredictBasePipeline`` (Cosmos-Predict2.5, text-to-world: no image or video, so no frame is
+    conditioned and the VAE does not encode): ``AutoencoderKLWan`` (the Wan2.1 VAE the published pipeline decodes
+    with) in bf16 as diffusers' example loads the whole pipeline (float32 on the CPU), the published UniPC scheduler
+    (``COSMOS25_SCHEDULER``), CFG with random ``prompt_embeds`` / ``negative_prompt_embeds`` [1, 512, 100352] (the
+    Qwen2.5-VL text encoder's 28 hidden layers concatenated over its 512 padded positions, as ``_get_prompt_embeds``
+    returns them; ``crossattn_proj`` maps them to 1024 inside the transformer).
+
+    Safety checker: the pipeline refuses to run without one (``ValueError`` in ``__call__``; its default needs
+    ``cosmos_guardrail``, which downloads its own models), so the package's pass-through stand-in is given. With
+    ``prompt_embeds`` and ``output_type="latent"`` the pipeline only moves the checker to the device (it checks prompt
+    strings and decoded videos, neither of which this call has), so the stand-in changes nothing that is timed."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from diffusers.pipelines.cosmos.pipeline_cosmos2_5_predict import Cosmos2_5_PredictBasePipeline
+
+    from draftattention_diffusers.models.cosmos import TinySafetyChecker
+
+    with torch.device(device):
+        vae = AutoencoderKLWan(**(TINY_VAE["cosmos"] if name.startswith("tiny") else {}))
+        safety_checker = TinySafetyChecker()
+    pipe = Cosmos2_5_PredictBasePipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                         scheduler=UniPCMultistepScheduler(**COSMOS25_SCHEDULER),
+                                         safety_checker=safety_checker)
+    width = config["crossattn_proj_in_channels"]
+    kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["cosmos"], width),
+                  negative_prompt_embeds=emb(1, TEXT_LEN["cosmos"], width))
+    return pipe, kwargs, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+# family (benchmark_e2e.MODELS) -> (its transformer class in diffusers, the builder of the rest of its pipeline: VAE,
+# scheduler, prompt-embedding call kwargs; returns (pipeline, call kwargs, VAE dtype))
+PIPELINE_BUILDERS = {"wan": ("WanTransformer3DModel", _build_wan),
+                     "hunyuan": ("HunyuanVideoTransformer3DModel", _build_hunyuan),
+                     "cosmos": ("CosmosTransformer3DModel", _build_cosmos)}
+
+
+def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int) -> Bench:
+    """The pipeline of ``name``: transformer (random weights, built on ``device``), VAE (class default = published
+    config, random weights), the published scheduler, no text encoder; and the prompt-embedding call kwargs (the
+    family's builder in ``PIPELINE_BUILDERS``)."""
+    import diffusers
+
+    family, config, (f, h, w), calls, label = MODELS[name]
+    if family not in PIPELINE_BUILDERS:
+        raise ValueError(f"{name}: no pipeline builder for family {family!r} (have {', '.join(PIPELINE_BUILDERS)})")
+    transformer_class, build_pipeline = PIPELINE_BUILDERS[family]
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = getattr(diffusers, transformer_class)(**config)
+    cast_like_from_pretrained(transformer.eval().requires_grad_(False), dtype)
     g = torch.Generator(device="cpu").manual_seed(1)
     emb = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
-    size = dict(height=h * 8, width=w * 8, num_frames=(f - 1) * 4 + 1)
-    if family == "wan":
-        vae_dtype = torch.float32
-        with torch.device(device):
-            vae = AutoencoderKLWan(**(TINY_VAE["wan"] if tiny else {}))
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                            flow_shift=shift)
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae, scheduler=scheduler,
-                           **experts)
-        kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
-                      negative_prompt_embeds=emb(1, TEXT_LEN["wan"], config["text_dim"]),
-                      guidance_scale=guidance, **size)
-    else:
-        vae_dtype = torch.float16 if device.type == "cuda" else torch.float32
-        with torch.device(device):
-            vae = AutoencoderKLHunyuanVideo(**(TINY_VAE["hunyuan"] if tiny else {}))
-        vae.enable_tiling()
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-        pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                                    transformer=transformer, vae=vae, scheduler=scheduler)
-        mask = torch.zeros(1, TEXT_LEN["hunyuan"], dtype=torch.long, device=device)
-        mask[:, :text_tokens] = 1  # a prompt of `text_tokens` tokens, the rest padding
-        kwargs = dict(prompt_embeds=emb(1, TEXT_LEN["hunyuan"], config["text_embed_dim"]),
-                      pooled_prompt_embeds=emb(1, config["pooled_projection_dim"]), prompt_attention_mask=mask,
-                      guidance_scale=guidance, **size)
-    cast_like_from_pretrained(vae.eval().requires_grad_(False), vae_dtype)
+    pipe, kwargs, vae_dtype = build_pipeline(name, transformer, config, device, emb, text_tokens)
+    # every family here: a VAE of 8x spatial, 4x temporal compression
+    kwargs.update(guidance_scale=SAMPLING[name]["guidance_scale"], height=h * 8, width=w * 8,
+                  num_frames=(f - 1) * 4 + 1)
+    cast_like_from_pretrained(pipe.vae.eval().requires_grad_(False), vae_dtype)
     pipe.set_progress_bar_config(disable=True)
-    return Bench(name, family, label, device, dtype, pipe, kwargs, calls, config=config, latent=(f, h, w))
+    return Bench(name, family, label, device, dtype, pipe, kwargs, calls, config=config, latent=(f, h, w),
+                 ref_steps=SAMPLING[name].get("num_inference_steps", REF_STEPS))
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -334,6 +419,7 @@ def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens
 # disable_fast_stack. The benchmark only chooses the arguments and, for caches, plans and checks the skip schedule.
 DRAFT_TOKENS = {"draft": "default", "preset": "preset", "fa4-dense": "fa4-dense"}
 CACHE_TOKENS = ("taylorseer", "magcache", "fbcache", "fbcache-mag", "dbcache", "dbcache-mag")
+DIFFUSERS_CACHES = ("taylorseer", "magcache", "fbcache", "fbcache-mag")  # enabled through the model's enable_cache
 OTHER_TOKENS = ("compile", "fp8")
 ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft+compile+fp8"}
 DBCACHE_FN = 1  # cache-dit DBCache: the first block always runs (like First Block Cache), Bn = 0
@@ -404,6 +490,17 @@ class Setting:
                 return why
         if self.cache in ("magcache", "fbcache-mag", "dbcache-mag") and self.mag_params(bench) is None:
             return f"no published MagCache ratios for {bench.name}"
+        if self.cache in DIFFUSERS_CACHES and not hasattr(bench.transformer, "enable_cache"):
+            import diffusers
+
+            # Cosmos: CosmosTransformer3DModel is no CacheMixin (diffusers 0.42.1), so diffusers' step caches cannot be
+            # enabled on it (enable_fast_stack would fail with an AttributeError); cache-dit's DBCache can
+            return (f"{type(bench.transformer).__name__} has no diffusers step cache (no CacheMixin / enable_cache in "
+                    f"diffusers {diffusers.__version__}); the dbcache settings use cache-dit instead")
+        if self.fp8 and not getattr(bench.transformer, "_repeated_blocks", None):
+            # enable_fast_stack's fp8 quantizes the linear layers of the _repeated_blocks classes (Cosmos: none)
+            return (f"{type(bench.transformer).__name__} declares no repeated blocks, whose linear layers fp8 "
+                    "quantizes")
         if self.cache == "taylorseer" and bench.device.type == "cuda":
             need = taylorseer_bytes(bench)
             free, _ = torch.cuda.mem_get_info(bench.device)
@@ -727,9 +824,12 @@ def timed_run(bench: Bench, setting: Setting, args) -> tuple[dict, torch.Tensor,
     res["dense_step_mean_s"] = sum(d_s) / len(d_s) if d_s else None
     res["sparse_step_mean_s"] = sum(s_s) / len(s_s) if s_s else None
     res["dense_steps"], res["sparse_steps"] = len(d_s), len(s_s)
-    # step classes of this run and of the 50-step schedule, for the 50-step estimate (estimate_50)
+    # step classes of this run and of the reference schedule (50 steps; Cosmos 2.5: its published 36), for the
+    # step-count estimate (estimate_50; the keys keep their "50" name)
     res["classes"] = step_classes(dense, expected_compute(bench, setting, args.steps))
-    res["classes_50"] = step_classes(dense_flags(bench, setting, REF_STEPS), expected_compute(bench, setting, REF_STEPS))
+    ref = bench.ref_steps
+    res["ref_steps"] = ref
+    res["classes_50"] = step_classes(dense_flags(bench, setting, ref), expected_compute(bench, setting, ref))
     frac = setting.fraction(bench)
     res["has_draft"] = frac is not None and 0.0 < frac < 1.0
     if setting.is_compile:
@@ -835,7 +935,7 @@ def decode_once(bench: Bench, latents: torch.Tensor, log) -> dict:
     """Time one ``vae.decode`` of denoised latents (the pipeline's own latent scaling first), a single call."""
     vae = bench.pipe.vae
     lat = latents.to(bench.device, vae.dtype)
-    if bench.family == "wan":
+    if bench.family in ("wan", "cosmos"):  # AutoencoderKLWan: the pipelines' latents_mean / latents_std
         mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(lat)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(lat)
         lat = lat / inv_std + mean
@@ -864,8 +964,9 @@ def step_classes(dense: list[bool], computed: list[bool]) -> list[str]:
 def estimate_50(res: dict) -> tuple[float | None, str]:
     """50-step estimate of a setting from its own timed run: the mean time of each step class (dense, sparse,
     skipped; :func:`step_classes`) in the run, times the number of such steps in the 50-step schedule (draft
-    attention's ceil(0.25 x 50) = 13 dense steps; a cache's fixed 50-step schedule). None, with the reason, when the
-    50-step schedule has a class the run did not have."""
+    attention's ceil(0.25 x 50) = 13 dense steps; a cache's fixed 50-step schedule). A model with another published
+    step count (``Bench.ref_steps``; Cosmos-Predict2.5: 36) gets its estimate at that count instead. None, with the
+    reason, when the reference schedule has a class the run did not have."""
     if res.get("denoise_s") is None or "classes" not in res:
         return None, "not measured"
     times: dict[str, list[float]] = {}
@@ -898,6 +999,7 @@ def summarize(model_res: dict) -> list[dict]:
         row = {"setting": k, **{x: v.get(x) for x in ("denoise_s", "dense_step_mean_s", "sparse_step_mean_s",
                                                       "skipped", "error", "steps")}}
         row["warmup_s"] = (v.get("warmup") or {}).get("seconds")
+        row["ref_steps"] = v.get("ref_steps", REF_STEPS)  # the step count of the est50_* fields
         if k in t:
             same = lambda other: settings[other].get("steps") == v.get("steps")  # noqa: E731
             row["vs_default"] = t["default"] / t[k] if "default" in t and same("default") else None
@@ -925,14 +1027,20 @@ def markdown(all_results: list[dict], meta: dict) -> str:
     """The short table printed last."""
     x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
     s = lambda v, p=3: f"{v:.{p}f}" if v is not None else "-"  # noqa: E731
+    other = {m["label"]: m["ref_steps"] for m in all_results if m.get("ref_steps", REF_STEPS) != REF_STEPS}
+    est = "50-step" if not other else "Reference-step"
+    counts = "" if not other else (" (" + "; ".join(
+        f"{m['label']}: {n} steps, {dense_step_count(DEFAULT_DENSE_FRACTION, n)} dense"
+        for m in all_results for n in [m.get("ref_steps", REF_STEPS)]) + ")")
     lines = [f"Pipeline benchmark {meta['date']}, {meta['device']}, torch {meta['torch']}, diffusers "
              f"{meta['diffusers']}, {meta['dtype']} transformer, {meta['steps']} steps (warm-up untimed, >= "
              f"{meta['warmup_steps']} steps per setting). Step means: dense = draft's dense steps (first "
-             "ceil(0.25 n)). 50-step estimate: each step class (dense, sparse, skipped by a cache) at its mean time in "
-             "the setting's own run, times its count in the 50-step schedule (13 dense; the cache's fixed schedule). "
+             f"ceil(0.25 n)). {est} estimate{counts}: each step class (dense, sparse, skipped by a cache) at its mean "
+             f"time in the setting's own run, times its count in the {est.lower()} schedule "
+             f"({'13 dense' if not other else 'first ceil(0.25 n) dense'}; the cache's fixed schedule). "
              "Measured-run ratios only between settings of equal step counts.", "",
              "| model | setting | steps | denoise s | dense-step s | sparse-step s | warm-up s | vs default | "
-             "vs fastest dense | vs same w/o draft | 50-step est. s | est. vs default | est. vs fastest dense | "
+             f"vs fastest dense | vs same w/o draft | {est.lower()} est. s | est. vs default | est. vs fastest dense | "
              "est. vs same w/o draft |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     blank = " | " * 11
@@ -987,12 +1095,14 @@ def run_model(name: str, settings: list[str], args, device: torch.device, dtype:
         log(f"   FAILED to build: {type(e).__name__}: {e}")
         return
     mres["build_s"] = time.perf_counter() - t0
+    mres["ref_steps"] = bench.ref_steps
     kw, sched, vae = bench.call_kwargs, bench.pipe.scheduler, bench.pipe.vae
     mres["pipeline"] = {"pipeline": type(bench.pipe).__name__, "scheduler": type(sched).__name__,
                         "scheduler_shift": sched.config.get("flow_shift", sched.config.get("shift")),
                         "vae": type(vae).__name__, "vae_dtype": str(vae.dtype).replace("torch.", ""),
                         "size": {k: kw[k] for k in ("height", "width", "num_frames")},
-                        "guidance_scale": kw["guidance_scale"], "preset": PRESETS[name]}
+                        "guidance_scale": kw["guidance_scale"], "preset": PRESETS[name],
+                        "reference_steps": bench.ref_steps}
     log(f"   built in {mres['build_s']:.1f} s: {type(bench.pipe).__name__}, {type(sched).__name__} (shift "
         f"{mres['pipeline']['scheduler_shift']}), {type(vae).__name__} {mres['pipeline']['vae_dtype']}, "
         f"{kw['height']}x{kw['width']}, {kw['num_frames']} frames, guidance {kw['guidance_scale']}"
@@ -1003,7 +1113,7 @@ def run_model(name: str, settings: list[str], args, device: torch.device, dtype:
             mres["decode"] = decode_step(bench, deadline, log)
         save()
     mres["summary"] = summarize(mres)
-    log_summary(name, mres["summary"], args.steps, log)
+    log_summary(name, mres["summary"], args.steps, log, bench.ref_steps)
     bench.decode_source = None
     del bench
     gc.collect()
@@ -1027,8 +1137,8 @@ def decode_step(bench: Bench, deadline: float | None, log) -> dict:
     return out
 
 
-def log_summary(name: str, rows: list[dict], steps: int, log) -> None:
-    """One line per setting: denoise time, speedups, 50-step estimate."""
+def log_summary(name: str, rows: list[dict], steps: int, log, ref_steps: int = REF_STEPS) -> None:
+    """One line per setting: denoise time, speedups, the estimate at the model's reference step count (50)."""
     x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
     log(f"\n   summary {name} ({steps} steps):")
     for r in rows:
@@ -1036,9 +1146,9 @@ def log_summary(name: str, rows: list[dict], steps: int, log) -> None:
             why = r.get("skipped") or r.get("error")
             log(f"   {r['setting']:<26} {'skipped' if r.get('skipped') else 'FAILED'}: {why}")
             continue
-        e50 = (f"50-step estimate {r['est50_s']:.1f} s ({x(r.get('est50_vs_default'))} vs default, "
+        e50 = (f"{ref_steps}-step estimate {r['est50_s']:.1f} s ({x(r.get('est50_vs_default'))} vs default, "
                f"{x(r.get('est50_vs_fastest_dense'))} vs fastest dense)" if r.get("est50_s")
-               else f"50-step estimate n/a ({r.get('est50_note')})")
+               else f"{ref_steps}-step estimate n/a ({r.get('est50_note')})")
         wd = f", {x(r['vs_without_draft'])} vs {r['without_draft']}" if r.get("vs_without_draft") else ""
         log(f"   {r['setting']:<26} {r['denoise_s']:8.3f} s  {x(r.get('vs_default'))} vs default, "
             f"{x(r.get('vs_fastest_dense'))} vs fastest dense ({r.get('fastest_dense') or '-'}){wd}; {e50}")
@@ -1046,9 +1156,11 @@ def log_summary(name: str, rows: list[dict], steps: int, log) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default=",".join(FULL_MODELS),
-                   help=f"comma list of {', '.join(FULL_MODELS + TINY_MODELS)} (default: the three full-size)")
-    p.add_argument("--tiny", action="store_true", help="CPU dry run on tiny configs (tiny-wan, tiny-hunyuan)")
+    p.add_argument("--models", default=None,
+                   help=f"comma list of {', '.join(FULL_MODELS + TINY_MODELS)} (default: the full-size ones, "
+                        "with --tiny the tiny ones)")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"CPU dry run on tiny configs ({', '.join(TINY_MODELS)}; --models picks some of them)")
     p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                    help="comma list (each optionally @<steps>, its own step count: draft@4) of 'default', 'stack', "
                         "'stack+fp8' or '+'-joined parts (see the module docstring); default: "
@@ -1067,7 +1179,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
                    help="output directory for benchmark_pipeline.{log,json,md} (default: $OUT, else outputs/bench)")
     args = p.parse_args(argv)
-    models = TINY_MODELS if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.models is None:
+        models = TINY_MODELS if args.tiny else FULL_MODELS
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if args.tiny and any(m not in TINY_MODELS for m in models):
+            p.error(f"--tiny runs tiny models only: --models takes some of {', '.join(TINY_MODELS)}")
     settings = [ALIASES.get(s.strip(), s.strip()) for s in args.settings.split(",") if s.strip()]
     for m in models:
         if m not in MODELS or m not in PRESETS:
@@ -1110,6 +1227,12 @@ def main(argv=None) -> None:
     if args.steps != REF_STEPS:
         log(f"note: {args.steps} steps ({dense_step_count(DEFAULT_DENSE_FRACTION, args.steps)} dense at fraction 0.25);"
             f" 50-step estimates below = 13 x mean dense-step + 37 x mean sparse-step time")
+    for m in models:  # models published at another step count: their estimate is at that count
+        n = SAMPLING.get(m, {}).get("num_inference_steps", REF_STEPS)
+        if n != REF_STEPS:
+            d = dense_step_count(DEFAULT_DENSE_FRACTION, n)
+            log(f"note: {m}: estimates at its published {n} steps = {d} x mean dense-step + {n - d} x mean "
+                "sparse-step time")
     all_results: list[dict] = []
 
     def save() -> None:  # after every setting: a run killed by a time limit still leaves its results

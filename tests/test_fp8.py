@@ -100,3 +100,12 @@ def test_fp8_with_cache_and_compile(float8_on_cpu):
         disable_fast_stack(pipe)
     assert stats["sparse_calls"] > 0
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_fp8_on_a_transformer_without_declared_blocks_is_refused_first(float8_on_cpu):
+    pipe = build_tiny_pipeline("cosmos")
+    pipe.transformer.to(torch.bfloat16)
+    before = footprint(pipe)
+    with pytest.raises(ValueError, match="declares no repeated blocks"):
+        enable_fast_stack(pipe, None, compile=False, fp8=True)
+    assert diff_footprints(before, footprint(pipe)) == []

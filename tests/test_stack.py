@@ -55,6 +55,22 @@ def test_magcache_on_two_experts_is_refused():
         enable_fast_stack(pipe, MagCacheConfig(mag_ratios=[1.0] * 4, num_inference_steps=4), compile=False)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cache="first_block", compile=False), "has no diffusers cache support"),
+    (dict(cache="taylorseer", num_inference_steps=4, compile=False), "has no diffusers cache support"),
+    (dict(cache=None, compile=True), "declares no repeated blocks"),
+])
+def test_what_a_transformer_lacks_is_refused_before_anything_changes(kwargs, match):
+    """Cosmos in diffusers 0.42.1 has no CacheMixin and no _repeated_blocks: a ValueError naming what is missing,
+    not an AttributeError half way through."""
+    pipe = build_tiny_pipeline("cosmos")
+    before = footprint(pipe)
+    with pytest.raises(ValueError, match=match):
+        enable_fast_stack(pipe, **kwargs)
+    assert diff_footprints(before, footprint(pipe)) == []
+    assert get_fast_stack(pipe) is None
+
+
 def test_what_is_already_installed_is_refused():
     pipe = build_tiny_pipeline("wan")
     with pytest.raises(ValueError, match="takes a pipeline"):

@@ -227,6 +227,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
                                  "compile it regionally; pass compile=False and compile its blocks yourself")
     if fp8_kind:
         _check_fp8(fp8_kind)
+        for t in transformers:
+            fp8_block_linears(t)  # refuses a transformer without declared blocks before anything changes
         if not compile:
             warnings.warn(FP8_EAGER_WARNING, stacklevel=2)
 
@@ -333,6 +335,13 @@ def _cache_config(cache, calibrator, draft, num_steps, transformers):
             raise ValueError(f"cache={cache!r}: expected None, one of {CACHE_NAMES}, a diffusers cache config or a "
                              "cache-dit DBCacheConfig")
         name = cache
+    if cache in ("first_block", "taylorseer") or type(cache).__module__.startswith("diffusers"):
+        for t in transformers:  # diffusers' caches install through the transformer's CacheMixin.enable_cache
+            if not callable(getattr(t, "enable_cache", None)):
+                raise ValueError(f"{type(t).__name__} has no diffusers cache support (no CacheMixin.enable_cache in "
+                                 "this diffusers), so a diffusers cache cannot be enabled on it; use a cache-dit "
+                                 "cache (cache='dbcache') if cache-dit supports its pipeline, or cache=None")
+    if isinstance(cache, str):
         if cache == "first_block":
             from diffusers import FirstBlockCacheConfig
 
@@ -513,6 +522,9 @@ def fp8_block_linears(transformer: torch.nn.Module) -> dict[str, torch.nn.Linear
     dims are divisible by 16 (what float8 matmuls take); embeddings and the output projection stay in their dtype.
     Keys are module names in ``transformer``."""
     block_classes = set(getattr(transformer, "_repeated_blocks", None) or ())
+    if not block_classes:
+        raise ValueError(f"fp8: {type(transformer).__name__} declares no repeated blocks (_repeated_blocks), so the "
+                         "stack cannot tell which linear layers are its blocks'; quantize it yourself with torchao")
     targets: dict[str, torch.nn.Linear] = {}
     for bname, block in transformer.named_modules():
         if type(block).__name__ not in block_classes:

@@ -23,6 +23,13 @@
 #                draft; then one forward per setting of the 2B-13B new families (issue 19 rows)
 #   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack+fp8 and the same
 #                without draft attention (stack and its baseline without fp8 where torchao's float8 cannot run)
+#   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
+#                Wan 1.3B (how long it compiles)
+#   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, stack, the same without draft attention
+#   families-14b one forward per setting of the 14B-class new families (ChronoEdit, AnyFlow, Wan-Animate, Helios,
+#                Cosmos 2.5 14B) and EasyAnimate, ConsisID
+#   cosmos-loop  the Cosmos-Predict2.5 2B pipeline loop (issue 20's new-family row)
+#   h200         (an H200: run with needs_h200) MiniMax-H3 33B and Kandinsky 6 48B forwards
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -31,7 +38,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan14b-stack|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -112,6 +119,24 @@ case $stage in
     run pipeline_14b_stack 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
       --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings "$settings" --out "$OUT/p14s"
     cat "$OUT/p14s/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  hunyuan-stack)
+    run pipeline_hunyuan_stack 570 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings default@1,stack@8,fbcache-mag+compile@4 \
+      --out "$OUT/phs"
+    cat "$OUT/phs/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  families-14b)
+    e2e_models chronoedit-14b-720p:80 anyflow14b-720p:100 wan-animate14b-720p:100 helios14b-384p:60 \
+      cosmos2.5-14b-704p:110 easyanimate-12b-512p:60 consisid-480p:50
+    ;;
+  cosmos-loop)
+    run pipeline_cosmos 560 python3 scripts/benchmark_pipeline.py --models cosmos2.5-2b-704p --steps 8 --no-decode \
+      --warmup-steps 1 --budget-s 520 --settings default,fa4-dense,draft,preset,dbcache,dbcache+draft --out "$OUT/pc"
+    cat "$OUT/pc/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  h200)
+    e2e_models minimax-h3-768p:280 kandinsky6-480p:280
     ;;
   families)
     e2e_models ltx13b-704p:90 cogvideox1.5-5b-768p:100 ltx2-19b-704p:100 wan-vace14b-720p:100 skyreels-v2-14b-720p:160

@@ -44,7 +44,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-FILES = ("wan", "wan_vace", "skyreels_v2", "hunyuan_video", "hunyuan_1_5", "ltx", "ltx2", "cogvideox")
+# diffusers' test files of the supported families (tests/models/transformers/test_models_transformer_<name>.py;
+# Kandinsky 5/6 have none upstream)
+FILES = ("wan", "wan_vace", "skyreels_v2", "hunyuan_video", "hunyuan_1_5", "ltx", "ltx2", "cogvideox", "chronoedit",
+         "anyflow", "wan_animate", "helios", "cosmos", "motif_video", "hunyuan_video_framepack", "mochi", "easyanimate",
+         "allegro", "consisid", "minimax_h3")
 TEST_DIR = "tests/models/transformers"
 PLUGIN = "_draft_harness"
 # reasons of the upstream skipif marks that --unskip-accelerator drops (require_accelerator, require_torch_accelerator)
@@ -259,7 +263,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--diffusers-repo", type=Path, help="diffusers git checkout or bare mirror")
     p.add_argument("--ref", default="HEAD", help="commit to take tests/ from (bare mirror only)")
-    p.add_argument("--files", default=",".join(FILES), help="test files, by short name (default: all 8)")
+    p.add_argument("--files", default=",".join(FILES), help=f"test files, by short name (default: all {len(FILES)})")
     p.add_argument("--modes", default="plain,draft")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--backend", default="reference")

@@ -141,6 +141,17 @@ ALLEGRO = dict(patch_size=2, patch_size_t=1, num_attention_heads=24, attention_h
                out_channels=4, num_layers=32, cross_attention_dim=2304, attention_bias=True, sample_height=90,
                sample_width=160, sample_frames=22, caption_channels=4096, interpolation_scale_t=2.2,
                interpolation_scale_h=2.0, interpolation_scale_w=2.0)
+# Kandinsky 5.0 Video Lite (2B; T2V sft/pretrain/nocfg/distilled 5 s) and Pro (19B; T2V/I2V sft 5 s): the dit_params of
+# the Kandinsky team's inference configs (github.com/ai-forever/Kandinsky-5 configs/config_5s_sft.yaml for Lite,
+# github.com/kandinskylab/kandinsky-5 configs/k5_pro_t2v_5s_sft_sd.yaml / _hd.yaml for Pro; diffusers has no
+# conversion script for it). visual_cond is set on the T2V checkpoints too: Kandinsky5T2VPipeline feeds zero image
+# latents and a zero mask (2 x 16 + 1 channels). Lite: 2.008B parameters, Pro: 19.31B (counted on the meta device).
+# attention_type stays "regular" (full attention: the 5 s Lite configs' "flash"); draft attention refuses "nabla"
+KANDINSKY5_LITE = dict(in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=512,
+                       patch_size=(1, 2, 2), model_dim=1792, ff_dim=7168, num_text_blocks=2, num_visual_blocks=32,
+                       axes_dims=(16, 24, 24), visual_cond=True)
+KANDINSKY5_PRO = dict(KANDINSKY5_LITE, time_dim=1024, model_dim=4096, ff_dim=16384, num_text_blocks=4,
+                      num_visual_blocks=60, axes_dims=(32, 48, 48))
 # Kandinsky 6.0: Kandinsky6Transformer3DModel's defaults (60 fused video+audio blocks of 4096, head dim 32+48+48 =
 # 128, audio branch as wide as the video one: 48B parameters, 96 GB in bf16, an H200 job) with the flags its docstring
 # says the released checkpoints set (ca_rope, cross_gates, fix_modulation; two visual token types for I2V). The
@@ -234,6 +245,16 @@ MODELS = {
                        "HunyuanVideo FramePack, 720x1280, one 9-latent-frame section"),
     "framepack-512p": ("framepack", FRAMEPACK, (9, 64, 64), 1,
                        "HunyuanVideo FramePack, 512x512, one 9-latent-frame section"),
+    # Kandinsky 5.0 Video Lite at Kandinsky5T2VPipeline.__call__'s defaults, which its docs example and this package's
+    # kandinsky5-lite-t2v-512p preset also use: 512x768, 121 frames (HunyuanVideo VAE, 8x spatial / 4x temporal: 31
+    # latent frames of 64x96, 2x2 patches: 31 x 32 x 48 = 47,616 video tokens; the prompt only in cross-attention);
+    # guidance 5.0 with the pipeline's default negative prompt: two calls per step. Pro at its docs' T2V example
+    # 768x1024, 121 frames (31 x 48 x 64 = 95,232 tokens; 38.6 GB of bf16 weights): full attention as configured
+    # here; the Kandinsky team's HD Pro config runs NABLA at this size (their 512 SD config runs full attention)
+    "kandinsky5-lite-512p": ("kandinsky5", KANDINSKY5_LITE, (31, 64, 96), 2,
+                             "Kandinsky 5.0 Video Lite 2B, 512x768, 121 frames"),
+    "kandinsky5-pro-768p": ("kandinsky5", KANDINSKY5_PRO, (31, 96, 128), 2,
+                            "Kandinsky 5.0 Video Pro 19B (full attention), 768x1024, 121 frames"),
     # Kandinsky 6.0 at its pipeline example's 480x864, 121 frames (31 latent frames of 30x54 tokens: 50,220 video
     # tokens, video-only self-attention) with 218 audio tokens; the distilled checkpoints run guidance 1.0: one call
     "kandinsky6-480p": ("kandinsky6", KANDINSKY6, (31, 60, 108), 1,
@@ -254,6 +275,9 @@ MODELS = {
                                            audio_in_channels=4, text_dim=32, freq_dim=32, time_embed_hidden_dim=32,
                                            time_embed_dim=32, rope_freq_dim=4),
                         (2, 16, 64), 1, "tiny MiniMax-H3 (CPU dry run)"),
+    "tiny-kandinsky5": ("kandinsky5", dict(KANDINSKY5_LITE, in_text_dim=32, in_text_dim2=16, time_dim=32, model_dim=64,
+                                           ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12)),
+                        (2, 16, 64), 2, "tiny Kandinsky 5.0 Video (CPU dry run)"),
     "tiny-kandinsky6": ("kandinsky6", dict(KANDINSKY6, in_text_dim=32, in_text_dim2=16, time_dim=32, model_dim=64,
                                            ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12)),
                         (2, 16, 64), 1, "tiny Kandinsky 6.0 (CPU dry run)"),
@@ -538,6 +562,25 @@ def _framepack_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int
                 return_dict=False)
 
 
+def _kandinsky5_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
+    # as Kandinsky5T2VPipeline calls it (one of its two CFG calls): channels-last noise with the zero image latents and
+    # mask (visual_cond), a Qwen2.5-VL prompt of `text_tokens` tokens (one prompt: no padding) and the pooled CLIP
+    # embedding; RoPE positions per latent frame and per patch row / column, and its _get_scale_factor for the pixel
+    # size (HunyuanVideo VAE: 8x spatial)
+    x = latents.permute(0, 2, 3, 4, 1)
+    if config.get("visual_cond", False):
+        x = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x[..., :1])], dim=-1)
+    _, f, h, w, _ = x.shape
+    _, ph, pw = config["patch_size"]
+    device = latents.device
+    scale = (1, 2, 2) if all(480 <= 8 * n <= 854 for n in (h, w)) else (1, 3.16, 3.16)
+    return dict(hidden_states=x, encoder_hidden_states=rnd(1, text_tokens, config["in_text_dim"]),
+                pooled_projections=rnd(1, config["in_text_dim2"]),
+                timestep=torch.tensor([500.0], device=device, dtype=latents.dtype),
+                visual_rope_pos=[torch.arange(n, device=device) for n in (f, h // ph, w // pw)],
+                text_rope_pos=torch.arange(text_tokens, device=device), scale_factor=scale, return_dict=False)
+
+
 def _kandinsky6_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     # as Kandinsky6TI2VAPipeline calls it for text-to-video with audio (its default): channels-last noise with the
     # zero conditioning latent and mask (visual_cond), audio latents for the video's length (24 fps, 44.1 kHz, a
@@ -595,6 +638,7 @@ TRANSFORMERS = {
     "cosmos": ("CosmosTransformer3DModel", _cosmos_inputs),
     "motif_video": ("MotifVideoTransformer3DModel", _motif_video_inputs),
     "framepack": ("HunyuanVideoFramepackTransformer3DModel", _framepack_inputs),
+    "kandinsky5": ("Kandinsky5Transformer3DModel", _kandinsky5_inputs),
     "kandinsky6": ("Kandinsky6Transformer3DModel", _kandinsky6_inputs),
     "minimax_h3": ("MiniMaxH3Transformer3DModel", _minimax_h3_inputs),
 }

@@ -27,7 +27,8 @@
 #                Wan 1.3B (how long it compiles)
 #   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, stack, the same without draft attention
 #   families-14b one forward per setting of the 14B-class new families (ChronoEdit, AnyFlow, Wan-Animate, Helios,
-#                Cosmos 2.5 14B) and EasyAnimate, ConsisID
+#                Cosmos 2.5 14B)
+#   families-more  the same for EasyAnimate, ConsisID, Kandinsky 5 Lite and Pro
 #   cosmos-loop  the Cosmos-Predict2.5 2B pipeline loop (issue 20's new-family row)
 #   h200         (an H200: run with needs_h200) MiniMax-H3 33B and Kandinsky 6 48B forwards
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
@@ -38,7 +39,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -128,7 +129,10 @@ case $stage in
     ;;
   families-14b)
     e2e_models chronoedit-14b-720p:80 anyflow14b-720p:100 wan-animate14b-720p:100 helios14b-384p:60 \
-      cosmos2.5-14b-704p:110 easyanimate-12b-512p:60 consisid-480p:50
+      cosmos2.5-14b-704p:110
+    ;;
+  families-more)
+    e2e_models easyanimate-12b-512p:60 consisid-480p:50 kandinsky5-lite-512p:60 kandinsky5-pro-768p:200
     ;;
   cosmos-loop)
     run pipeline_cosmos 560 python3 scripts/benchmark_pipeline.py --models cosmos2.5-2b-704p --steps 8 --no-decode \

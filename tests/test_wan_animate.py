@@ -10,7 +10,8 @@ from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attentio
                                       enable_draft_attention, get_draft_stats)
 from draftattention_diffusers.models import family_for, require_family
 from draftattention_diffusers.models.base import count_hooks
-from draftattention_diffusers.models.wan_animate import WanAnimateFamily, build_tiny_wan_animate
+from draftattention_diffusers.models.wan_animate import WanAnimateFamily, build_tiny_wan_animate, tiny_animate_inputs
+from draftattention_diffusers.tiny import tiny_prompt_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,46 @@ def test_shared_family_checks_through_the_pipeline(case):
     conformance.test_the_tiny_grid_reorders(case)
     conformance.test_dense_schedule_and_disable_are_bit_identical(case)
     conformance.test_sparsity_zero_equals_dense_and_the_schedule(case)
+
+
+def test_statistics_cover_every_segment_and_the_next_call_starts_fresh(case):
+    # WanAnimatePipeline denoises segment by segment, setting new timesteps after each (the last one too): every
+    # segment has its own warm-up, the statistics count every segment's calls, segment by segment, and they are
+    # still the call's after it (not empty, not the last segment's); the next call starts from nothing
+    _, pipe = case
+    kw = dict(tiny_prompt_kwargs(pipe), output_type="latent")
+    three = dict(tiny_animate_inputs(frames=13), segment_frame_length=5)  # 3 segments of 5 frames, 1 shared
+    forwards = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda m, a: forwards.append(pipe.scheduler.timesteps))
+    try:
+        with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.5):
+            pipe(**kw, **three, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+            stats = get_draft_stats(pipe).summary()
+            text = get_draft_stats(pipe).format()
+            segments = [sum(t is k for t in forwards) for k in dict.fromkeys(forwards)]  # forwards per schedule
+            first = len(forwards)
+            forwards.clear()
+            pipe(**kw, **tiny_animate_inputs(), num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+            again = get_draft_stats(pipe).summary()
+            pipe.scheduler.set_timesteps(4)  # another schedule than the call's: never its statistics
+            stale = get_draft_stats(pipe).summary()
+    finally:
+        handle.remove()
+    layers = len(stats["layer_sparsity"])
+    assert segments == [2, 2, 2] and layers == 2 and stats["fallbacks"] == {}
+    assert stats["forwards"] == first == 6 and stats["sparse_calls"] + stats["dense_calls"] == first * layers
+    assert stats["sparse_calls"] == stats["dense_calls"] == 6 and stats["mean_sparsity"] == pytest.approx(0.5)
+    assert stats["steps"] == {0: "dense", 1: "sparse", 2: "dense", 3: "sparse", 4: "dense", 5: "sparse"}
+    assert [s["section"] for s in stats["sections"]] == [0, 1, 2]
+    for sec, n in zip(stats["sections"], segments):  # each segment its own warm-up: 1 dense and 1 sparse step
+        assert sec["steps"] == {0: "dense", 1: "sparse"} and sec["forwards"] == n
+        assert sec["sparse_calls"] == sec["dense_calls"] == n // 2 * layers
+    assert "6 steps in 3 sections" in text and "section 2: 2 steps" in text
+    # the second call: one segment of 3 steps (2 dense), nothing of the first call
+    assert again["forwards"] == len(forwards) == 3 and again["steps"] == {0: "dense", 1: "dense", 2: "sparse"}
+    assert again["sparse_calls"] + again["dense_calls"] == 3 * layers and again["sparse_calls"] == layers
+    assert [(s["section"], s["forwards"]) for s in again["sections"]] == [(0, 3)]
+    assert stale["forwards"] == 0 and stale["steps"] == {} and stale["sections"] == []
 
 
 @pytest.fixture(scope="module")

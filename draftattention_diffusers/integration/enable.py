@@ -179,6 +179,12 @@ def get_draft_stats(obj) -> DraftStats:
         # each call sets new scheduler timesteps, and the processor keys its statistics to the call's timesteps
         timesteps = getattr(getattr(obj, "scheduler", None), "timesteps", None)
         run_key = getattr(processor, "_run_key", None)
-        if timesteps is not None and run_key is not None and timesteps is not run_key:
-            return DraftStats()
+        if timesteps is not None and run_key is not None and timesteps is not run_key and not (
+                getattr(processor, "_run_resets_after", False) and _same_timesteps(timesteps, run_key)):
+            return DraftStats()  # (Wan-Animate sets them once more after its last segment: the same schedule)
     return processor.stats
+
+
+def _same_timesteps(a, b) -> bool:
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and a.device == b.device and torch.equal(a, b))

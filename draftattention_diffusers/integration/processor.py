@@ -126,6 +126,7 @@ class DraftAttnProcessor:
         self._observers: list[Observer] = []
         self._manual_step: tuple[int, int] | None = None
         self._run_key = None
+        self._run_resets_after = False  # the pipeline sets new timesteps after the run's last section (its family)
         self._untiled_run = _NO_RUN  # the pipeline call (its timesteps) that must stay in diffusers' token order
         self._backend_choice = None
         self._parallel_choice = None
@@ -318,6 +319,7 @@ class DraftAttnProcessor:
                 if section is not None:
                     self.stats.begin_section(section)
                 self._run_key = key
+                self._run_resets_after = section is not None and family.pipeline_resets_after_sections(pipe)
         else:
             step_info = self._manual_step
         latents = forward_latents(args, kwargs)

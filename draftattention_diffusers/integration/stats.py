@@ -70,9 +70,9 @@ the counters are reached through the module, so every compiled block shares one 
 class DraftStats:
     """What draft attention did during the last pipeline call (reset when a new call starts).
 
-    A pipeline that denoises in sections (FramePack, Helios: ``ModelFamily.section_loops``) restarts the schedule per
-    section, each with its own warm-up; the statistics cover every section of the call, and ``summary()["sections"]``
-    tells them apart.
+    A pipeline that denoises in sections (FramePack, Helios, Wan-Animate: ``ModelFamily.section_loops``) restarts the
+    schedule per section, each with its own warm-up; the statistics cover every section of the call, and
+    ``summary()["sections"]`` tells them apart.
 
     Counts are read once, when :meth:`summary` is called. A forward in which no video self-attention ran (a step
     cache such as MagCache skipped every block) counts as *skipped*.

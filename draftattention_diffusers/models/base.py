@@ -201,8 +201,13 @@ class ModelFamily:
     section_loops: ClassVar[dict[str, str]] = {}
     """Pipelines (class names) that denoise a video in sections within one call, each section a whole denoising loop
     with new timesteps -> the local variable of their ``__call__`` holding the index of the section being denoised
-    (0 first). Each section runs its own schedule (its dense warm-up steps); the statistics cover the whole call,
-    section by section (:meth:`pipeline_section`). Pipelines not named here run one loop per call."""
+    (0 first), or that the family's :meth:`pipeline_section` derives it from. Each section runs its own schedule (its
+    dense warm-up steps); the statistics cover the whole call, section by section (:meth:`pipeline_section`).
+    Pipelines not named here run one loop per call."""
+    sections_reset_after: ClassVar[tuple[str, ...]] = ()
+    """Pipelines of :attr:`section_loops` that set new timesteps after every section (for the next one) rather than
+    before it, so that a call ends on timesteps no forward ran under (Wan-Animate): ``get_draft_stats(pipe)`` takes
+    those for the call's own when they equal its last section's (:meth:`pipeline_resets_after_sections`)."""
     default_fps: ClassVar[int] = 16
     frame_step: ClassVar[int] = 4
     """Its pipelines take ``frame_step * k + 1`` frames (the VAE's temporal compression); other counts are cut or
@@ -334,6 +339,11 @@ class ModelFamily:
                     None)
         index = None if name is None else pipeline_locals.get(name)
         return index if type(index) is int and index >= 0 else None
+
+    def pipeline_resets_after_sections(self, pipe) -> bool:
+        """Whether ``pipe`` sets new timesteps once more after its call's last section
+        (:attr:`sections_reset_after`)."""
+        return any(c.__name__ in self.sections_reset_after for c in type(pipe).__mro__)
 
     def tiny_prompt_kwargs(self, pipe, emb: Callable[..., torch.Tensor], text_len: int, valid_len: int | None,
                            negative: bool) -> dict[str, Any]:

@@ -13,7 +13,10 @@ Tokens are gathered per call (no tile-order hooks): the face adapter splits the 
 The pipeline takes a character image, a pose video and a face video (and for ``mode="replace"`` a background and a
 mask video): more than the command line's ``--image`` / ``--video``, so it is served through the Python API. Its
 segments each run the whole schedule (the scheduler is reset per segment), so every segment has its dense warm-up
-steps. Wan-Animate-2 (``WanAnimate2Transformer3DModel``) is refused: see ``models/__init__.py``'s ``REFUSED``.
+steps; the statistics cover the whole call, segment by segment (``section_loops``: the segment's index is its first
+frame ``start`` over ``effective_segment_length``; the pipeline sets new timesteps after each segment, the last one
+too, which ``get_draft_stats`` takes for the call's: ``sections_reset_after``). Wan-Animate-2
+(``WanAnimate2Transformer3DModel``) is refused: see ``models/__init__.py``'s ``REFUSED``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class WanAnimateFamily(WanFamily):
     transformer_classes = ("WanAnimateTransformer3DModel",)
     pipelines = {}
     other_pipelines = ("WanAnimatePipeline",)
+    # for _ in range(num_segments): ... start += effective_segment_length; scheduler.set_timesteps (after the segment)
+    section_loops = {"WanAnimatePipeline": "start"}
+    sections_reset_after = ("WanAnimatePipeline",)
     default_fps = 16
     # no tiny_variants: the command line cannot give this pipeline its pose and face videos; the tiny pipeline is
     # build_tiny_wan_animate (tests/test_wan_animate.py), called with tiny_call: one 5-frame segment, 3 latent frames
@@ -87,6 +93,13 @@ class WanAnimateFamily(WanFamily):
     # diffusers 0.42.1 has no context-parallel plan for it
     cp_unsupported_because = ("diffusers has no context-parallel plan for it, and its face adapter splits the video "
                               "tokens into frames by position, which a split sequence would have to follow")
+
+    def pipeline_section(self, pipe, pipeline_locals):
+        # the segment loop has no index variable: its segment starts at frame `start`, segments apart by
+        # `effective_segment_length` (segment_frame_length - prev_segment_conditioning_frames)
+        start = super().pipeline_section(pipe, pipeline_locals)
+        length = pipeline_locals.get("effective_segment_length")
+        return start // length if start is not None and type(length) is int and length > 0 else None
 
     def roles(self, transformer, current):
         out = super().roles(transformer, current)

@@ -433,6 +433,9 @@ def _check_inputs_for(family: ModelFamily, cls: str, s: RunSettings, model_index
         if i.required and getattr(s, i.kind) is None:
             raise CLIError(f"{cls} needs an input {i.kind} (its {i.argument!r} argument): pass "
                            f"{INPUT_FLAGS[i.kind]} PATH")
+    if recipe.needs_one_of and all(getattr(s, kind) is None for kind in recipe.needs_one_of):
+        raise CLIError(f"{cls} needs an input: pass " + " or ".join(f"{INPUT_FLAGS[k]} PATH"
+                                                                   for k in recipe.needs_one_of))
     spec = recipe.takes("video")
     if spec is None or s.video is None:
         return

@@ -61,7 +61,7 @@ def _text_to_video_tiny_models() -> list[str]:
     for name in runner.TINY_MODELS:
         family, tiny = runner.tiny_builder(name)
         recipe = family.pipelines.get(getattr(tiny, "pipeline", None))
-        if recipe is not None and not any(i.required for i in recipe.inputs):
+        if recipe is not None and not recipe.needs_input:
             out.append(name)
     return out
 
@@ -72,7 +72,7 @@ def test_every_family_has_a_text_to_video_tiny_model():
 
     names = _text_to_video_tiny_models()
     t2v = {f.name for f in families() if f.tiny_variants
-           and any(not any(i.required for i in r.inputs) for r in f.pipelines.values())}
+           and any(not r.needs_input for r in f.pipelines.values())}
     assert {family_for_pipeline(runner.pipeline_to_load(n)[1]).name for n in names} == t2v
     assert "tiny-hunyuan15" in names and "tiny-wan-i2v" not in names and "tiny-chronoedit" not in names
 
@@ -666,3 +666,9 @@ def test_evaluate_checks_the_inputs_before_loading(tmp_path, monkeypatch, capsys
     assert code == 1
     assert "draftattention: error: WanImageToVideoPipeline needs an input image" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o" / "e-report").exists()
+
+
+def test_a_pipeline_that_needs_an_image_or_a_video_says_so(capsys):
+    """Cosmos Predict2 Video2World needs --image or --video (neither alone is required): refused before loading."""
+    rc, _, err = run(capsys, "generate", "--model", "tiny-cosmos2-v2w", "--no-progress")
+    assert rc != 0 and "Cosmos2VideoToWorldPipeline needs an input: pass --image PATH or --video PATH" in err

@@ -89,6 +89,8 @@ class LoadRecipe:
     Loading: the dtypes of the transformer(s) (``transformer``, ``transformer_2``), the VAE, named other components
     (``component_dtypes``, e.g. ``(("image_encoder", torch.float32),)``) and every other component, and whether the
     VAE decodes in tiles. Inputs: the files its ``__call__`` takes (``inputs``, :class:`PipelineInput`).
+    ``needs_one_of``: input kinds of which the pipeline needs at least one (Cosmos Predict2 Video2World: an image or a
+    video), where no single input is required on its own.
     ``loads_as``: input kind -> another pipeline class of the family that the command line loads instead when
     that input is given (a text-to-video checkpoint whose model also does image-to-video, e.g. Wan2.2 TI2V-5B),
     only when the checkpoint's ``model_index.json`` sets ``loads_as_if`` to true (None: always).
@@ -100,6 +102,7 @@ class LoadRecipe:
     vae_tiling: bool = False
     component_dtypes: tuple[tuple[str, torch.dtype], ...] = ()
     inputs: tuple[PipelineInput, ...] = ()
+    needs_one_of: tuple[str, ...] = ()
     loads_as: dict[str, str] = field(default_factory=dict)
     loads_as_if: str | None = None
 
@@ -107,6 +110,13 @@ class LoadRecipe:
         kinds = [i.kind for i in self.inputs]
         if len(set(kinds)) != len(kinds) or not set(self.loads_as) <= set(INPUT_KINDS):
             raise ValueError(f"LoadRecipe: one input per kind ({INPUT_KINDS}), and loads_as keyed by them")
+        if not set(self.needs_one_of) <= set(kinds):
+            raise ValueError(f"LoadRecipe: needs_one_of {self.needs_one_of} must name inputs it takes ({kinds})")
+
+    @property
+    def needs_input(self) -> bool:
+        """True when the pipeline cannot run from a prompt alone (a required input, or one of ``needs_one_of``)."""
+        return bool(self.needs_one_of) or any(i.required for i in self.inputs)
 
     def dtypes(self) -> dict[str, torch.dtype]:
         """The per-component ``dtype`` mapping of diffusers' ``DiffusionPipeline.from_pretrained``."""

@@ -127,7 +127,8 @@ class CosmosFamily(ModelFamily):
         # Predict2 Video2World (2B, 14B): an image or a video
         "Cosmos2VideoToWorldPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
                                                   inputs=(PipelineInput("image", "image"),
-                                                          PipelineInput("video", "video"))),
+                                                          PipelineInput("video", "video")),
+                                                  needs_one_of=("image", "video")),
     }
     # Python API only: Cosmos 1.0 (its VAE compresses time 8x: 8k+1 frames, where this family's command-line frame
     # rule is the Wan VAE's 4k+1), Transfer2.5 (a controlnet model to load beside it) and Predict2 Text2Image

@@ -45,14 +45,15 @@ def build_tiny_mochi(seed: int = 0, num_layers: int = 2, heads: int = 2):
     torch.manual_seed(seed + 1)
     transformer = MochiTransformer3DModel(
         patch_size=2, num_attention_heads=heads, attention_head_dim=32, num_layers=num_layers,
-        pooled_projection_dim=16, in_channels=4, text_embed_dim=TINY_TEXT_DIM, time_embed_dim=8,
+        pooled_projection_dim=16, in_channels=12, text_embed_dim=TINY_TEXT_DIM, time_embed_dim=8,
         max_sequence_length=16).eval()
     torch.nn.init.normal_(transformer.pos_frequencies, std=0.5)
     torch.manual_seed(seed)
-    vae = AutoencoderKLMochi(latent_channels=4, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+    # 12 latent channels as the real VAE: MochiPipeline's decode reshapes latents_mean to [1, 12, 1, 1, 1]
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
                              decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
-                             add_attention_block=(False,) * 5, latents_mean=(0.0,) * 4,
-                             latents_std=(1.0,) * 4).eval()
+                             add_attention_block=(False,) * 5, latents_mean=(0.0,) * 12,
+                             latents_std=(1.0,) * 12).eval()
     return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
                          transformer=transformer)
 

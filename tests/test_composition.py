@@ -200,6 +200,83 @@ def test_whole_model_fullgraph_compile_without_recompiles(family, fraction):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family, dims", [("wan", "dynamic"), ("hunyuan", "mark_dynamic")])
+def test_whole_model_dynamic_compile_across_resolutions_recompiles_and_nothing_worse(family, dims):
+    """diffusers' test_compile_on_different_shapes (dynamic=True, error_on_recompile) fails with draft attention by
+    design: the token grid, its tile order and tile counts are Python values fixed in the compiled forward, so each
+    new resolution compiles it once (docs/design.md, torch.compile). What a user gets is that recompile and nothing
+    worse: each resolution equals eager (tile order with and without ragged edges), mark_dynamic on the grid dims
+    raises no constraint error, and a resolution seen before reuses its graph."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    t = build_tiny_pipeline(family).transformer
+    counter = CompileCounter()
+    with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0, region_size=(2, 4)):
+        dynamo.reset()
+        model = torch.compile(t, fullgraph=True, dynamic=True if dims == "dynamic" else None, backend=counter)
+        graphs = []
+        for h, w in [(8, 16), (14, 20), (8, 16)]:  # 4 x 8 tokens, then 7 x 10 (ragged: H % 2, W % 4)
+            kw = bare_inputs(t, family)
+            kw["hidden_states"] = kw["hidden_states"][:, :, :, :h, :w]
+            if dims == "mark_dynamic":
+                dynamo.mark_dynamic(kw["hidden_states"], 3)
+                dynamo.mark_dynamic(kw["hidden_states"], 4)
+            with torch.no_grad():
+                eager = t(**kw)[0]
+                out = model(**kw)[0]
+            torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+            graphs.append(counter.frame_count)
+        dynamo.reset()
+    assert graphs[2] == graphs[1]  # a resolution seen before: no recompile
+
+
+@pytest.mark.parametrize("compiled", ["whole", "regional"])
+@pytest.mark.parametrize("warned_before", [False, True])
+def test_a_dense_fallback_inside_a_compiled_graph_neither_breaks_it_nor_recompiles(monkeypatch, compiled,
+                                                                                   warned_before):
+    """A call that falls back to dense inside a compiled graph (here HunyuanVideo's video, 1 x 2 x 4 tokens, is
+    shorter than one tile before its text tokens; diffusers' own compile tests meet it on MiniMax-H3's tiny inputs)
+    runs dense there and counts as a dense call, without a recompile. Recording the fallback in the graph broke that:
+    dynamo cannot trace the warning (fullgraph: an error on the first one), the count in the statistics' dict is a
+    guarded constant (after the warning: a recompile on every call), and the message named the module (compiled by
+    blocks: a graph per block instead of one shared)."""
+    import torch._dynamo as dynamo
+
+    from draftattention_diffusers.integration import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "_warned", set())
+    t = build_tiny_pipeline("hunyuan", num_layers=6).transformer  # 3 + 3 blocks
+    kw = bare_inputs(t, "hunyuan")
+    kw["hidden_states"] = kw["hidden_states"][:, :, :1, :4, :8]
+    with torch.no_grad():
+        dense = t(**kw)[0]
+    with draft_attention_enabled(t, sparsity=0.5, dense_steps_fraction=0.0):
+        if warned_before:  # eager: warned and listed in the statistics
+            with pytest.warns(UserWarning, match="fewer than one 128-token tile"), torch.no_grad():
+                t(**kw)
+        before = get_draft_stats(t).summary()
+        dynamo.reset()
+        try:
+            if compiled == "whole":
+                model, limits = torch.compile(t, fullgraph=True, backend="aot_eager"), dict(error_on_recompile=True)
+            else:
+                # HunyuanVideo's first single-stream block gets its input with other strides than the next ones: two
+                # graphs for those (without draft attention too), one for the dual-stream blocks; 3 blocks of each
+                # kind would need 3 with a graph per block
+                t.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+                model, limits = t, dict(recompile_limit=2)
+            with dynamo.config.patch(**limits), torch.no_grad():
+                model(**kw)
+                out = model(**kw)[0]
+            after = get_draft_stats(t).summary()
+        finally:
+            uncompile(t)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+    assert before["fallbacks"] == after["fallbacks"] and len(after["fallbacks"]) == (6 if warned_before else 0)
+    assert after["sparse_calls"] == 0 and after["dense_calls"] == before["dense_calls"] + 2 * 6  # 2 calls, 6 blocks
+
+
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])
 def test_regional_fullgraph_compile_in_a_pipeline(family):
     """compile_repeated_blocks(fullgraph=True): no graph break; one graph per mode (dense, sparse) across blocks

@@ -86,3 +86,32 @@ def test_a_tail_that_is_not_a_grid_runs_dense_visibly(transformer):
         stats = get_draft_stats(transformer).summary()
     assert stats["sparse_calls"] == 0 and any("grid of this forward is unknown" in f for f in stats["fallbacks"])
     assert max_diff(out, base) <= 1e-4 * max(1.0, base.abs().max().item())
+
+
+def test_compiled_whole_it_runs_dense_compiled_by_blocks_sparse(transformer):
+    """diffusers' compile tests on MiniMax-H3 with draft attention. The grid is read from position_ids' values (a host
+    sync), so a whole-model fullgraph compile cannot know it: its calls run dense inside the graph, without a graph
+    break or a recompile (recording that fallback there broke fullgraph). Compiled by blocks, the grid comes from the
+    eager pre-forward hook and the routed call runs sparse in one graph, equal to eager."""
+    import torch._dynamo as dynamo
+    from pipeline_utils import uncompile
+
+    kw = packed_inputs()
+    base = forward(transformer, kw)
+    with draft_attention_enabled(transformer, sparsity=0.5, dense_steps_fraction=0.0, backend="reference"):
+        sparse = forward(transformer, kw)
+        dynamo.reset()
+        whole = torch.compile(transformer, fullgraph=True, backend="aot_eager")
+        with dynamo.config.patch(error_on_recompile=True):
+            forward(whole, kw)
+            compiled_whole = forward(whole, kw)
+        dynamo.reset()
+        transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+        try:
+            with dynamo.config.patch(recompile_limit=1):
+                forward(transformer, kw)
+                compiled_blocks = forward(transformer, kw)
+        finally:
+            uncompile(transformer)
+    assert max_diff(compiled_whole, base) <= 1e-4 * max(1.0, base.abs().max().item())
+    assert max_diff(compiled_blocks, sparse) <= 1e-5 and not torch.equal(sparse, base)

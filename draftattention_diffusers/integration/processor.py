@@ -409,8 +409,8 @@ class DraftAttnProcessor:
         if self._routing is not None:  # it computed its attention without the dispatcher: its own (dense) result
             self._routing = None
             count_call(attn, None)
-            self.stats.record_fallback(f"{role.name}: {type(default).__name__} made no dispatch_attention_fn call; "
-                                       "its own attention ran (dense)")
+            self._record_fallback(lambda: f"{role.name}: {type(default).__name__} made no dispatch_attention_fn "
+                                          "call; its own attention ran (dense)")
         return out
 
     def _route(self, original, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -424,7 +424,8 @@ class DraftAttnProcessor:
         if routing is None or problem is not None:
             if problem is not None:
                 count_call(routing[0], None)
-                self.stats.record_fallback(f"{routing[2].name}: {problem}; running the model's own attention call")
+                self._record_fallback(lambda: f"{routing[2].name}: {problem()}; running the model's own attention "
+                                              "call")
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, backend=backend,
                             parallel_config=parallel_config)
@@ -525,21 +526,9 @@ class DraftAttnProcessor:
         key_lengths = key_lengths if padding_mask else None
         grid = self.grid
         if not dense:
-            problem = None
-            if grid is None:
-                problem = "the video token grid of this forward is unknown"
-            elif grid.num_tokens + text_len != q.shape[1]:
-                problem = (f"sequence of {q.shape[1]} tokens does not match the grid {grid.frames}x{grid.height}x"
-                           f"{grid.width} + {text_len} text tokens")
-            elif not padding_mask:
-                problem = "the attention mask is not a key-padding suffix mask"
-            elif text_len and grid.num_tokens < self.config.region_size[0] * self.config.region_size[1]:
-                # (layout.num_video_tiles == 0, in plain integers: nothing for a compiled graph to trace)
-                tile = self.config.region_size[0] * self.config.region_size[1]
-                problem = (f"the video has {grid.num_tokens} tokens, fewer than one {tile}-token tile before the text "
-                           "tokens: there is nothing to select")
-            if problem:
-                self.stats.record_fallback(f"{role.name}: {problem}; running dense attention for it")
+            problem = _sparse_problem(grid, q.shape[1], text_len, padding_mask, self.config.region_size)
+            if problem is not None:
+                self._record_fallback(lambda: f"{role.name}: {problem()}; running dense attention for it")
                 dense = True
         model_scale, scale = scale, (scale if scale is not None else q.shape[-1] ** -0.5)
         tiles = None
@@ -564,6 +553,14 @@ class DraftAttnProcessor:
             for fn in self._observers:
                 fn(event)
         return out
+
+    def _record_fallback(self, message: Callable[[], str]) -> None:
+        """A call of this forward runs dense though it should be sparse: listed in the statistics, warned once. In
+        eager code only: in a graph torch.compile traces, the message (the module's name, the shapes) would be
+        guarded constants, one graph per block and per shape, and the warning cannot be traced (the call still
+        counts as a dense call there)."""
+        if not torch.compiler.is_compiling():
+            self.stats.record_fallback(message())
 
     def _dense(self, q, k, v, attention_mask, key_lengths, scale, padding_mask: bool, kernel: str | None,
                model_scale: float | None = None):
@@ -643,14 +640,34 @@ def _pick_dense_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) 
         else "fa4"
 
 
-def _unroutable_call(query, key, value, dropout_p, is_causal, enable_gqa, attention_kwargs) -> str | None:
-    """Why draft attention cannot compute this dispatcher call exactly (None: it can)."""
+def _unroutable_call(query, key, value, dropout_p, is_causal, enable_gqa,
+                     attention_kwargs) -> Callable[[], str] | None:
+    """Why draft attention cannot compute this dispatcher call exactly (None: it can), as a function that writes the
+    message (called in eager code only: see ``DraftAttnProcessor._record_fallback``)."""
     if dropout_p or is_causal or enable_gqa or attention_kwargs:
-        return (f"the attention call asks for dropout_p={dropout_p}, is_causal={is_causal}, enable_gqa={enable_gqa}, "
-                f"attention_kwargs={attention_kwargs}")
+        return lambda: (f"the attention call asks for dropout_p={dropout_p}, is_causal={is_causal}, "
+                        f"enable_gqa={enable_gqa}, attention_kwargs={attention_kwargs}")
     if query.dim() != 4 or key.shape != value.shape or key.shape[1:] != query.shape[1:]:
-        return (f"the attention call is not self-attention over one [B, S, H, D] sequence (q {tuple(query.shape)}, "
-                f"k {tuple(key.shape)}, v {tuple(value.shape)})")
+        return lambda: (f"the attention call is not self-attention over one [B, S, H, D] sequence (q "
+                        f"{tuple(query.shape)}, k {tuple(key.shape)}, v {tuple(value.shape)})")
+    return None
+
+
+def _sparse_problem(grid: VideoGrid | None, seq_len: int, text_len: int, padding_mask: bool,
+                    region_size: tuple[int, int]) -> Callable[[], str] | None:
+    """Why a call that should be sparse must run dense (None: it can be sparse), as a function that writes the
+    message (called in eager code only: see ``DraftAttnProcessor._record_fallback``)."""
+    if grid is None:
+        return lambda: "the video token grid of this forward is unknown"
+    if grid.num_tokens + text_len != seq_len:
+        return lambda: (f"sequence of {seq_len} tokens does not match the grid {grid.frames}x{grid.height}x"
+                        f"{grid.width} + {text_len} text tokens")
+    if not padding_mask:
+        return lambda: "the attention mask is not a key-padding suffix mask"
+    tile = region_size[0] * region_size[1]
+    if text_len and grid.num_tokens < tile:  # (layout.num_video_tiles == 0, in plain integers: nothing to trace)
+        return lambda: (f"the video has {grid.num_tokens} tokens, fewer than one {tile}-token tile before the text "
+                        "tokens: there is nothing to select")
     return None
 
 

@@ -22,6 +22,10 @@ _warned: set[str] = set()
 
 
 def warn_once(message: str) -> None:
+    """Warn once per process. Not inside a graph torch.compile (or export) traces: dynamo cannot trace
+    ``warnings.warn`` (an error under ``fullgraph=True``, a graph break otherwise) and would guard on ``_warned``."""
+    if torch.compiler.is_compiling():
+        return
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, DraftAttentionWarning, stacklevel=3)
@@ -141,6 +145,11 @@ class DraftStats:
             self._marks.append(self._total_calls())
 
     def record_fallback(self, message: str) -> None:
+        """Count a fallback and warn once. Eager code only: inside a graph torch.compile traces the call still runs
+        dense (and counts as a dense call), but nothing is recorded here: dynamo cannot trace the warning, and the
+        count in this dict would be a guarded constant (a recompile on every call)."""
+        if torch.compiler.is_compiling():
+            return
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
         warn_once(message)
 

@@ -9,8 +9,10 @@ q, k, v, norms and RoPE; draft attention replaces its ``dispatch_attention_fn`` 
 Token grid: from the forward's ``position_ids`` ``(S, 3)`` (rotary ``t, h, w``) and ``video_indices``: the contiguous
 tail of ``video_indices`` ending at the last row, cut into frames of one ``t`` each (the last frame's ``(h, w)`` a
 row-major grid, every frame the same grid, ``t`` strictly increasing frame by frame, which stops at a keyframe block
-anchored at the first or last frame's time). Reading it syncs with the host, so inside a compiled graph the grid is
-unknown and draft attention runs dense (visibly). Tokens are gathered per call (no tile-order hooks yet).
+anchored at the first or last frame's time). Reading it syncs with the host, so where the pre-forward hook is traced
+into a whole-model graph (``fullgraph=True``) the grid is unknown and draft attention runs dense there (counted as
+dense calls; no graph break); compiled by blocks (``compile_repeated_blocks``) the eager hook reads it and the blocks
+run sparse. Tokens are gathered per call (no tile-order hooks yet).
 
 Checked against diffusers 0.42.1 ``models/transformers/transformer_minimax_h3.py`` (``MiniMaxH3Attention.forward``
 calls ``self.processor(self, hidden_states, rotary_emb, attention_mask)`` positionally; the blocks pass no mask;

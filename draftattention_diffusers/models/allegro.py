@@ -24,8 +24,9 @@ from diffusers.models.attention_processor import AllegroAttnProcessor2_0, Attent
 from diffusers.models.embeddings import apply_rotary_emb_allegro
 
 from ..core.layout import VideoGrid
-from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, permute_forward_argument,
-                   pipeline_loop_step, register_hook, register_tokens_back_hook)
+from .base import (SDPA_CP_UNSUPPORTED, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles,
+                   permute_forward_argument, pipeline_loop_step, register_frame_patches_hook, register_hook,
+                   register_tokens_back_hook, tiny_prompt_mask)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -76,9 +77,7 @@ class AllegroFamily(ModelFamily):
     frame_step = 4  # the VAE compresses time 4x: 4k+1 frames (85: 22 latent frames, as the published 88)
     tiny_variants = {"tiny-allegro": TinyPipeline(build_tiny_allegro, "AllegroPipeline")}
     tiny_call = dict(height=128, width=512, num_frames=5)  # 2 latent frames of 8x32 tokens
-    cp_unsupported_because = (
-        "diffusers has no context-parallel plan for it and its attention processor calls "
-        "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
+    cp_unsupported_because = SDPA_CP_UNSUPPORTED
 
     # the step is the denoising loop's i: its pipeline takes any Karras scheduler, some without step_index (DDIM)
     pipeline_step = pipeline_loop_step
@@ -108,12 +107,6 @@ class AllegroFamily(ModelFamily):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope, **kwargs)
 
     def tile_order_hooks(self, transformer, order):
-        def patches(module, args, out):  # [B*F, H*W, C], frame by frame; the forward flattens it to [B, S, C]
-            if not order.active:
-                return None
-            flat = out.reshape(-1, order.num_tokens, out.shape[-1])
-            return order.to_tiles(flat, 1).view(out.shape)
-
         def rope(module, args, kwargs=None):  # forward argument image_rotary_emb: (freqs, (t, h, w) positions [1, S])
             if not order.active or kwargs is None:  # (None: removed while this forward's hooks were running)
                 return None
@@ -131,7 +124,7 @@ class AllegroFamily(ModelFamily):
                 return None
             return permute_forward_argument(args, kwargs, 2, "attention_mask", order, (2,), per_token_ndim=3)
 
-        register_hook(transformer.pos_embed, "post", patches)
+        register_frame_patches_hook(transformer.pos_embed, order)
         register_hook(transformer, "pre", rope, with_kwargs=True)
         for name, module in transformer.named_modules():
             if _SELF.match(name):
@@ -140,8 +133,7 @@ class AllegroFamily(ModelFamily):
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
-        mask = torch.zeros(1, text_len, dtype=torch.long)
-        mask[:, :text_len if valid_len is None else valid_len] = 1
+        mask = tiny_prompt_mask(text_len, valid_len)
         out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), prompt_attention_mask=mask)
         if negative:  # (negative_prompt defaults to "", which AllegroPipeline refuses next to negative embeddings)
             out.update(negative_prompt=None, negative_prompt_embeds=emb(1, text_len, TINY_TEXT_DIM),

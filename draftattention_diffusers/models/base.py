@@ -418,6 +418,31 @@ def register_sequence_tile_order_hooks(order: "TileOrder", tokens: torch.nn.Modu
     register_tokens_back_hook(out, order)
 
 
+SDPA_CP_UNSUPPORTED = ("diffusers has no context-parallel plan for it and its attention processor calls "
+                       "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
+"""``cp_unsupported_because`` of the families whose processors call SDPA themselves (CogVideoX, Mochi, ...)."""
+
+
+def register_frame_patches_hook(module: torch.nn.Module, order: "TileOrder") -> None:
+    """Tile order for a patch embedding that embeds frame by frame: its output ``[B*F, H*W, C]`` is the video tokens
+    ``[B, F*H*W, C]`` that the forward flattens it to (Allegro, Mochi)."""
+    register_hook(module, "post", functools.partial(_frame_patches_to_tiles, order))
+
+
+def _frame_patches_to_tiles(order: "TileOrder", module, args, out):
+    if not order.active:
+        return None
+    return order.to_tiles(out.reshape(-1, order.num_tokens, out.shape[-1]), 1).view(out.shape)
+
+
+def tiny_prompt_mask(text_len: int, valid_len: int | None) -> torch.Tensor:
+    """The attention mask ``[1, text_len]`` of a tiny padded prompt: 1 for its first ``valid_len`` tokens (all when
+    None), 0 for the padding."""
+    mask = torch.zeros(1, text_len, dtype=torch.long)
+    mask[:, :text_len if valid_len is None else valid_len] = 1
+    return mask
+
+
 def _output_to_tiles(order: "TileOrder", module, args, out):
     return order.to_tiles(out, 1) if order.active else None
 

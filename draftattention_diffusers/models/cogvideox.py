@@ -31,8 +31,8 @@ from diffusers.models.attention_processor import (Attention, CogVideoXAttnProces
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..core.layout import VideoGrid
-from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles,
-                   pipeline_loop_step, register_hook, register_tokens_back_hook)
+from .base import (IMAGE_TO_VIDEO, SDPA_CP_UNSUPPORTED, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline,
+                   numbered_roles, pipeline_loop_step, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 _OWN_PROCESSORS = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)  # the model's own (fused or not)
@@ -123,9 +123,7 @@ class CogVideoXFamily(ModelFamily):
 
     # diffusers 0.42.1 has no context-parallel plan for this model (its processor calls
     # F.scaled_dot_product_attention directly), and none was verified with draft attention
-    cp_unsupported_because = (
-        "diffusers has no context-parallel plan for it and its attention processor calls "
-        "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
+    cp_unsupported_because = SDPA_CP_UNSUPPORTED
 
     rope_argument_index = 5
     """Position of ``image_rotary_emb`` among the transformer forward's parameters (ConsisID: 4)."""

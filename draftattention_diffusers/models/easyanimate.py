@@ -26,8 +26,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_easyanimate import EasyAnimateAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, permute_forward_argument,
-                   pipeline_loop_step, register_hook, register_tokens_back_hook)
+from .base import (SDPA_CP_UNSUPPORTED, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles,
+                   permute_forward_argument, pipeline_loop_step, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -74,9 +74,7 @@ class EasyAnimateFamily(ModelFamily):
     frame_step = 4  # the Magvit VAE compresses time 4x: 4k+1 frames (49)
     tiny_variants = {"tiny-easyanimate": TinyPipeline(build_tiny_easyanimate, "EasyAnimatePipeline")}
     tiny_call = dict(height=128, width=512, num_frames=5)  # 2 latent frames of 8x32 tokens
-    cp_unsupported_because = (
-        "diffusers has no context-parallel plan for it and its attention processor calls "
-        "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
+    cp_unsupported_because = SDPA_CP_UNSUPPORTED
 
     # the step is the denoising loop's i: its pipelines also take schedulers without step_index (DDIM, ...)
     pipeline_step = pipeline_loop_step

@@ -22,7 +22,7 @@ from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideo
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, PipelineInput, TinyPipeline, numbered_roles,
-                   permute_forward_argument, register_hook, register_tokens_back_hook)
+                   permute_forward_argument, register_hook, register_tokens_back_hook, tiny_prompt_mask)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTXVideoTransformer3DModel.forward's positional parameters, to read arguments however they were passed
@@ -163,8 +163,7 @@ class LTXVideoFamily(ModelFamily):
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
-        mask = torch.zeros(1, text_len, dtype=torch.long)
-        mask[:, :text_len if valid_len is None else valid_len] = 1
+        mask = tiny_prompt_mask(text_len, valid_len)
         out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), prompt_attention_mask=mask)
         if negative:
             out.update(negative_prompt_embeds=emb(1, text_len, TINY_TEXT_DIM), negative_prompt_attention_mask=mask)

@@ -22,8 +22,8 @@ import torch
 from diffusers.models.attention_processor import MochiAttention, MochiAttnProcessor2_0
 
 from ..core.layout import VideoGrid
-from .base import (TINY_TEXT_DIM, LoadRecipe, ModelFamily, TextKeyMask, TinyPipeline, numbered_roles,
-                   register_hook, register_tokens_back_hook)
+from .base import (SDPA_CP_UNSUPPORTED, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TextKeyMask, TinyPipeline,
+                   numbered_roles, register_frame_patches_hook, register_hook, register_tokens_back_hook)
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 
@@ -74,9 +74,7 @@ class MochiFamily(ModelFamily):
     frame_step = 6  # the VAE compresses time 6x: 6k+1 frames (19, 85, 163)
     tiny_variants = {"tiny-mochi": TinyPipeline(build_tiny_mochi, "MochiPipeline")}
     tiny_call = dict(height=128, width=512, num_frames=7)  # 2 latent frames of 8x32 tokens
-    cp_unsupported_because = (
-        "diffusers has no context-parallel plan for it and its attention processor calls "
-        "F.scaled_dot_product_attention directly, outside diffusers' context-parallel dispatch")
+    cp_unsupported_because = SDPA_CP_UNSUPPORTED
 
     def __init__(self) -> None:
         self._key_mask = TextKeyMask()
@@ -122,17 +120,10 @@ class MochiFamily(ModelFamily):
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=rope, **kwargs)
 
     def tile_order_hooks(self, transformer, order):
-        def patches(module, args, out):  # [B*F, H*W, D], frame by frame; the forward flattens it to [B, S, D]
-            if not order.active:
-                return None
-            frames_tokens = order.num_tokens
-            flat = out.reshape(-1, frames_tokens, out.shape[-1])
-            return order.to_tiles(flat, 1).view(out.shape)
-
         def rope(module, args, out):  # (cos, sin), each [S, H, D/2]
             return tuple(order.to_tiles(t, 0) for t in out) if order.active else None
 
-        register_hook(transformer.patch_embed, "post", patches)
+        register_frame_patches_hook(transformer.patch_embed, order)
         register_hook(transformer.rope, "post", rope)
         register_tokens_back_hook(transformer.proj_out, order)
         return True

@@ -264,11 +264,11 @@ MODELS = {
     # latent frames of 48x84, 2x2 patches: 37 x 24 x 42 = 37,296 video tokens) after the prompt's `text_tokens` rows
     # (no padding) and 2 x 207 stereo audio rows, all one packed sequence in every block's self-attention (the video
     # tail sparse, the rest a dense prefix). Guidance-distilled: one call per step (its num_inference_steps counts sigma
-    # points: 50 drive 49 forwards). An H200 job: build() makes the weights in float32 first (123 GiB), which only an
-    # H200's 139 GiB holds, and the bf16 weights alone (61.7 GiB) leave ~16 GiB of an 80 GB H100 for the activations
-    # (its docs run the pipeline on one 80 GB card only with CPU offload)
+    # points: 50 drive 49 forwards). An H200 job: the bf16 weights alone (61.7 GiB; build() makes them in bf16, as
+    # float32 would not fit) leave ~16 GiB of an 80 GB H100 for the activations, untried (its docs run the pipeline
+    # on one 80 GB card only with CPU offload)
     "minimax-h3-768p": ("minimax_h3", MINIMAX_H3, (37, 48, 84), 1,
-                        "MiniMax-H3 33B (video+audio), 768x1344, 124 frames (H200: does not fit an 80 GB H100)"),
+                        "MiniMax-H3 33B (video+audio), 768x1344, 124 frames (an H200 job)"),
     # tiny configs for a CPU dry run of this script
     "tiny-minimax-h3": ("minimax_h3", dict(MINIMAX_H3, num_attention_heads=2, attention_head_dim=32, hidden_size=64,
                                            num_layers=2, num_refiner_layers=1, ffn_dim=64, in_channels=4,
@@ -567,18 +567,25 @@ def _kandinsky5_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: in
     # mask (visual_cond), a Qwen2.5-VL prompt of `text_tokens` tokens (one prompt: no padding) and the pooled CLIP
     # embedding; RoPE positions per latent frame and per patch row / column, and its _get_scale_factor for the pixel
     # size (HunyuanVideo VAE: 8x spatial)
-    x = latents.permute(0, 2, 3, 4, 1)
-    if config.get("visual_cond", False):
-        x = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x[..., :1])], dim=-1)
-    _, f, h, w, _ = x.shape
+    kw = _kandinsky_common_inputs(config, latents, rnd, text_tokens, visual_cond_default=False)
+    _, f, h, w, _ = kw["hidden_states"].shape
     _, ph, pw = config["patch_size"]
     device = latents.device
     scale = (1, 2, 2) if all(480 <= 8 * n <= 854 for n in (h, w)) else (1, 3.16, 3.16)
+    return dict(kw, visual_rope_pos=[torch.arange(n, device=device) for n in (f, h // ph, w // pw)],
+                text_rope_pos=torch.arange(text_tokens, device=device), scale_factor=scale)
+
+
+def _kandinsky_common_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int,
+                             visual_cond_default: bool) -> dict:
+    # what Kandinsky 5 and 6 take alike: channels-last noise, with the zero conditioning latent and mask where the
+    # config has visual_cond (5's class default: off, 6's: on), the prompt, the pooled CLIP embedding, timestep 500
+    x = latents.permute(0, 2, 3, 4, 1)
+    if config.get("visual_cond", visual_cond_default):
+        x = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x[..., :1])], dim=-1)
     return dict(hidden_states=x, encoder_hidden_states=rnd(1, text_tokens, config["in_text_dim"]),
                 pooled_projections=rnd(1, config["in_text_dim2"]),
-                timestep=torch.tensor([500.0], device=device, dtype=latents.dtype),
-                visual_rope_pos=[torch.arange(n, device=device) for n in (f, h // ph, w // pw)],
-                text_rope_pos=torch.arange(text_tokens, device=device), scale_factor=scale, return_dict=False)
+                timestep=torch.tensor([500.0], device=latents.device, dtype=latents.dtype), return_dict=False)
 
 
 def _kandinsky6_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
@@ -586,14 +593,9 @@ def _kandinsky6_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: in
     # zero conditioning latent and mask (visual_cond), audio latents for the video's length (24 fps, 44.1 kHz, a
     # 1024-sample latent hop: 218 for 121 frames), a Qwen2.5-VL prompt of `text_tokens` tokens (no padding mask) and
     # the pooled CLIP embedding
-    x = latents.permute(0, 2, 3, 4, 1)
-    if config.get("visual_cond", True):
-        x = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x[..., :1])], dim=-1)
-    audio_len = math.ceil(((x.shape[1] - 1) * 4 + 1) / 24 * 44100 / 1024)
-    return dict(hidden_states=x, encoder_hidden_states=rnd(1, text_tokens, config["in_text_dim"]),
-                pooled_projections=rnd(1, config["in_text_dim2"]),
-                timestep=torch.tensor([500.0], device=latents.device, dtype=latents.dtype),
-                audio_hidden_states=rnd(1, audio_len, config["in_audio_dim"]), return_dict=False)
+    kw = _kandinsky_common_inputs(config, latents, rnd, text_tokens, visual_cond_default=True)
+    audio_len = math.ceil(((latents.shape[2] - 1) * 4 + 1) / 24 * 44100 / 1024)
+    return dict(kw, audio_hidden_states=rnd(1, audio_len, config["in_audio_dim"]))
 
 
 def _minimax_h3_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:

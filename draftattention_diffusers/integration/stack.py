@@ -546,30 +546,30 @@ def quantize_fp8(transformer: torch.nn.Module, granularity: str = "row") -> dict
     float8 (no torchao, or a GPU below compute capability 8.9)."""
     kind = _fp8_kind(granularity)
     _check_fp8(kind)
-    import torchao.quantization as tq
-
-    gran = tq.PerRow() if kind == "row" else tq.PerTensor()
     targets = fp8_block_linears(transformer)
-    ids = {id(m) for m in targets.values()}
-    tq.quantize_(transformer, tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran),
-                 filter_fn=lambda m, fqn: id(m) in ids)
+    _quantize_linears(transformer, targets, kind)
     return targets
 
 
-def _quantize_fp8(stack: FastStack, keep: bool) -> None:
+def _quantize_linears(transformer: torch.nn.Module, targets: dict[str, torch.nn.Linear], kind: str) -> None:
+    """torchao's float8 dynamic quantization of exactly ``targets`` (modules of ``transformer``), in place."""
     import torchao.quantization as tq
 
-    gran = tq.PerRow() if stack.fp8 == "row" else tq.PerTensor()
-    config = tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran)
+    gran = tq.PerRow() if kind == "row" else tq.PerTensor()
+    ids = {id(m) for m in targets.values()}
+    tq.quantize_(transformer, tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran),
+                 filter_fn=lambda m, fqn: id(m) in ids)
+
+
+def _quantize_fp8(stack: FastStack, keep: bool) -> None:
     for tname, t in zip(stack.transformers, stack.modules()):
         targets = fp8_block_linears(t)
-        ids = {id(m) for m in targets.values()}
         for full, lin in targets.items():
             stack._fp8_modules.append((tname, full, lin, "extra_repr" in lin.__dict__))
             if keep:
                 stack._fp8_weights[(tname, full)] = (lin.weight.detach().to("cpu", copy=True),
                                                      lin.weight.requires_grad)
-        tq.quantize_(t, config, filter_fn=lambda m, fqn: id(m) in ids)
+        _quantize_linears(t, targets, stack.fp8)
     stack._fp8_kept = keep
 
 

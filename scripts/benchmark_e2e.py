@@ -655,6 +655,23 @@ def video_tokens(config: dict, latent: tuple[int, int, int]) -> int:
     return -(-f // pt) * (h // ph) * (w // pw)
 
 
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Give parameters and persistent buffers the dtypes ``from_pretrained(torch_dtype=dtype)`` gives them:
+    ``dtype``, except those under the class's ``_keep_in_fp32_modules`` (float32); non-persistent buffers (RoPE
+    tables) keep the dtype they were built with, as when loading a checkpoint."""
+    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for mod_name, module in model.named_modules():
+        for tensors, skip in ((module._parameters, set()), (module._buffers, module._non_persistent_buffers_set)):
+            for name, t in list(tensors.items()):
+                if t is None or not t.is_floating_point() or name in skip:
+                    continue
+                full = f"{mod_name}.{name}" if mod_name else name
+                target = torch.float32 if any(k in full.split(".") for k in keep) else dtype
+                if t.dtype != target:
+                    t.data = t.data.to(target)
+    return model
+
+
 def build(name: str, device: torch.device, dtype: torch.dtype):
     """The transformer with random weights directly on ``device`` (no CPU copy of the weights)."""
     import diffusers
@@ -675,7 +692,9 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
             model = cls(**config)
     finally:
         torch.set_default_dtype(default)
-    return model.to(dtype).eval().requires_grad_(False)
+    # as from_pretrained(torch_dtype=dtype): modules the class keeps in float32 (Kandinsky 5/6: time embeddings and
+    # modulation, whose forward casts its input to float32) stay float32
+    return cast_like_from_pretrained(model.eval().requires_grad_(False), dtype)
 
 
 def inputs(name: str, device: torch.device, dtype: torch.dtype, text_tokens: int = 120) -> dict:

@@ -91,7 +91,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_e2e import MODELS  # noqa: E402  (the transformer configs, shapes and labels)
+from benchmark_e2e import MODELS, cast_like_from_pretrained  # noqa: E402  (the transformer configs, shapes and labels)
 
 from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention,  # noqa: E402
                                       disable_fast_stack, enable_fast_stack, get_fast_stack,
@@ -292,23 +292,6 @@ class Bench:
         if measured:
             return max(measured)
         return PRIOR_COMPILE_S if self.name in PRIOR_FORWARD_S else 0.0
-
-
-def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Give parameters and persistent buffers the dtypes ``from_pretrained(torch_dtype=dtype)`` gives them:
-    ``dtype``, except those under the class's ``_keep_in_fp32_modules`` (float32); non-persistent buffers (RoPE
-    tables) keep the dtype they were built with, as when loading a checkpoint."""
-    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    for mod_name, module in model.named_modules():
-        for tensors, skip in ((module._parameters, set()), (module._buffers, module._non_persistent_buffers_set)):
-            for name, t in list(tensors.items()):
-                if t is None or not t.is_floating_point() or name in skip:
-                    continue
-                full = f"{mod_name}.{name}" if mod_name else name
-                target = torch.float32 if any(k in full.split(".") for k in keep) else dtype
-                if t.dtype != target:
-                    t.data = t.data.to(target)
-    return model
 
 
 def _build_wan(name: str, transformer, config: dict, device: torch.device, emb, text_tokens: int):

@@ -31,6 +31,8 @@
 #   families-more  the same for EasyAnimate, ConsisID, Kandinsky 5 Lite and Pro
 #   cosmos-loop  the Cosmos-Predict2.5 2B pipeline loop (issue 20's new-family row)
 #   h200         (an H200: run with needs_h200) MiniMax-H3 33B and Kandinsky 6 48B forwards
+#   gpu-tests    tests/gpu alone
+#   e2e MODEL:SECONDS ...  one forward per setting of the named benchmark_e2e models, each with its own time limit
 # Step counts are per setting (name@steps): each timed run holds every step class its 50-step estimate needs
 # (dense, sparse, skipped by the cache); see scripts/benchmark_pipeline.py.
 set -uo pipefail
@@ -39,7 +41,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -62,6 +64,14 @@ e2e_models() {  # model:seconds ...: one benchmark_e2e run per model, each with 
 }
 
 case $stage in
+  gpu-tests)
+    run gpu_tests 230 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
+    tail -5 "$OUT/gpu_tests.log"
+    ;;
+  e2e)
+    shift
+    e2e_models "$@"
+    ;;
   tests)
     run gpu_tests 230 python3 -m pytest tests/gpu -q -x -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
     tail -5 "$OUT/gpu_tests.log"

@@ -1,0 +1,27 @@
+"""The benchmark scripts build their models as ``from_pretrained(torch_dtype=torch.bfloat16)`` does: a GPU run of
+``scripts/benchmark_e2e.py`` at Kandinsky 5 Lite failed in every setting (``mat1 and mat2 must have the same dtype``)
+because the whole model was cast to bf16, where diffusers keeps the class's ``_keep_in_fp32_modules`` (time
+embeddings, modulation) in float32. Every tiny config is built and run once here in bf16 on the CPU."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import benchmark_e2e  # noqa: E402
+
+TINY = sorted(n for n in benchmark_e2e.MODELS if n.startswith("tiny-"))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_model_builds_and_runs_in_bf16_as_from_pretrained(name):
+    cpu = torch.device("cpu")
+    model = benchmark_e2e.build(name, cpu, torch.bfloat16)
+    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for full, p in model.named_parameters():
+        expected = torch.float32 if any(k in full.split(".") for k in keep) else torch.bfloat16
+        assert p.dtype == expected, f"{full}: {p.dtype}, from_pretrained gives {expected}"
+    with torch.no_grad():
+        out = model(**benchmark_e2e.inputs(name, cpu, torch.bfloat16))[0]
+    assert torch.isfinite(out.float()).all()

@@ -37,6 +37,8 @@ after it; the benchmark keeps no stack of its own, it only chooses the arguments
 joined by ``+`` (any order, the stack fixes it):
     draft | preset | fa4-dense   draft attention: default config (0.9, first 25% of the steps dense) | the model's
                                  preset | dense_steps_fraction=1.0, dense_backend="fa4" (the fastest dense path)
+    mild                         draft attention with the opt-in milder warm-up: its first 25% of the steps sparse
+                                 at warmup_sparsity=0.75 instead of dense (issue 20 item 5; recall in docs/quality.md)
     taylorseer                   cache="taylorseer" (cache_interval=3, first cached step ceil(0.25 n), max_order=1,
                                  every block; ~115 GiB of Taylor factors at Wan 14B 720p with CFG)
     magcache                     MagCacheConfig with the magnitude ratios the MagCache authors published
@@ -50,6 +52,7 @@ joined by ``+`` (any order, the stack fixes it):
                                  a GPU with compute capability >= 8.9)
     stack                        = fbcache-mag+draft+compile: the one-call stack (README), on MagCache's schedule
     stack+fp8                    the same with fp8
+    stack+mild                   = fbcache-mag+mild+compile: the one-call stack with the milder warm-up
     name@N                       any setting with its own step count N (each timed run must hold every step class)
 Combinations the stack refuses (e.g. magcache+compile: diffusers compiler-disables MagCache's hooks) are reported
 as skipped with its reason. "Without draft" of a setting = the same parts without draft/preset/fa4-dense.
@@ -400,11 +403,13 @@ def build_bench(name: str, device: torch.device, dtype: torch.dtype, text_tokens
 # A setting is a set of tokens joined by "+"; each setting is enabled with ONE call of the package's
 # enable_fast_stack (draft attention, then the cache, float8, regional compile: the order users get) and undone with
 # disable_fast_stack. The benchmark only chooses the arguments and, for caches, plans and checks the skip schedule.
-DRAFT_TOKENS = {"draft": "default", "preset": "preset", "fa4-dense": "fa4-dense"}
+DRAFT_TOKENS = {"draft": "default", "preset": "preset", "fa4-dense": "fa4-dense", "mild": "mild"}
+MILD_WARMUP_SPARSITY = 0.75  # the milder warm-up's sparsity (docs/quality.md: its recall on the synthetic grids)
 CACHE_TOKENS = ("taylorseer", "magcache", "fbcache", "fbcache-mag", "dbcache", "dbcache-mag")
 DIFFUSERS_CACHES = ("taylorseer", "magcache", "fbcache", "fbcache-mag")  # enabled through the model's enable_cache
 OTHER_TOKENS = ("compile", "fp8")
-ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft+compile+fp8"}
+ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft+compile+fp8",
+           "stack+mild": "fbcache-mag+mild+compile"}
 DBCACHE_FN = 1  # cache-dit DBCache: the first block always runs (like First Block Cache), Bn = 0
 
 
@@ -416,7 +421,7 @@ def parse_setting(name: str) -> tuple[str | None, str | None, bool, bool]:
     cache = [t for t in tokens if t in CACHE_TOKENS]
     unknown = [t for t in tokens if t not in DRAFT_TOKENS and t not in CACHE_TOKENS and t not in OTHER_TOKENS]
     if unknown or len(draft) > 1 or len(cache) > 1 or len(set(tokens)) != len(tokens) or not name:
-        raise ValueError(f"setting {name!r}: expected 'default', 'stack', 'stack+fp8' or '+'-joined parts: at most one "
+        raise ValueError(f"setting {name!r}: expected 'default', 'stack', 'stack+fp8', 'stack+mild' or '+'-joined parts: at most one "
                          f"of {', '.join(DRAFT_TOKENS)}; at most one cache of {', '.join(CACHE_TOKENS)}; "
                          f"{', '.join(OTHER_TOKENS)} (e.g. fbcache-mag+draft+compile)")
     return (draft[0] if draft else None), (cache[0] if cache else None), "compile" in tokens, "fp8" in tokens
@@ -448,6 +453,8 @@ class Setting:
             return load_preset(PRESETS[bench.name]).draft_attention
         if self.draft == "fa4-dense":
             return DraftAttentionConfig(dense_steps_fraction=1.0, dense_backend="fa4")
+        if self.draft == "mild":
+            return DraftAttentionConfig(warmup_sparsity=MILD_WARMUP_SPARSITY)
         return DraftAttentionConfig() if self.draft == "default" else None
 
     def fraction(self, bench: Bench) -> float | None:
@@ -832,6 +839,7 @@ def timed_run(bench: Bench, setting: Setting, args) -> tuple[dict, torch.Tensor,
         lines += stats_text.splitlines()
         modes = (res["draft_stats"] or {}).get("steps") or {}
         planned = {s: ("dense" if dn else "sparse") for s, dn in enumerate(dense)}
+        modes = {k: ("dense" if m == "warmup" else m) for k, m in modes.items()}  # the milder warm-up's steps
         if modes and res["has_draft"] and {int(k): v for k, v in modes.items()} != planned:
             lines.append(f"note: draft modes per step differ from the planned split "
                          f"({ranges([s for s, m in planned.items() if m == 'dense'])} dense)")
@@ -1146,7 +1154,7 @@ def main(argv=None) -> None:
                    help=f"CPU dry run on tiny configs ({', '.join(TINY_MODELS)}; --models picks some of them)")
     p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                    help="comma list (each optionally @<steps>, its own step count: draft@4) of 'default', 'stack', "
-                        "'stack+fp8' or '+'-joined parts (see the module docstring); default: "
+                        "'stack+fp8', 'stack+mild' or '+'-joined parts (see the module docstring); default: "
                         + ", ".join(DEFAULT_SETTINGS))
     p.add_argument("--steps", type=int, default=REF_STEPS, help="denoising steps of the timed run (default 50)")
     p.add_argument("--warmup-steps", type=int, default=2,

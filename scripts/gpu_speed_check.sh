@@ -21,8 +21,11 @@
 #                the difference from bf16 and CUDA kernel time by kind (issue 20 items 0 and 2)
 #   wan22        Wan2.2 A14B 720p (two experts), 4-step distilled schedule, no CFG: default, flash-attn-4 dense,
 #                draft; then one forward per setting of the 2B-13B new families (issue 19 rows)
-#   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack+fp8 and the same
-#                without draft attention (stack and its baseline without fp8 where torchao's float8 cannot run)
+#   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack and the same without
+#                draft attention
+#   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
+#   fp8-compile  float8 + regional compile at Wan 1.3B with recompiles and graph breaks logged (where its long
+#                warm-up goes)
 #   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
 #                Wan 1.3B (how long it compiles)
 #   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, stack, the same without draft attention
@@ -41,7 +44,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|wan14b-mild|fp8-compile|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -122,14 +125,26 @@ case $stage in
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-stack)
-    if python3 -c "from draftattention_diffusers.integration.stack import _check_fp8; _check_fp8('row')"; then
-      settings=default@1,stack+fp8@8,fbcache-mag+compile+fp8@4
-    else
-      settings=default@1,stack@8,fbcache-mag+compile@4
-    fi
+    # the one-call stack without float8 (float8 + compile's warm-up ran over 8 minutes at 14B and did not finish in
+    # 80 s at 1.3B, docs/benchmarks.md sections 13-14: see the fp8-compile stage)
     run pipeline_14b_stack 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings "$settings" --out "$OUT/p14s"
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings default@1,stack@8,fbcache-mag+compile@4 \
+      --out "$OUT/p14s"
     cat "$OUT/p14s/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan14b-mild)
+    run pipeline_14b_mild 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 3 --budget-s 560 --settings default@1,stack+mild@8,fa4-dense@1 \
+      --out "$OUT/p14m"
+    cat "$OUT/p14m/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  fp8-compile)
+    # where float8 + regional compile's warm-up time goes, at Wan 1.3B 480p: recompiles and graph breaks logged
+    TORCH_LOGS=recompiles,graph_breaks run pipeline_fp8_compile 560 python3 scripts/benchmark_pipeline.py \
+      --models wan1.3b-480p --steps 4 --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
+      --settings compile+draft+fp8,compile+fp8 --out "$OUT/p13f"
+    grep -E "warm-up|denoise|^--|Recompil|recompil|graph break" "$OUT/pipeline_fp8_compile.log" | head -60
+    cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   hunyuan-stack)
     run pipeline_hunyuan_stack 570 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode \

@@ -264,11 +264,10 @@ MODELS = {
     # latent frames of 48x84, 2x2 patches: 37 x 24 x 42 = 37,296 video tokens) after the prompt's `text_tokens` rows
     # (no padding) and 2 x 207 stereo audio rows, all one packed sequence in every block's self-attention (the video
     # tail sparse, the rest a dense prefix). Guidance-distilled: one call per step (its num_inference_steps counts sigma
-    # points: 50 drive 49 forwards). An H200 job: the bf16 weights alone (61.7 GiB; build() makes them in bf16, as
-    # float32 would not fit) leave ~16 GiB of an 80 GB H100 for the activations, untried (its docs run the pipeline
-    # on one 80 GB card only with CPU offload)
+    # points: 50 drive 49 forwards). The bf16 weights (61.7 GiB; build() makes them in bf16, as float32 would not fit)
+    # and one forward fit one 80 GB H100 (docs/benchmarks.md section 14)
     "minimax-h3-768p": ("minimax_h3", MINIMAX_H3, (37, 48, 84), 1,
-                        "MiniMax-H3 33B (video+audio), 768x1344, 124 frames (an H200 job)"),
+                        "MiniMax-H3 33B (video+audio), 768x1344, 124 frames"),
     # tiny configs for a CPU dry run of this script
     "tiny-minimax-h3": ("minimax_h3", dict(MINIMAX_H3, num_attention_heads=2, attention_head_dim=32, hidden_size=64,
                                            num_layers=2, num_refiner_layers=1, ffn_dim=64, in_channels=4,

@@ -259,6 +259,11 @@ MODELS = {
     # tokens, video-only self-attention) with 218 audio tokens; the distilled checkpoints run guidance 1.0: one call
     "kandinsky6-480p": ("kandinsky6", KANDINSKY6, (31, 60, 108), 1,
                         "Kandinsky 6.0 (class defaults, video+audio), 480x864, 121 frames"),
+    # the same with 40 of its 60 fused blocks (32.8B, 61 GiB in bf16, as MiniMax-H3's 33B that ran on one 80 GB H100):
+    # what fits an H100 where no H200 is lent; every block is the same, so the per-forward ratios are the full model's
+    # up to the embeddings' and output layer's small share
+    "kandinsky6-480p-40blocks": ("kandinsky6", dict(KANDINSKY6, num_visual_blocks=40), (31, 60, 108), 1,
+                                 "Kandinsky 6.0, 40 of its 60 blocks (fits one 80 GB H100), 480x864, 121 frames"),
     # MiniMax-H3 t2va at its modular pipeline's defaults (MiniMaxH3PrepareLayoutStep): the 16:9 canvas of its
     # canvas_short_edge 768 / canvas_max_pixels 768 * 1344 (768x1344), 124 frames at 24 fps (17n + 5 -> 5n + 2 = 37
     # latent frames of 48x84, 2x2 patches: 37 x 24 x 42 = 37,296 video tokens) after the prompt's `text_tokens` rows

@@ -36,6 +36,10 @@ FP8_GRANULARITIES = ("row", "tensor")
 FP8_EAGER_WARNING = ("fp8=True with compile=False: measured slower than bf16 (Wan 14B 720p on an H100: 5.62 s against "
                      "4.88 s per sparse forward; the float8 casts run as separate kernels and only compile fuses them, "
                      "docs/benchmarks.md section 13)")
+FP8_COMPILE_WARNING = ("fp8=True with compile=True: the first calls compile for a long time on a GPU (measured on an H100: "
+                       "over 8 minutes at Wan 14B 720p and over 80 s at Wan 1.3B 480p without finishing, where the same "
+                       "stack in bf16 compiles in about 12 s), and its speed in the loop is not measured yet "
+                       "(docs/benchmarks.md sections 13-14)")
 
 _MAGCACHE_WHY = ("diffusers wraps MagCache's block hooks (MagCacheHeadHook.new_forward, MagCacheBlockHook.new_forward) in "
                  "torch.compiler.disable, so every transformer block runs inside a compiler-disabled frame and "
@@ -165,7 +169,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
             ``_repeated_blocks`` classes; embeddings and the output projection stay in their dtype). Needs torchao
             and a GPU torchao runs float8 on (CUDA compute capability >= 8.9). With ``fp8_keep_weights`` (default) a
             CPU copy of the replaced weights is kept so that ``disable_fast_stack`` restores them exactly; without
-            it, disabling leaves the layers in float8 and warns.
+            it, disabling leaves the layers in float8 and warns. Experimental: it warns either way (measured on an
+            H100: eager, slower than bf16; compiled, a warm-up of many minutes, its loop speed not measured yet).
         draft: ``True`` (default config), ``False`` (the same stack without draft attention, for comparisons), or
             a :class:`DraftAttentionConfig` / dict; ``**draft_overrides`` change single fields.
         calibrator: with a cache-dit cache, a calibrator config (e.g. ``TaylorSeerCalibratorConfig``).
@@ -229,8 +234,7 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
         _check_fp8(fp8_kind)
         for t in transformers:
             fp8_block_linears(t)  # refuses a transformer without declared blocks before anything changes
-        if not compile:
-            warnings.warn(FP8_EAGER_WARNING, stacklevel=2)
+        warnings.warn(FP8_COMPILE_WARNING if compile else FP8_EAGER_WARNING, stacklevel=2)
 
     stack = FastStack(pipe, [n for n in names], draft=draft_cfg, cache=cache_obj, cache_library=library,
                       cache_name=cache_name, calibrator=calibrator, compute_mask=compute_mask, compiled=compile,

@@ -11,6 +11,12 @@ from draftattention_diffusers.config import preset_dir
 
 PRESETS = sorted(preset_dir().glob("*.yaml"))
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(DraftAttentionConfig)}
+# frame counts a preset's pipeline takes: its VAE's 4k+1, except where the pipeline has a rule of its own
+FRAME_RULES = {
+    "minimax-h3-t2va-768p": ("17n+5 (MiniMax-H3's video VAE)", lambda n: n > 5 and (n - 5) % 17 == 0),
+    # HunyuanVideoFramepackPipeline covers any count with sections of (latent_window_size - 1) * 4 + 1 frames
+    "framepack-i2v-hy-832x480": ("any count (FramePack's sections)", lambda n: n >= 1),
+}
 
 
 def test_presets_exist():
@@ -29,7 +35,8 @@ def test_every_preset_loads_and_is_complete(path):
     p = load_preset(path.stem)
     assert p == load_preset(path)
     assert p.height % 16 == 0 and p.width % 16 == 0, "height and width must be multiples of 16"
-    assert (p.num_frames - 1) % 4 == 0, "frames must be 4k+1"
+    rule, ok = FRAME_RULES.get(path.stem, ("4k+1", lambda n: (n - 1) % 4 == 0))
+    assert ok(p.num_frames), f"frames must be {rule}"
     assert p.description and p.model and p.fps
     cfg = p.draft_attention
     assert cfg == DraftAttentionConfig(**raw["draft_attention"])

@@ -25,3 +25,14 @@ def test_tiny_model_builds_and_runs_in_bf16_as_from_pretrained(name):
     with torch.no_grad():
         out = model(**benchmark_e2e.inputs(name, cpu, torch.bfloat16))[0]
     assert torch.isfinite(out.float()).all()
+
+
+def test_pipeline_benchmark_mild_setting_is_the_stack_with_the_milder_warm_up():
+    import benchmark_pipeline as bp
+
+    assert bp.parse_setting("stack+mild") == ("mild", "fbcache-mag", True, False)
+    assert bp.without_draft("stack+mild") == "fbcache-mag+compile"  # its baseline: the same stack, no draft attention
+    cfg = bp.Setting("stack+mild").draft_config(bench=None)
+    assert cfg.warmup_sparsity == bp.MILD_WARMUP_SPARSITY == 0.75 and cfg.dense_steps_fraction == 0.25
+    with pytest.raises(ValueError, match="at most one of draft"):
+        bp.parse_setting("draft+mild")

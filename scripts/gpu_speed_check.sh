@@ -28,7 +28,8 @@
 #                warm-up goes)
 #   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
 #                Wan 1.3B (how long it compiles)
-#   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, stack, the same without draft attention
+#   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, flash-attn-4 dense, stack, the same without
+#                draft attention (465 s on an H100 without flash-attn-4 dense, docs/benchmarks.md section 14)
 #   families-14b one forward per setting of the 14B-class new families (ChronoEdit, AnyFlow, Wan-Animate, Helios,
 #                Cosmos 2.5 14B)
 #   families-more  the same for EasyAnimate, ConsisID, Kandinsky 5 Lite and Pro
@@ -148,7 +149,7 @@ case $stage in
     ;;
   hunyuan-stack)
     run pipeline_hunyuan_stack 570 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings default@1,stack@8,fbcache-mag+compile@4 \
+      --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings default@1,fa4-dense@1,stack@8,fbcache-mag+compile@4 \
       --out "$OUT/phs"
     cat "$OUT/phs/benchmark_pipeline.md" 2>/dev/null
     ;;

@@ -71,6 +71,37 @@ def test_what_a_transformer_lacks_is_refused_before_anything_changes(kwargs, mat
     assert get_fast_stack(pipe) is None
 
 
+@pytest.mark.parametrize("family, cache, match", [
+    ("skyreels-v2", "first_block", "no block metadata for SkyReelsV2TransformerBlock"),
+    ("kandinsky6", "magcache", "no block metadata for Kandinsky6FusedTransformerDecoderBlock"),
+    ("framepack", "first_block", "HunyuanVideoFramepackPipeline: the pipeline does not wrap its transformer calls"),
+    ("kandinsky5", "taylorseer", "Kandinsky5T2VPipeline: the pipeline does not wrap its transformer calls"),
+])
+def test_a_diffusers_cache_that_cannot_run_there_is_refused_before_anything_changes(family, cache, match):
+    """diffusers 0.42.1 itself fails there on the first call or at enable ("Model class ... not registered", "No
+    cache context is set"), with or without draft attention; the stack refuses first, naming why."""
+    pipe = build_tiny_pipeline(family)
+    if cache == "magcache":
+        cache = MagCacheConfig(mag_ratios=[1.0] * 4, num_inference_steps=4)
+    before = footprint(pipe)
+    with pytest.raises(ValueError, match=match):
+        enable_fast_stack(pipe, cache, compile=False, num_inference_steps=4)
+    assert diff_footprints(before, footprint(pipe)) == []
+    assert get_fast_stack(pipe) is None
+
+
+def test_first_block_cache_needs_blocks_that_take_hidden_states_by_that_name():
+    """Kandinsky 5's blocks take their input as ``visual_embed`` (diffusers registers that name), but First Block
+    Cache's hooks ask for ``hidden_states`` (its pipelines set no cache context either, refused first above)."""
+    from draftattention_diffusers.integration.stack import _diffusers_cache_problem
+
+    wan, k5 = build_tiny_pipeline("wan"), build_tiny_pipeline("kandinsky5")
+    why = _diffusers_cache_problem(wan, k5.transformer, FirstBlockCacheConfig())
+    assert "takes it as 'visual_embed'" in why
+    assert _diffusers_cache_problem(wan, k5.transformer, MagCacheConfig(mag_ratios=[1.0] * 4)) is None
+    assert _diffusers_cache_problem(wan, wan.transformer, FirstBlockCacheConfig()) is None
+
+
 def test_what_is_already_installed_is_refused():
     pipe = build_tiny_pipeline("wan")
     with pytest.raises(ValueError, match="takes a pipeline"):
@@ -128,6 +159,32 @@ def test_stack_equals_the_same_stack_without_draft_at_sparsity_zero(pipe, cache)
     assert diff_footprints(before, footprint(pipe)) == []
     again, _ = run(pipe, steps=STEPS, **cfg(pipe))
     assert torch.equal(again, plain)
+
+
+@pytest.mark.parametrize("family", ["wan-vace", "cogvideox", "ltx", "mochi", "motif-video"])
+def test_first_block_cache_stack_on_the_other_families_it_runs_on(family):
+    """Where diffusers' First Block Cache runs (the families above and Wan / HunyuanVideo), the one call with every
+    tile kept equals the same call without draft attention, on a fixed schedule (steps 0, 1, 3 computed), through
+    each family's tile order; the undo leaves the pipeline as it was."""
+    from draftattention_diffusers.models import family_for_pipeline
+    from draftattention_diffusers.tiny import tiny_prompt_kwargs
+
+    pipe = build_tiny_pipeline(family)
+    call = dict(tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=4,
+                output_type="latent")
+    go = lambda: pipe(**call, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
+    mask, before, plain = [True, True, False, True], footprint(pipe), go()
+    enable_fast_stack(pipe, "first_block", compile=False, draft=False, compute_mask=mask)
+    alone = go()
+    disable_fast_stack(pipe)
+    enable_fast_stack(pipe, "first_block", compile=False, compute_mask=mask, **SPARSITY_0)
+    out = go()
+    stats = get_draft_stats(pipe).summary()
+    disable_fast_stack(pipe)
+    assert stats["sparse_calls"] > 0 and stats["fallbacks"] == {}
+    assert max_diff(alone, plain) > 0  # the cache skipped step 2's blocks
+    assert max_diff(out, alone) < 1e-5 * max(1.0, alone.abs().max().item())
+    assert diff_footprints(before, footprint(pipe)) == []
 
 
 def test_stack_equals_the_parts_installed_by_hand(pipe):

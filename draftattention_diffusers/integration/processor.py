@@ -71,6 +71,16 @@ def _scheduler_step(pipe) -> tuple[int, int] | None:
     return (0 if step is None else int(step)), len(timesteps)
 
 
+def calling_step(family, frame) -> tuple[int, int] | None:
+    """``(step, num_steps)`` of the pipeline calling the transformer now (on the call stack above ``frame``), read as
+    draft attention reads it: the family's ``pipeline_step``, else the scheduler's ``step_index``; None without a
+    pipeline or a step."""
+    pipe, pipe_frame = _calling_pipeline(frame)
+    if pipe is None:
+        return None
+    return family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
+
+
 def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
     """The innermost pipeline on the call stack above ``frame`` (the one calling the transformer now; a diffusers
     pipeline or a modular pipeline) and its frame (the pipeline's loop variables are its locals), or

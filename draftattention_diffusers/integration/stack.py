@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -25,7 +26,9 @@ import torch
 
 from ..config import DraftAttentionConfig, make_config
 from .enable import _transformers, disable_draft_attention, enable_draft_attention
+from ..models import family_for
 from .lifecycle import installation
+from .processor import calling_step
 
 STACK_ATTR = "_draftattention_fast_stack"
 CACHE_NAMES = ("first_block", "taylorseer", "dbcache", "dbcache+taylorseer")
@@ -194,7 +197,11 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     so compile adds nothing); MagCache on a two-expert pipeline (its ratios are indexed by each transformer's own
     forward count, and ``transformer_2`` starts counting at 0 in the middle of the schedule); ``compute_mask``
     without a cache or with a cache other than First Block Cache / cache-dit; a cache-dit compute mask on two
-    experts (cache-dit counts steps per expert); ``fp8`` where torchao cannot run float8; a pipeline that already
+    experts (cache-dit counts steps per expert); a diffusers cache that cannot run on this transformer or pipeline
+    (its block classes missing from diffusers' block registry; First Block Cache on blocks that do not take
+    ``hidden_states`` by that name, as Kandinsky 5's; First Block Cache or TaylorSeer in a pipeline that sets no
+    ``cache_context``, as FramePack's, HunyuanVideo I2V's, ChronoEdit's, Kandinsky 5's); ``fp8`` where torchao cannot
+    run float8; a pipeline that already
     has draft attention, a cache or compiled blocks; unknown names. ``RuntimeError`` if a stack is already enabled.
     """
     transformers, names, families = _transformers(pipe)
@@ -225,6 +232,10 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     cache_obj, library, cache_name, calibrator = _cache_config(cache, calibrator, draft_cfg, num_inference_steps,
                                                                transformers)
     _check_combination(cache_obj, library, compile, compute_mask, len(transformers), num_inference_steps)
+    for t in transformers if library == "diffusers" else ():
+        why = _diffusers_cache_problem(pipe, t, cache_obj)
+        if why:
+            raise ValueError(why)
     if compile:
         for t in transformers:
             if not getattr(t, "_repeated_blocks", None) or not hasattr(t, "compile_repeated_blocks"):
@@ -412,6 +423,54 @@ def _check_combination(cache, library, compile, compute_mask, experts, num_steps
                              "mask when each pipeline call starts)")
 
 
+# What diffusers' caches need from a transformer and its pipeline (read in diffusers 0.42.1, hooks/): First Block
+# Cache's and MagCache's hooks read every block's inputs and outputs through diffusers' TransformerBlockRegistry,
+# and First Block Cache asks each block for its input by the name "hidden_states"; First Block Cache's and
+# TaylorSeer's per-call state exists only inside the pipeline's `transformer.cache_context(...)` (MagCache makes a
+# context of its own). Where one of these fails, diffusers raises on the first call ("Model class ... not
+# registered", "No cache context is set", "Parameter 'hidden_states' not found"); the stack refuses first.
+_NEEDS_BLOCK_METADATA = ("FirstBlockCacheConfig", "MagCacheConfig")
+_NEEDS_CACHE_CONTEXT = ("FirstBlockCacheConfig", "TaylorSeerCacheConfig")
+
+
+def _diffusers_cache_problem(pipe, transformer: torch.nn.Module, cache) -> str | None:
+    """Why diffusers' ``cache`` config cannot run on ``transformer`` in ``pipe`` (None where it can)."""
+    import inspect
+
+    import diffusers
+
+    name, where = type(cache).__name__, f"diffusers {diffusers.__version__}"
+    if name in _NEEDS_CACHE_CONTEXT:
+        module = inspect.getmodule(type(pipe))
+        source = inspect.getsource(module) if module is not None else ""
+        if "cache_context(" not in source:
+            return (f"{name} cannot run in {type(pipe).__name__}: the pipeline does not wrap its transformer calls in "
+                    f"`transformer.cache_context(...)` ({where}), where the cache keeps its per-call state; use "
+                    "cache=None, or a MagCacheConfig (it sets its own context)")
+    if name not in _NEEDS_BLOCK_METADATA:
+        return None
+    try:
+        from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+        from diffusers.hooks._helpers import TransformerBlockRegistry
+    except ImportError:  # another diffusers layout: its own error on the first call
+        return None
+    classes = {type(b): None for n, blocks in transformer.named_children()
+               if n in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(blocks, torch.nn.ModuleList) for b in blocks}
+    for cls in classes:
+        try:
+            meta = TransformerBlockRegistry.get(cls)
+        except ValueError:
+            return (f"{name} cannot run on {type(transformer).__name__}: diffusers has no block metadata for "
+                    f"{cls.__name__} (not in its TransformerBlockRegistry, {where}), through which the cache reads "
+                    "each block's inputs and outputs; use cache='taylorseer', a cache-dit cache or cache=None")
+        arg = meta.hidden_states_argument_name
+        if name == "FirstBlockCacheConfig" and arg != "hidden_states":
+            return (f"FirstBlockCache cannot run on {type(transformer).__name__}: its hooks ask each block for "
+                    f"'hidden_states' by that name ({where}), and {cls.__name__} takes it as '{arg}'; use a "
+                    "MagCacheConfig, cache='taylorseer' or cache=None")
+    return None
+
+
 def _check_fp8(kind: str) -> None:
     """torchao installed, and its own hardware check passes (before anything is changed)."""
     try:
@@ -488,16 +547,17 @@ def _enable_cache(stack: FastStack) -> None:
             heads = _diffusers_hooks(t, "fbc_leader_block_hook")
             if len(heads) != 1:
                 raise RuntimeError(f"expected one First Block Cache head hook on {type(t).__name__}, found {len(heads)}")
-            heads[0]._should_compute_remaining_blocks = _fixed_decision(stack)
+            heads[0]._should_compute_remaining_blocks = _fixed_decision(stack, family_for(t))
 
 
-def _fixed_decision(stack: FastStack):
-    scheduler = stack.pipe.scheduler
-
+def _fixed_decision(stack: FastStack, family):
     @torch.compiler.disable
     def decide(hidden_states_residual) -> bool:  # replaces FBCHeadBlockHook._should_compute_remaining_blocks
-        step = scheduler.step_index or 0  # None before the first scheduler step
-        n = len(scheduler.timesteps)
+        # the calling pipeline's step as draft attention reads it (CogVideoX's DDIM keeps no step_index)
+        step_info = calling_step(family, sys._getframe(1))
+        if step_info is None:
+            raise RuntimeError("compute_mask: no denoising step found; call the transformer through its pipeline")
+        step, n = step_info
         mask = _mask_for(stack.compute_mask, n)
         if step >= len(mask):
             raise ValueError(f"compute_mask has {len(mask)} entries but the pipeline runs step {step} of {n}")

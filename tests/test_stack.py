@@ -161,11 +161,14 @@ def test_stack_equals_the_same_stack_without_draft_at_sparsity_zero(pipe, cache)
     assert torch.equal(again, plain)
 
 
-@pytest.mark.parametrize("family", ["wan-vace", "cogvideox", "ltx", "mochi", "motif-video"])
-def test_first_block_cache_stack_on_the_other_families_it_runs_on(family):
-    """Where diffusers' First Block Cache runs (the families above and Wan / HunyuanVideo), the one call with every
-    tile kept equals the same call without draft attention, on a fixed schedule (steps 0, 1, 3 computed), through
-    each family's tile order; the undo leaves the pipeline as it was."""
+@pytest.mark.parametrize("family, cache", [
+    *[(f, "first_block") for f in ("wan-vace", "cogvideox", "ltx", "mochi", "motif-video")],
+    *[(f, "taylorseer") for f in ("skyreels-v2", "ltx2", "hunyuan15", "helios", "kandinsky6")],
+])
+def test_a_cache_stack_on_the_other_families_it_runs_on(family, cache):
+    """Where diffusers' First Block Cache (on a fixed schedule: steps 0, 1, 3 computed) or TaylorSeer runs (the
+    families above besides Wan and HunyuanVideo; README's table), the one call with every tile kept equals the same
+    call without draft attention, through each family's tile order; the undo leaves the pipeline as it was."""
     from draftattention_diffusers.models import family_for_pipeline
     from draftattention_diffusers.tiny import tiny_prompt_kwargs
 
@@ -173,16 +176,17 @@ def test_first_block_cache_stack_on_the_other_families_it_runs_on(family):
     call = dict(tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=4,
                 output_type="latent")
     go = lambda: pipe(**call, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
-    mask, before, plain = [True, True, False, True], footprint(pipe), go()
-    enable_fast_stack(pipe, "first_block", compile=False, draft=False, compute_mask=mask)
+    kw = dict(compute_mask=[True, True, False, True]) if cache == "first_block" else dict(num_inference_steps=4)
+    before, plain = footprint(pipe), go()
+    enable_fast_stack(pipe, cache, compile=False, draft=False, **kw)
     alone = go()
     disable_fast_stack(pipe)
-    enable_fast_stack(pipe, "first_block", compile=False, compute_mask=mask, **SPARSITY_0)
+    enable_fast_stack(pipe, cache, compile=False, **kw, **SPARSITY_0)
     out = go()
     stats = get_draft_stats(pipe).summary()
     disable_fast_stack(pipe)
     assert stats["sparse_calls"] > 0 and stats["fallbacks"] == {}
-    assert max_diff(alone, plain) > 0  # the cache skipped step 2's blocks
+    assert max_diff(alone, plain) > 0  # the cache really skipped or predicted something
     assert max_diff(out, alone) < 1e-5 * max(1.0, alone.abs().max().item())
     assert diff_footprints(before, footprint(pipe)) == []
 

@@ -197,7 +197,10 @@ def resolve_settings(
                        "or --preset (names: draftattention_diffusers/configs/)")
     s = RunSettings(model=model)
     if model in TINY_MODELS:
-        s = dataclasses.replace(s, **dict(TINY_DEFAULTS, num_frames=tiny_frames(tiny_builder(model)[0])))
+        family, builder = tiny_builder(model)
+        recipe = family.pipelines.get(getattr(builder, "pipeline", None))
+        least = max(TINY_DEFAULTS["num_frames"], recipe.min_frames if recipe else 1)
+        s = dataclasses.replace(s, **dict(TINY_DEFAULTS, num_frames=tiny_frames(family, least)))
     if p:
         s = dataclasses.replace(
             s, height=p.height, width=p.width, num_frames=p.num_frames,
@@ -426,6 +429,9 @@ def _check_inputs_for(family: ModelFamily, cls: str, s: RunSettings, model_index
         raise CLIError(f"{cls} needs {package} ({why}), which is not installed: pip install "
                        f"\"draftattention-diffusers[video]\" (or pip install {module})")
     recipe = family.pipelines[cls]
+    if s.num_frames is not None and s.num_frames < recipe.min_frames:
+        raise CLIError(f"--frames {s.num_frames}: {cls} needs at least {recipe.min_frames} frames "
+                       f"({recipe.min_frames_why})")
     for kind in s.inputs:
         if recipe.takes(kind) is None:
             raise CLIError(_not_taken(family, cls, kind, model_index))

@@ -94,6 +94,8 @@ class LoadRecipe:
     ``loads_as``: input kind -> another pipeline class of the family that the command line loads instead when
     that input is given (a text-to-video checkpoint whose model also does image-to-video, e.g. Wan2.2 TI2V-5B),
     only when the checkpoint's ``model_index.json`` sets ``loads_as_if`` to true (None: always).
+    ``min_frames``: the fewest frames for which the pipeline returns a finite video, with why
+    (``min_frames_why``); fewer are refused before loading.
     """
 
     transformer_dtype: torch.dtype
@@ -105,6 +107,8 @@ class LoadRecipe:
     needs_one_of: tuple[str, ...] = ()
     loads_as: dict[str, str] = field(default_factory=dict)
     loads_as_if: str | None = None
+    min_frames: int = 1
+    min_frames_why: str = ""
 
     def __post_init__(self) -> None:
         kinds = [i.kind for i in self.inputs]

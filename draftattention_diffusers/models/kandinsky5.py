@@ -98,8 +98,12 @@ class Kandinsky5Family(KandinskyVisualFacts):
     transformer_classes = ("Kandinsky5Transformer3DModel",)
     # as diffusers' Kandinsky 5.0 docs load them: every component in bfloat16 (Pro: with model CPU offload)
     pipelines = {"Kandinsky5T2VPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16),
-                 "Kandinsky5I2VPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
-                                                     inputs=IMAGE_TO_VIDEO)}
+                 # after denoising it renormalizes the first 4 latent frames by the next ones
+                 # (normalize_first_frame): with fewer than 5 latent frames there are none, and the video is NaN
+                 "Kandinsky5I2VPipeline": LoadRecipe(
+                     torch.bfloat16, torch.bfloat16, torch.bfloat16, inputs=IMAGE_TO_VIDEO, min_frames=17,
+                     min_frames_why="after denoising it renormalizes its first 4 latent frames by the following "
+                                    "ones; with fewer than 5 latent frames there are none and its video is NaN")}
     default_fps = 24  # the docs export at 24 fps
     tiny_variants = {"tiny-kandinsky5": TinyPipeline(build_tiny_kandinsky5, "Kandinsky5T2VPipeline"),
                      "tiny-kandinsky5-i2v": TinyPipeline(partial(build_tiny_kandinsky5, visual_cond=True),

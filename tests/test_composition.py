@@ -200,6 +200,25 @@ def test_whole_model_fullgraph_compile_without_recompiles(family, fraction):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_whole_model_fullgraph_in_a_pipeline_with_a_warm_up_says_what_to_do():
+    """With 0 < dense_steps_fraction < 1 the step comes from the calling pipeline, read outside the graph (a graph
+    break): fullgraph=True on the whole transformer refuses it, and the error says why and what works instead
+    (dynamo prints the reason of the compiler-disabled function)."""
+    import torch._dynamo as dynamo
+
+    pipe = build_tiny_pipeline("wan")
+    with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.5):
+        dynamo.reset()
+        pipe.transformer.compile(fullgraph=True, backend="eager")
+        try:
+            with pytest.raises(Exception, match=r"reads the denoising step from the calling pipeline.*"
+                                                r"compile_repeated_blocks\(fullgraph=True\)"):
+                run(pipe, steps=2)
+        finally:
+            uncompile(pipe.transformer)
+            dynamo.reset()
+
+
 @pytest.mark.parametrize("family, dims", [("wan", "dynamic"), ("hunyuan", "mark_dynamic")])
 def test_whole_model_dynamic_compile_across_resolutions_recompiles_and_nothing_worse(family, dims):
     """diffusers' test_compile_on_different_shapes (dynamic=True, error_on_recompile) fails with draft attention by

@@ -624,9 +624,24 @@ class DraftAttnProcessor:
         return attn.__dict__[ROLE_ATTR]
 
 
-@torch.compiler.disable  # the pipeline is found on the call stack: not traceable, so outside the compiled graph
+_OUTSIDE_GRAPH_REASON = (
+    "draft attention reads the denoising step from the calling pipeline, outside the graph (one graph break at the "
+    "start of the transformer's forward). With fullgraph=True on the whole transformer use regional compile "
+    "(transformer.compile_repeated_blocks(fullgraph=True)), or compile without fullgraph; calling the transformer "
+    "yourself, give the step (get_draft_processor(transformer).set_step(i, num_steps))")
+
+
 def _prepare_forward_outside_graph(processor: DraftAttnProcessor, family, transformer, args, kwargs) -> None:
     processor._prepare_forward(family, transformer, args, kwargs)
+
+
+# the pipeline is found on the call stack: not traceable, so outside the compiled graph; under fullgraph=True dynamo
+# refuses the graph break and prints this reason (torch >= 2.8 takes one)
+try:
+    _prepare_forward_outside_graph = torch.compiler.disable(_prepare_forward_outside_graph,
+                                                            reason=_OUTSIDE_GRAPH_REASON)
+except TypeError:
+    _prepare_forward_outside_graph = torch.compiler.disable(_prepare_forward_outside_graph)
 
 
 @torch.compiler.disable  # checks (and imports) kernels: never inside a compiled graph

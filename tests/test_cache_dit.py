@@ -194,3 +194,27 @@ def test_undo_keeps_the_block_lists_order_for_a_later_first_block_cache():
         disable_fast_stack(pipe)
     assert torch.isfinite(out).all()
     assert diff_footprints(before, footprint(pipe)) == []
+
+
+def test_one_call_stack_undoes_cache_dits_patch_functors():
+    """cache-dit patches Wan VACE's transformer and block forwards (a patch functor: patched forwards, `_is_patched`,
+    `_i`, `_vace_layers`) and leaves them after its own disable; the stack's undo gives every module back as it was
+    (the same stack at sparsity 0 equals DBCache alone through VACE's tile order)."""
+    from draftattention_diffusers.models import family_for_pipeline
+    from draftattention_diffusers.tiny import tiny_prompt_kwargs
+
+    pipe = build_tiny_pipeline("wan-vace")
+    call = dict(tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=STEPS,
+                output_type="latent")
+    go = lambda: pipe(**call, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
+    before, plain = footprint(pipe), go()
+    enable_fast_stack(pipe, dbcache(), compute_mask=MASK, num_inference_steps=STEPS, compile=False, draft=False)
+    alone = go()
+    disable_fast_stack(pipe)
+    assert diff_footprints(before, footprint(pipe)) == []
+    enable_fast_stack(pipe, dbcache(), compute_mask=MASK, num_inference_steps=STEPS, compile=False, **SPARSITY_0)
+    out = go()
+    disable_fast_stack(pipe)
+    assert diff_footprints(before, footprint(pipe)) == []
+    assert max_diff(alone, plain) > 0 and max_diff(out, alone) < 1e-5 * max(1.0, alone.abs().max().item())
+    assert torch.equal(go(), plain)

@@ -79,7 +79,7 @@ class FastStack:
     _fp8_weights: dict = dataclasses.field(default_factory=dict)  # (transformer name, module name) -> CPU copy
     _fp8_modules: list = dataclasses.field(default_factory=list)
     _mag_ratios: list | None = None
-    _before_cache: dict = dataclasses.field(default_factory=dict)  # id(module) -> attributes it had before the cache
+    _before_cache: dict = dataclasses.field(default_factory=dict)  # id(module) -> its __dict__ before the cache
     _child_order: dict = dataclasses.field(default_factory=dict)  # id(module) -> its children's names, in order
 
     def modules(self) -> list[torch.nn.Module]:
@@ -257,8 +257,7 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
             enable_draft_attention(pipe, draft_cfg)
             stack._done.append("draft")
         if cache_obj is not None:
-            stack._before_cache = {id(m): {a for a in _CACHE_LEFTOVERS if a in m.__dict__}
-                                   for t in transformers for m in t.modules()}
+            stack._before_cache = {id(m): dict(m.__dict__) for t in transformers for m in t.modules()}
             stack._child_order = {id(m): list(m._modules) for t in transformers for m in t.modules()}
             _enable_cache(stack)
             stack._done.append("cache")
@@ -690,9 +689,6 @@ def _restore_fp8(stack: FastStack) -> None:
     stack._fp8_weights.clear()
 
 
-_CACHE_LEFTOVERS = ("forward", "_diffusers_hook", "_cache_config")
-
-
 def _disable_cache(stack: FastStack) -> None:
     if stack.cache_library == "cache-dit":
         import cache_dit
@@ -707,23 +703,24 @@ def _disable_cache(stack: FastStack) -> None:
         for t in stack.modules():
             if getattr(t, "is_cache_enabled", False):
                 t.disable_cache()
-    # Both libraries undo their hooks but leave inert attributes behind: the original forward as an instance
-    # attribute (a bound method of the class's own forward; diffusers' remove_hook and cache-dit 1.5.3's release
-    # both do this), an empty diffusers HookRegistry, diffusers' `_cache_config = None`. Drop those that were not
-    # there before the cache, so that the modules are as before.
+    # Both libraries undo their hooks but leave attributes behind: the original forward as an instance attribute (a
+    # bound method of the class's own forward; diffusers' remove_hook and cache-dit 1.5.3's release both do this), an
+    # empty diffusers HookRegistry, diffusers' `_cache_config = None`; cache-dit's patch functors (Wan VACE) leave
+    # their patched forwards and counters (`_is_patched`, `_i`, `_vace_layers`). Drop what the cache added and give
+    # back a forward it replaced, so that the modules are as before (draft attention's own attributes, which it may
+    # add during a forward, stay for its own undo; a hook registry that holds hooks registered since stays too).
     for t in stack.modules():
         for m in t.modules():
-            had = stack._before_cache.get(id(m), set(_CACHE_LEFTOVERS))
+            had = stack._before_cache.get(id(m))
+            if had is None:
+                continue
             d = m.__dict__
-            fwd = d.get("forward")
-            if "forward" not in had and fwd is not None and getattr(fwd, "__self__", None) is m \
-                    and getattr(fwd, "__func__", None) is type(m).forward:
-                del d["forward"]
-            registry = d.get("_diffusers_hook")
-            if "_diffusers_hook" not in had and registry is not None and not registry.hooks:
-                del d["_diffusers_hook"]
-            if "_cache_config" not in had and "_cache_config" in d and d["_cache_config"] is None:
-                del d["_cache_config"]
+            for key in [k for k in d if k not in had and not k.startswith("_draftattention")]:
+                if key == "_diffusers_hook" and d[key].hooks:
+                    continue
+                del d[key]
+            if "forward" in had and d.get("forward") is not had["forward"]:
+                d["forward"] = had["forward"]
             # cache-dit 1.5.3 swaps a transformer's block lists in per forward with unittest.mock.patch.object, whose
             # undo deletes and re-adds each list: a list then sits last among the children. diffusers' First Block
             # Cache takes the first block list it meets in that order as the head, so on HunyuanVideo (dual- and

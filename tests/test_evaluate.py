@@ -286,6 +286,15 @@ def test_map_layers_beyond_the_model_fail_before_any_generation(capsys, tmp_path
     one_line_error(rc, err, "--map-layers 7: this model has 2 blocks with video self-attention (indices 0..1)")
 
 
+def test_a_stack_the_model_cannot_take_fails_before_any_generation(capsys, tmp_path, monkeypatch):
+    """diffusers' First Block Cache cannot run on Kandinsky 6 (no block metadata): said at load, before the dense
+    references are generated, not after them."""
+    monkeypatch.setattr(runner, "run_pipeline", lambda *a, **k: pytest.fail("generated before the check"))
+    rc, _, err = run(capsys, "evaluate", "--model", "tiny-kandinsky6", "--out", tmp_path / "o", "--categories", "text",
+                     "--stacks", "first_block", "--stack-no-compile")
+    one_line_error(rc, err, "first_block: FirstBlockCacheConfig cannot run on Kandinsky6Transformer3DModel")
+
+
 def test_settings_from_sparsities_selections_and_presets():
     from draftattention_diffusers.config import DraftAttentionConfig, load_preset
     from draftattention_diffusers.evaluate.run import build_settings

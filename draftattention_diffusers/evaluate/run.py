@@ -365,6 +365,10 @@ class Evaluation:
             steps = pipeline_steps(self.pipe, s)
             check_range(self.opts.map_layers, self.blocks, "--map-layers", "blocks with video self-attention")
             check_range(self.opts.map_steps, steps, "--map-steps", "denoising steps")
+            for st in self.settings:  # a stack this pipeline cannot take is refused now, not after the dense runs
+                if st.stack is not None:
+                    self._activate(st)
+                    self._activate(None)
         return self.pipe
 
     def _activate(self, st: EvalSetting | None) -> None:

@@ -317,9 +317,10 @@ def main() -> int:
 
 
 def summarize(results: dict[str, dict[str, dict]], seconds: float | None = None) -> int:
-    """The table, then the tests whose outcome differs between the runs. Returns 1 if any passes plain only."""
+    """The table, then the tests whose outcome differs between the runs. Returns 1 if any passes plain only, or if a
+    draft run did not complete where the plain one did."""
     print(f"\n{'file':14s} {'plain p/f/s/e':>15s} {'draft p/f/s/e':>15s}  draft attention (xp: xpassed, xf: xfailed)")
-    regressions, fixed, other, changed_error = [], [], [], []
+    regressions, fixed, other, changed_error, broken = [], [], [], [], []
     for name, by_mode in results.items():
         plain, draft = by_mode.get("plain"), by_mode.get("draft")
         row = f"{name:14s} {counts(plain['records']) if plain else '-':>15s} " \
@@ -328,6 +329,8 @@ def summarize(results: dict[str, dict[str, dict]], seconds: float | None = None)
         for res, mode in ((plain, "plain"), (draft, "draft")):
             if res and res["status"] != "ok":
                 print(f"{'':14s} {mode}: {res['status']}")
+        if draft and draft["status"] != "ok" and (plain is None or plain["status"] == "ok"):
+            broken.append((name, draft))  # a run that did not run (e.g. the plugin could not import us) is no pass
         if not (plain and draft):
             continue
         before = {r["nodeid"]: r for r in plain["records"]}
@@ -361,9 +364,13 @@ def summarize(results: dict[str, dict[str, dict]], seconds: float | None = None)
         print(f"{len(changed_error)} test(s) fail in both runs with a different first error line:")
         for b, r in changed_error:
             print(f"  {short(r)}\n      plain: {b['message'][:150]}\n      draft: {r['message'][:150]}")
+    if broken:
+        print(f"{len(broken)} file(s) whose draft run did not complete where the plain run did:")
+        for name, res in broken:
+            print(f"  {name}: {res['status']}: {res['last_line']}")
     if seconds is not None:
         print(f"\ntotal {seconds:.0f} s")
-    return 1 if regressions else 0
+    return 1 if regressions or broken else 0
 
 
 if __name__ == "__main__":

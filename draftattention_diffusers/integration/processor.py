@@ -71,14 +71,17 @@ def _scheduler_step(pipe) -> tuple[int, int] | None:
     return (0 if step is None else int(step)), len(timesteps)
 
 
+def _pipeline_step(family, pipe, pipe_frame) -> tuple[int, int] | None:
+    """``(step, num_steps)`` of a running call of ``pipe`` (its frame ``pipe_frame``): the family knows pipelines
+    whose step is not the scheduler's (diffusion forcing, schedulers without ``step_index``), else the scheduler."""
+    return family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
+
+
 def calling_step(family, frame) -> tuple[int, int] | None:
     """``(step, num_steps)`` of the pipeline calling the transformer now (on the call stack above ``frame``), read as
-    draft attention reads it: the family's ``pipeline_step``, else the scheduler's ``step_index``; None without a
-    pipeline or a step."""
+    draft attention reads it (:func:`_pipeline_step`); None without a pipeline or a step."""
     pipe, pipe_frame = _calling_pipeline(frame)
-    if pipe is None:
-        return None
-    return family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
+    return None if pipe is None else _pipeline_step(family, pipe, pipe_frame)
 
 
 def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
@@ -315,8 +318,8 @@ class DraftAttnProcessor:
             self._order.set(None, None)
             return
         pipe, pipe_frame = _calling_pipeline(frame if frame is not None else sys._getframe(1))
-        if pipe is not None:  # the family knows pipelines whose step is not the scheduler's (diffusion forcing)
-            step_info = family.pipeline_step(pipe, pipe_frame.f_locals) or _scheduler_step(pipe)
+        if pipe is not None:
+            step_info = _pipeline_step(family, pipe, pipe_frame)
             key = getattr(pipe.scheduler, "timesteps", None)
             if key is not self._run_key:  # new timesteps: a new pipeline call (fresh statistics), or its next section
                 section = family.pipeline_section(pipe, pipe_frame.f_locals)

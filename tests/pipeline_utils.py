@@ -25,6 +25,16 @@ def run(pipe, steps: int = 6, seed: int = 0, size: dict = REORDERING_SIZE, **kwa
     return pipe(**kw).frames, per_step
 
 
+def run_tiny_call(pipe, steps: int, seed: int = 0) -> torch.Tensor:
+    """One call of a tiny pipeline at its family's ``tiny_call`` size (several regions per frame, so the tile order
+    is not the identity); returns the final latents (FramePack: the history after its last section)."""
+    from draftattention_diffusers.models import family_for_pipeline
+
+    frames = pipe(**tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=steps,
+                  output_type="latent", generator=torch.Generator().manual_seed(seed)).frames
+    return frames[-1] if isinstance(frames, list) else frames
+
+
 def is_wan(pipe) -> bool:
     return type(pipe).__name__.startswith("Wan")
 

@@ -4,7 +4,7 @@ agree on which forwards ran in full, a fixed compute mask is honoured, and the u
 
 import pytest
 import torch
-from pipeline_utils import is_wan, max_diff, run, uncompile, watch_compilation
+from pipeline_utils import is_wan, max_diff, run, run_tiny_call, uncompile, watch_compilation
 from stack_utils import computed_forwards, diff_footprints, footprint
 
 from draftattention_diffusers import (disable_draft_attention, disable_fast_stack, enable_draft_attention,
@@ -200,13 +200,8 @@ def test_one_call_stack_undoes_cache_dits_patch_functors():
     """cache-dit patches Wan VACE's transformer and block forwards (a patch functor: patched forwards, `_is_patched`,
     `_i`, `_vace_layers`) and leaves them after its own disable; the stack's undo gives every module back as it was
     (the same stack at sparsity 0 equals DBCache alone through VACE's tile order)."""
-    from draftattention_diffusers.models import family_for_pipeline
-    from draftattention_diffusers.tiny import tiny_prompt_kwargs
-
     pipe = build_tiny_pipeline("wan-vace")
-    call = dict(tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=STEPS,
-                output_type="latent")
-    go = lambda: pipe(**call, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
+    go = lambda: run_tiny_call(pipe, steps=STEPS)  # noqa: E731
     before, plain = footprint(pipe), go()
     enable_fast_stack(pipe, dbcache(), compute_mask=MASK, num_inference_steps=STEPS, compile=False, draft=False)
     alone = go()

@@ -12,13 +12,13 @@ tile order is not the identity):
 
 import pytest
 import torch
+from pipeline_utils import run_tiny_call
 
 from draftattention_diffusers import (disable_draft_attention, draft_attention_enabled, enable_draft_attention,
                                       get_draft_processor, get_draft_stats)
 from draftattention_diffusers.core.layout import get_layout
 from draftattention_diffusers.models import families
 from draftattention_diffusers.models.base import count_hooks
-from draftattention_diffusers.tiny import tiny_prompt_kwargs
 
 # families whose own test modules cover these checks (tests/test_<family>.py, test_integration, test_lifecycle)
 OWN_TESTS = {"wan", "hunyuan_video", "skyreels_v2", "wan_vace", "cogvideox", "ltx_video", "ltx2", "hunyuan_video15"}
@@ -32,17 +32,10 @@ def case(request):
     return family, pipe
 
 
-def run(family, pipe, steps: int):
-    kw = dict(tiny_prompt_kwargs(pipe), **family.tiny_call, num_inference_steps=steps, output_type="latent",
-              generator=torch.Generator().manual_seed(0))
-    frames = pipe(**kw).frames
-    return frames[-1] if isinstance(frames, list) else frames  # (FramePack: the history after each section)
-
-
 def test_the_tiny_grid_reorders(case):
     family, pipe = case
     with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.0):
-        run(family, pipe, steps=2)  # (MochiPipeline's sigma schedule cannot run one step)
+        run_tiny_call(pipe, steps=2)  # (MochiPipeline's sigma schedule cannot run one step)
         grid = get_draft_processor(pipe).grid
     assert grid is not None
     perm = get_layout(grid).perm
@@ -50,30 +43,30 @@ def test_the_tiny_grid_reorders(case):
 
 
 def test_dense_schedule_and_disable_are_bit_identical(case):
-    family, pipe = case
-    base = run(family, pipe, steps=2)
+    _, pipe = case
+    base = run_tiny_call(pipe, steps=2)
     hooks = count_hooks(pipe.transformer)
     with draft_attention_enabled(pipe, dense_steps_fraction=1.0):
-        dense = run(family, pipe, steps=2)
+        dense = run_tiny_call(pipe, steps=2)
         assert get_draft_stats(pipe).summary()["sparse_calls"] == 0
     enable_draft_attention(pipe, sparsity=0.5, dense_steps_fraction=0.0)
-    sparse = run(family, pipe, steps=2)
+    sparse = run_tiny_call(pipe, steps=2)
     disable_draft_attention(pipe)
-    again = run(family, pipe, steps=2)
+    again = run_tiny_call(pipe, steps=2)
     assert torch.equal(dense, base) and torch.equal(again, base) and not torch.equal(sparse, base)
     assert count_hooks(pipe.transformer) == hooks
 
 
 def test_sparsity_zero_equals_dense_and_the_schedule(case):
-    family, pipe = case
-    base = run(family, pipe, steps=4)
+    _, pipe = case
+    base = run_tiny_call(pipe, steps=4)
     with draft_attention_enabled(pipe, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
-        out = run(family, pipe, steps=4)
+        out = run_tiny_call(pipe, steps=4)
         zero = get_draft_stats(pipe).summary()
     assert zero["sparse_calls"] > 0 and zero["fallbacks"] == {}
     assert (out.double() - base.double()).abs().max().item() <= 1e-4 * max(1.0, base.abs().max().item())
     with draft_attention_enabled(pipe, sparsity=0.75, dense_steps_fraction=0.5):
-        run(family, pipe, steps=4)
+        run_tiny_call(pipe, steps=4)
         stats = get_draft_stats(pipe).summary()
     assert stats["steps"] == {0: "dense", 1: "dense", 2: "sparse", 3: "sparse"}
     assert stats["fallbacks"] == {} and stats["sparse_calls"] > 0 and 0.5 <= stats["mean_sparsity"] < 1.0

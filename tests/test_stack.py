@@ -5,7 +5,7 @@ same stack without draft attention, or with the parts installed by hand, and cou
 import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
-from pipeline_utils import is_wan, max_diff, run, uncompile, watch_compilation
+from pipeline_utils import is_wan, max_diff, run, run_tiny_call, uncompile, watch_compilation
 from stack_utils import diff_footprints, footprint
 
 from draftattention_diffusers import (DraftAttentionConfig, disable_draft_attention, disable_fast_stack,
@@ -169,13 +169,8 @@ def test_a_cache_stack_on_the_other_families_it_runs_on(family, cache):
     """Where diffusers' First Block Cache (on a fixed schedule: steps 0, 1, 3 computed) or TaylorSeer runs (the
     families above besides Wan and HunyuanVideo; README's table), the one call with every tile kept equals the same
     call without draft attention, through each family's tile order; the undo leaves the pipeline as it was."""
-    from draftattention_diffusers.models import family_for_pipeline
-    from draftattention_diffusers.tiny import tiny_prompt_kwargs
-
     pipe = build_tiny_pipeline(family)
-    call = dict(tiny_prompt_kwargs(pipe), **family_for_pipeline(pipe).tiny_call, num_inference_steps=4,
-                output_type="latent")
-    go = lambda: pipe(**call, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
+    go = lambda: run_tiny_call(pipe, steps=4)  # noqa: E731
     kw = dict(compute_mask=[True, True, False, True]) if cache == "first_block" else dict(num_inference_steps=4)
     before, plain = footprint(pipe), go()
     enable_fast_stack(pipe, cache, compile=False, draft=False, **kw)

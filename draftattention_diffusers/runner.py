@@ -175,6 +175,7 @@ def resolve_settings(
     backend: str | None = None,
     selection: str | None = None,
     dense_steps_fraction: float | None = None,
+    warmup_sparsity: float | None = None,
     device: str = "auto",
     offload: bool = False,
     dense: bool = False,
@@ -182,7 +183,7 @@ def resolve_settings(
     video: str | None = None,
 ) -> RunSettings:
     """Merge, lowest priority first: built-in defaults, tiny-model defaults, ``preset`` (a preset name or YAML file),
-    explicit values (None: not given; ``sparsity`` ... ``dense_steps_fraction`` override the draft-attention
+    explicit values (None: not given; ``sparsity`` ... ``warmup_sparsity`` override the draft-attention
     config).
 
     Also checks, before any model is loaded, what can be checked without it: the values, a local ``model``
@@ -212,7 +213,7 @@ def resolve_settings(
               "seed": seed, "fps": fps, "flow_shift": flow_shift, "image": image, "video": video}
     s = dataclasses.replace(s, **{k: v for k, v in values.items() if v is not None})
     overrides = {"sparsity": sparsity, "backend": backend, "selection": selection,
-                 "dense_steps_fraction": dense_steps_fraction}
+                 "dense_steps_fraction": dense_steps_fraction, "warmup_sparsity": warmup_sparsity}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         try:
@@ -287,6 +288,8 @@ def add_run_options(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     d.add_argument("--backend", help="auto, fa4, flex, bsa or reference (see `draftattention info`)")
     d.add_argument("--selection", help=f"tile selection rule: {', '.join(SELECTIONS)}")
     d.add_argument("--dense-steps-fraction", type=float, help="fraction of the first steps that run dense")
+    d.add_argument("--warmup-sparsity", type=float, help="opt-in milder warm-up: run those first steps sparse at this "
+                                                         "sparsity instead of dense (e.g. 0.75; default: dense)")
     r = p.add_argument_group("running")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:1, cpu")
     r.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (less GPU memory)")
@@ -303,7 +306,8 @@ def settings_from_args(args: argparse.Namespace, dense: bool = False) -> RunSett
         args.model, args.preset, prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height,
         width=args.width, num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, fps=args.fps, flow_shift=args.flow_shift, sparsity=args.sparsity, backend=args.backend,
-        selection=args.selection, dense_steps_fraction=args.dense_steps_fraction, device=args.device,
+        selection=args.selection, dense_steps_fraction=args.dense_steps_fraction,
+        warmup_sparsity=args.warmup_sparsity, device=args.device,
         offload=args.offload, dense=dense, image=getattr(args, "image", None), video=getattr(args, "video", None))
 
 

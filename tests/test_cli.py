@@ -169,6 +169,16 @@ def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
     assert "1 dense: 0; 1 sparse: 1" in stdout
 
 
+def test_generate_with_the_milder_warm_up(capsys, tmp_path):
+    """--warmup-sparsity: the opt-in milder warm-up from the command line; its first steps run sparse, and say so."""
+    rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan", *SMALL, "--steps", "4", "--warmup-sparsity",
+                          "0.5", "--no-progress", "--output", tmp_path / "w.mp4", "--json", tmp_path / "w.json")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "w.json").read_text())
+    assert r["settings"]["config"]["warmup_sparsity"] == 0.5
+    assert "1 sparse warm-up: 0" in stdout and r["draft_attention"]["dense_calls"] == 0
+
+
 # ------------------------------------------------------------------------------------------------- compare
 def test_compare_tiny_wan(capsys, tmp_path):
     out = tmp_path / "cmp.mp4"

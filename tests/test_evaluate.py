@@ -271,6 +271,8 @@ def test_builtin_suite_covers_every_category():
     (["--out", "{tmp}/f"], "is a file; expected a folder"),
     (["--presets", "no-such-preset"], "invalid preset"),
     (["--backend", "fa4", "--device", "cpu"], "--backend fa4 cannot run"),
+    (["--warmup-sparsities", "dense,1.5"], "warmup_sparsity=1.5: expected None (dense warm-up) or a number in [0, 1)"),
+    (["--warmup-sparsities", "mild"], "--warmup-sparsities: 'mild' is neither 'dense' nor a sparsity such as 0.75"),
 ])
 def test_evaluate_fails_before_loading_the_model(extra, needle, capsys, tmp_path, never_load):
     (tmp_path / "f").write_text("")
@@ -307,6 +309,12 @@ def test_settings_from_sparsities_selections_and_presets():
                                           "preset-paper-wan2.1-14b-512p-s90", "preset-my.preset"]
     assert settings[4].config == paper and settings[3].config.selection == "topk_heads"
     assert len({st.label for st in settings}) == len(settings)
+    # the opt-in milder warm-up beside the dense one: for the grid and for each stack
+    settings = build_settings(DraftAttentionConfig(), None, None, stacks=["first_block"], warmups=[None, 0.75])
+    assert [(st.id, st.config.warmup_sparsity) for st in settings] == [
+        ("s0.9-topk-wdense", None), ("s0.9-topk-w0.75", 0.75),
+        ("stack-first_block-compiled-wdense", None), ("stack-first_block-compiled-w0.75", 0.75)]
+    assert settings[3].label == "stack: draft 0.9 + first_block + compile, warm-up 0.75"
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -330,3 +338,21 @@ def test_the_fast_stack_as_a_setting(compiled, tmp_path, capsys, monkeypatch):
     assert len(recs) == 2 and all(r["draft_attention"]["sparse_calls"] > 0 for r in recs)
     assert ("maps" in recs[0]["media"]) is not compiled
     assert get_fast_stack(pipes[0]) is None  # removed after the run
+
+
+def test_the_milder_warm_up_beside_the_dense_one(tmp_path, capsys):
+    """--warmup-sparsities dense,0.5 with a stack: the opt-in milder warm-up and the paper's dense one, for draft
+    attention alone and for the stack, in one report; the mild settings run their warm-up step sparse."""
+    out = tmp_path / "w"
+    rc, stdout, err = run(capsys, "evaluate", *TINY, "--steps", "4", "--categories", "text", "--out", out,
+                          "--stacks", "first_block", "--stack-no-compile", "--warmup-sparsities", "dense,0.5",
+                          "--no-videos", "--no-lpips")
+    assert rc == 0, err
+    data = json.loads((out / "results.json").read_text())
+    steps = {st["id"]: next(iter(data["results"][st["id"]].values()))["draft_attention"]["steps"]
+             for st in data["settings"]}
+    assert steps == {"s0.9-topk-wdense": {"0": "dense", "1": "sparse", "2": "sparse", "3": "sparse"},
+                     "s0.9-topk-w0.5": {"0": "warmup", "1": "sparse", "2": "sparse", "3": "sparse"},
+                     "stack-first_block-wdense": {"0": "dense", "1": "sparse", "2": "sparse", "3": "sparse"},
+                     "stack-first_block-w0.5": {"0": "warmup", "1": "sparse", "2": "sparse", "3": "sparse"}}
+    assert "stack: draft 0.9 + first_block, warm-up 0.5: mean speedup" in stdout

@@ -240,7 +240,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sparsities = _csv_list(args.sparsities, "--sparsities", float) if args.sparsities else None
     selections = _csv_list(args.selections, "--selections") if args.selections else None
     stacks = _csv_list(args.stacks, "--stacks") if args.stacks else []
-    settings = build_settings(base.config, sparsities, selections, presets, stacks, compile=not args.stack_no_compile)
+    warmups = _csv_list(args.warmup_sparsities, "--warmup-sparsities", _warmup_sparsity) \
+        if args.warmup_sparsities else None
+    settings = build_settings(base.config, sparsities, selections, presets, stacks, compile=not args.stack_no_compile,
+                              warmups=warmups)
     for st in settings:
         runner.check_backend(dataclasses.replace(base, config=st.config), runner.pick_device(args.device))
     for flag, v in (("--warmup", args.warmup), ("--map-prompts", args.map_prompts),
@@ -346,6 +349,13 @@ def _csv_list(text: str, what: str, convert: Callable[[str], Any] = str) -> list
     if not values:
         raise CLIError(f"{what} {text!r}: expected at least one value")
     return values
+
+
+def _warmup_sparsity(text: str) -> float | None:
+    try:
+        return None if text == "dense" else float(text)
+    except ValueError:
+        raise CLIError(f"--warmup-sparsities: {text!r} is neither 'dense' nor a sparsity such as 0.75") from None
 
 
 def _layer_selector(text: str) -> int | str:
@@ -471,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "--sparsity or the preset's, a step cache, regional compile) with these caches, "
                                      "e.g. first_block,none (none: no cache)")
     ev.add_argument("--stack-no-compile", action="store_true", help="--stacks without regional compile")
+    ev.add_argument("--warmup-sparsities", help="warm-ups to compare, for the sparsity grid and each stack: dense "
+                                                "(the paper's) and/or the opt-in milder warm-up's sparsities, e.g. "
+                                                "dense,0.75")
     ev.add_argument("--long-frames", type=int, help="frames of the 'long' prompts (default: 2x the run's, 4k+1)")
     ev.add_argument("--out", metavar="DIR", help="folder of the report (default outputs/evaluate-<model>; with "
                                                  "--csv: next to it)")

@@ -63,23 +63,39 @@ def _safe(text: str) -> str:
 
 def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, selections: list[str] | None,
                    presets: list[tuple[str, DraftAttentionConfig]] = (), stacks: list[str] = (),
-                   compile: bool = True) -> list[EvalSetting]:
-    """The settings of a run: every sparsity x selection on top of ``base`` (a preset's or the flags' config; None
-    lists: ``base``'s own value; left out when only presets are given), then one per preset ``(name, config)``,
-    then one fast stack per cache name in
-    ``stacks`` (with ``base``, compiled when ``compile``). Raises ``CLIError`` for a bad value (the config's own
+                   compile: bool = True, warmups: list[float | None] | None = None) -> list[EvalSetting]:
+    """The settings of a run: every sparsity x selection x warm-up on top of ``base`` (a preset's or the flags'
+    config; None lists: ``base``'s own value; left out when only presets are given), then one per preset
+    ``(name, config)``, then one fast stack per cache name in ``stacks`` x warm-up (with ``base``, compiled when
+    ``compile``). ``warmups``: ``warmup_sparsity`` values (None: the dense warm-up), so that the opt-in milder
+    warm-up is judged beside the default one in one report. Raises ``CLIError`` for a bad value (the config's own
     message), an unknown cache name, or two settings with the same config."""
     from ..integration.stack import CACHE_NAMES
 
+    def with_warmup(cfg: DraftAttentionConfig, w) -> DraftAttentionConfig:
+        try:
+            return cfg.replace(warmup_sparsity=w)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+
+    def warmup_text(w, sep: str) -> str:  # said only where a run has a choice of warm-up or a mild one
+        return "" if w is None and not warmups else sep + ("dense warm-up" if w is None else f"warm-up {w:g}")
+
+    def warmup_id(w) -> str:
+        return "" if w is None and not warmups else ("-wdense" if w is None else f"-w{w:g}")
+
+    warm = warmups or [base.warmup_sparsity]
     out: list[EvalSetting] = []
     if sparsities or selections or not presets:  # (with stacks too: the stack is judged against draft alone)
         for sp in sparsities or [base.sparsity]:
             for sel in selections or [base.selection]:
-                try:
-                    cfg = base.replace(sparsity=sp, selection=sel)
-                except ValueError as e:
-                    raise CLIError(str(e)) from None
-                out.append(EvalSetting(_safe(f"s{sp:g}-{sel}"), f"sparsity {sp:g}, {sel}", cfg))
+                for w in warm:
+                    try:
+                        cfg = base.replace(sparsity=sp, selection=sel)
+                    except ValueError as e:
+                        raise CLIError(str(e)) from None
+                    out.append(EvalSetting(_safe(f"s{sp:g}-{sel}{warmup_id(w)}"),
+                                           f"sparsity {sp:g}, {sel}{warmup_text(w, ', ')}", with_warmup(cfg, w)))
     for name, cfg in presets:
         short = Path(name).stem if name.endswith((".yaml", ".yml")) else name  # a name may hold dots: wan2.1-...
         out.append(EvalSetting(_safe(f"preset-{short}"), f"preset {short} (sparsity {cfg.sparsity:g}, "
@@ -87,9 +103,11 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
     for cache in stacks:
         if cache != "none" and cache not in CACHE_NAMES:
             raise CLIError(f"--stacks {cache}: expected none or one of {', '.join(CACHE_NAMES)}")
-        what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
-            (" + compile" if compile else "")
-        out.append(EvalSetting(_safe(f"stack-{cache}{'-compiled' if compile else ''}"), what, base, cache, compile))
+        for w in warm:
+            what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
+                (" + compile" if compile else "") + warmup_text(w, ", ")
+            out.append(EvalSetting(_safe(f"stack-{cache}{'-compiled' if compile else ''}{warmup_id(w)}"), what,
+                                   with_warmup(base, w), cache, compile))
     seen: dict[str, str] = {}
     for st in out:
         key = json.dumps([dataclasses.asdict(st.config), st.stack, st.compile], sort_keys=True, default=str)

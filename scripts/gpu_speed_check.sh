@@ -69,7 +69,7 @@ e2e_models() {  # model:seconds ...: one benchmark_e2e run per model, each with 
 
 case $stage in
   gpu-tests)
-    run gpu_tests 230 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
+    run gpu_tests 300 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore=tests/gpu/test_parallel_gpu.py
     tail -5 "$OUT/gpu_tests.log"
     ;;
   e2e)

@@ -53,6 +53,7 @@ joined by ``+`` (any order, the stack fixes it):
     stack                        = fbcache-mag+draft+compile: the one-call stack (README), on MagCache's schedule
     stack+fp8                    the same with fp8
     stack+mild                   = fbcache-mag+mild+compile: the one-call stack with the milder warm-up
+    stack+mild+fp8               the same with fp8
     name@N                       any setting with its own step count N (each timed run must hold every step class)
 Combinations the stack refuses (e.g. magcache+compile: diffusers compiler-disables MagCache's hooks) are reported
 as skipped with its reason. "Without draft" of a setting = the same parts without draft/preset/fa4-dense.
@@ -409,7 +410,7 @@ CACHE_TOKENS = ("taylorseer", "magcache", "fbcache", "fbcache-mag", "dbcache", "
 DIFFUSERS_CACHES = ("taylorseer", "magcache", "fbcache", "fbcache-mag")  # enabled through the model's enable_cache
 OTHER_TOKENS = ("compile", "fp8")
 ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft+compile+fp8",
-           "stack+mild": "fbcache-mag+mild+compile"}
+           "stack+mild": "fbcache-mag+mild+compile", "stack+mild+fp8": "fbcache-mag+mild+compile+fp8"}
 DBCACHE_FN = 1  # cache-dit DBCache: the first block always runs (like First Block Cache), Bn = 0
 
 
@@ -421,7 +422,7 @@ def parse_setting(name: str) -> tuple[str | None, str | None, bool, bool]:
     cache = [t for t in tokens if t in CACHE_TOKENS]
     unknown = [t for t in tokens if t not in DRAFT_TOKENS and t not in CACHE_TOKENS and t not in OTHER_TOKENS]
     if unknown or len(draft) > 1 or len(cache) > 1 or len(set(tokens)) != len(tokens) or not name:
-        raise ValueError(f"setting {name!r}: expected 'default', 'stack', 'stack+fp8', 'stack+mild' or '+'-joined parts: at most one "
+        raise ValueError(f"setting {name!r}: expected 'default', 'stack', 'stack+fp8', 'stack+mild', 'stack+mild+fp8' or '+'-joined parts: at most one "
                          f"of {', '.join(DRAFT_TOKENS)}; at most one cache of {', '.join(CACHE_TOKENS)}; "
                          f"{', '.join(OTHER_TOKENS)} (e.g. fbcache-mag+draft+compile)")
     return (draft[0] if draft else None), (cache[0] if cache else None), "compile" in tokens, "fp8" in tokens
@@ -1154,7 +1155,7 @@ def main(argv=None) -> None:
                    help=f"CPU dry run on tiny configs ({', '.join(TINY_MODELS)}; --models picks some of them)")
     p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                    help="comma list (each optionally @<steps>, its own step count: draft@4) of 'default', 'stack', "
-                        "'stack+fp8', 'stack+mild' or '+'-joined parts (see the module docstring); default: "
+                        "'stack+fp8', 'stack+mild', 'stack+mild+fp8' or '+'-joined parts (see the module docstring); default: "
                         + ", ".join(DEFAULT_SETTINGS))
     p.add_argument("--steps", type=int, default=REF_STEPS, help="denoising steps of the timed run (default 50)")
     p.add_argument("--warmup-steps", type=int, default=2,

@@ -24,8 +24,9 @@
 #   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack and the same without
 #                draft attention
 #   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
-#   fp8-compile  float8 + regional compile at Wan 1.3B with recompiles and graph breaks logged (where its long
-#                warm-up goes)
+#   fp8-compile  float8 + regional compile at Wan 1.3B with recompiles, graph breaks and inductor autotuning logged
+#                (where its long warm-up went; the stack now asks for cuBLAS float8 matmuls only)
+#   wan14b-fp8   Wan 14B 720p loop: default, the one-call stack with float8 linears (milder and default warm-up)
 #   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
 #                Wan 1.3B (how long it compiles)
 #   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, flash-attn-4 dense, stack, the same without
@@ -45,7 +46,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|wan14b-mild|fp8-compile|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|wan14b-mild|fp8-compile|wan14b-fp8|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -145,7 +146,17 @@ case $stage in
       --models wan1.3b-480p --steps 4 --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
       --settings compile+draft+fp8,compile+fp8 --out "$OUT/p13f"
     grep -E "warm-up|denoise|^--|Recompil|recompil|graph break" "$OUT/pipeline_fp8_compile.log" | head -60
+    echo "inductor autotuning lines (float8 matmuls should run cuBLAS only, FP8_INDUCTOR_OPTIONS):" \
+      "$(grep -c AUTOTUNE "$OUT/pipeline_fp8_compile.log")"
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan14b-fp8)
+    # the one-call stack with float8 linears at 14B, default and milder warm-up (after fp8-compile showed a short
+    # warm-up); the bf16 stacks of the same runs are in docs/benchmarks.md section 15
+    run pipeline_14b_fp8 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
+      --warmup-steps 1 --max-warmup-calls 3 --budget-s 560 --settings default@1,stack+mild+fp8@8,stack+fp8@8 \
+      --out "$OUT/p14f8"
+    cat "$OUT/p14f8/benchmark_pipeline.md" 2>/dev/null
     ;;
   hunyuan-stack)
     run pipeline_hunyuan_stack 570 python3 scripts/benchmark_pipeline.py --models hunyuan-720p --no-decode \

@@ -36,3 +36,5 @@ def test_pipeline_benchmark_mild_setting_is_the_stack_with_the_milder_warm_up():
     assert cfg.warmup_sparsity == bp.MILD_WARMUP_SPARSITY == 0.75 and cfg.dense_steps_fraction == 0.25
     with pytest.raises(ValueError, match="at most one of draft"):
         bp.parse_setting("draft+mild")
+    assert bp.parse_setting("stack+mild+fp8") == ("mild", "fbcache-mag", True, True)
+    assert bp.without_draft("stack+mild+fp8") == "fbcache-mag+compile+fp8"

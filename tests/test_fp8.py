@@ -89,7 +89,7 @@ def test_fp8_with_cache_and_compile(float8_on_cpu):
     want, _ = run(pipe, steps=4, guidance_scale=5.0)
     disable_fast_stack(pipe)
     dynamo.reset()
-    with pytest.warns(UserWarning, match="fp8=True with compile=True: the first calls compile for a long time"):
+    with pytest.warns(UserWarning, match="fp8=True with compile=True: experimental"):
         stack = enable_fast_stack(pipe, "first_block", fp8="tensor", compute_mask=mask, sparsity=0.5,
                                   compile_kwargs=dict(backend="aot_eager"))
     try:
@@ -101,6 +101,33 @@ def test_fp8_with_cache_and_compile(float8_on_cpu):
         disable_fast_stack(pipe)
     assert stats["sparse_calls"] > 0
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("compile_kwargs, want", [
+    (None, dict(options={"max_autotune_gemm_backends": "ATEN"})),
+    (dict(options={"triton.cudagraphs": False}),
+     dict(options={"triton.cudagraphs": False, "max_autotune_gemm_backends": "ATEN"})),
+    (dict(mode="max-autotune"), dict(mode="max-autotune")),  # torch.compile refuses mode with options
+    (dict(options={"max_autotune": True}), dict(options={"max_autotune": True})),  # the user asked to autotune
+    (dict(backend="aot_eager"), dict(backend="aot_eager")),  # options are inductor's
+])
+def test_fp8_compiles_with_cublas_float8_matmuls(float8_on_cpu, compile_kwargs, want):
+    """A float8 stack compiled by inductor asks for cuBLAS's _scaled_mm only: inductor otherwise autotunes Triton
+    templates for every float8 matmul shape even without max-autotune (minutes of warm-up on an H100); a user's
+    own choice of how to tune is kept."""
+    pipe = bf16_pipe()
+    with pytest.warns(UserWarning, match="fp8=True with compile=True"):
+        stack = enable_fast_stack(pipe, None, fp8=True, compile_kwargs=compile_kwargs, **SPARSITY_0)
+    try:
+        assert stack.compile_kwargs == want
+        assert all(m._compiled_call_impl is not None for m in pipe.transformer.blocks)
+    finally:
+        disable_fast_stack(pipe)
+    bf16 = enable_fast_stack(pipe, None, compile_kwargs=compile_kwargs, **SPARSITY_0)  # bf16: the user's, as given
+    try:
+        assert bf16.compile_kwargs == dict(compile_kwargs or {})
+    finally:
+        disable_fast_stack(pipe)
 
 
 def test_fp8_on_a_transformer_without_declared_blocks_is_refused_first(float8_on_cpu):

@@ -39,10 +39,18 @@ FP8_GRANULARITIES = ("row", "tensor")
 FP8_EAGER_WARNING = ("fp8=True with compile=False: measured slower than bf16 (Wan 14B 720p on an H100: 5.62 s against "
                      "4.88 s per sparse forward; the float8 casts run as separate kernels and only compile fuses them, "
                      "docs/benchmarks.md section 13)")
-FP8_COMPILE_WARNING = ("fp8=True with compile=True: the first calls compile for a long time on a GPU (measured on an H100: "
-                       "over 8 minutes at Wan 14B 720p and over 80 s at Wan 1.3B 480p without finishing, where the same "
-                       "stack in bf16 compiles in about 12 s), and its speed in the loop is not measured yet "
-                       "(docs/benchmarks.md sections 13-14)")
+FP8_COMPILE_WARNING = ("fp8=True with compile=True: experimental. Before the stack asked inductor for cuBLAS float8 "
+                       "matmuls only, the first calls compiled for over 8 minutes at Wan 14B 720p on an H100 (over 80 s "
+                       "at Wan 1.3B 480p, where bf16 compiles in 12 s): inductor autotunes every float8 matmul shape "
+                       "against Triton templates even without max-autotune. The stack now compiles with "
+                       f"options={{'max_autotune_gemm_backends': 'ATEN'}} (unless you chose a compile mode, autotuning "
+                       "options or another backend); its compile time and loop speed on a GPU are not measured yet "
+                       "(docs/benchmarks.md sections 13-15)")
+FP8_INDUCTOR_OPTIONS = {"max_autotune_gemm_backends": "ATEN"}
+"""Inductor options of a float8 stack's regional compile: inductor lowers ``aten._scaled_mm`` by autotuning Triton
+templates against cuBLAS for every matmul shape, also without ``max_autotune`` (``tuned_scaled_mm`` calls
+``use_triton_template(..., check_max_autotune=False)``); with ``"ATEN"`` only cuBLAS's ``_scaled_mm`` is a choice, the
+kernel the eager float8 measurements ran (docs/benchmarks.md section 13)."""
 
 _MAGCACHE_WHY = ("diffusers wraps MagCache's block hooks (MagCacheHeadHook.new_forward, MagCacheBlockHook.new_forward) in "
                  "torch.compiler.disable, so every transformer block runs inside a compiler-disabled frame and "
@@ -174,6 +182,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
             CPU copy of the replaced weights is kept so that ``disable_fast_stack`` restores them exactly; without
             it, disabling leaves the layers in float8 and warns. Experimental: it warns either way (measured on an
             H100: eager, slower than bf16; compiled, a warm-up of many minutes, its loop speed not measured yet).
+            With compile, inductor gets ``options=FP8_INDUCTOR_OPTIONS`` (cuBLAS float8 matmuls, no Triton
+            autotuning of each matmul shape) unless ``compile_kwargs`` chooses a mode, options or backend.
         draft: ``True`` (default config), ``False`` (the same stack without draft attention, for comparisons), or
             a :class:`DraftAttentionConfig` / dict; ``**draft_overrides`` change single fields.
         calibrator: with a cache-dit cache, a calibrator config (e.g. ``TaylorSeerCalibratorConfig``).
@@ -249,7 +259,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
 
     stack = FastStack(pipe, [n for n in names], draft=draft_cfg, cache=cache_obj, cache_library=library,
                       cache_name=cache_name, calibrator=calibrator, compute_mask=compute_mask, compiled=compile,
-                      compile_kwargs=dict(compile_kwargs or {}), fp8=fp8_kind, num_inference_steps=num_inference_steps)
+                      compile_kwargs=_compile_kwargs(compile_kwargs, fp8_kind), fp8=fp8_kind,
+                      num_inference_steps=num_inference_steps)
     if type(cache_obj).__name__ == "MagCacheConfig":
         stack._mag_ratios = [float(x) for x in cache_obj.mag_ratios]
     try:
@@ -317,6 +328,20 @@ def _draft_config(draft, overrides: dict) -> DraftAttentionConfig | None:
     if isinstance(draft, (DraftAttentionConfig, dict)):
         return make_config(draft, **overrides)
     raise ValueError(f"draft={draft!r}: expected True, False, a DraftAttentionConfig or a dict of its fields")
+
+
+def _compile_kwargs(user: dict | None, fp8_kind: str | None) -> dict:
+    """The keyword arguments of ``compile_repeated_blocks``: the user's, plus :data:`FP8_INDUCTOR_OPTIONS` for a
+    float8 stack compiled by inductor, unless the user chose how inductor tunes (a ``mode``, autotuning options or
+    gemm backends; torch.compile refuses ``mode`` together with ``options``)."""
+    kw = dict(user or {})
+    if not fp8_kind or kw.get("backend", "inductor") != "inductor" or kw.get("mode") is not None:
+        return kw
+    options = dict(kw.get("options") or {})
+    if options.get("max_autotune") or options.get("max_autotune_gemm") or "max_autotune_gemm_backends" in options:
+        return kw
+    kw["options"] = {**options, **FP8_INDUCTOR_OPTIONS}
+    return kw
 
 
 def _fp8_kind(fp8) -> str | None:

@@ -169,6 +169,37 @@ def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
     assert "1 dense: 0; 1 sparse: 1" in stdout
 
 
+def test_generate_with_the_fast_stack(capsys, tmp_path):
+    """--stack first_block: the one-call stack (here uncompiled) from the command line gives the video the Python
+    API gives; with --dense, the same stack without draft attention; the pipeline is left as it was."""
+    from draftattention_diffusers import disable_fast_stack, enable_fast_stack
+    from draftattention_diffusers.video import read_video, write_video
+
+    args = ["--model", "tiny-wan", *SMALL, "--steps", "4", "--sparsity", "0.5", "--stack", "first_block",
+            "--stack-no-compile"]
+    rc, stdout, err = run(capsys, "generate", *args, "--output", tmp_path / "s.mp4", "--json", tmp_path / "s.json")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert [line.split(" ")[0] for line in r["stack"]] == ["draft", "diffusers"]
+    assert r["draft_attention"]["sparse_calls"] > 0 and "stack: draft attention" in stdout
+    s = runner.resolve_settings(model="tiny-wan", height=128, width=256, num_frames=5, num_inference_steps=4,
+                                sparsity=0.5)
+    pipe = runner.load_pipeline("tiny-wan", "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    enable_fast_stack(pipe, "first_block", compile=False, draft=s.config, num_inference_steps=4)
+    try:
+        want, _ = runner.run_pipeline(pipe, runner.call_kwargs(pipe, s), s.seed)
+    finally:
+        disable_fast_stack(pipe)
+    write_video(want, tmp_path / "want.mp4", fps=runner.video_fps(pipe, s))  # the same encoding as the CLI's
+    np.testing.assert_array_equal(read_video(tmp_path / "s.mp4"), read_video(tmp_path / "want.mp4"))
+    rc, stdout, err = run(capsys, "generate", *args, "--dense", "--output", tmp_path / "d.mp4", "--json",
+                          tmp_path / "d.json")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "d.json").read_text())
+    assert r["draft_attention"] is None and [line.split(" ")[0] for line in r["stack"]] == ["diffusers"]
+
+
 def test_generate_with_the_milder_warm_up(capsys, tmp_path):
     """--warmup-sparsity: the opt-in milder warm-up from the command line; its first steps run sparse, and say so."""
     rc, stdout, err = run(capsys, "generate", "--model", "tiny-wan", *SMALL, "--steps", "4", "--warmup-sparsity",
@@ -417,6 +448,9 @@ FAIL_FAST = {  # name: (extra arguments for `generate --model tiny-wan --output 
     "model-is-a-file": (lambda t: ["--model", _file(t / "f")], "is a file; expected a pipeline folder"),
     "offload-without-cuda": (lambda t: ["--model", "some-org/some-model", "--offload", "--device", "cpu"],
                              "--offload needs a CUDA device"),
+    "stack-unknown": (lambda t: ["--stack", "fastest"], "--stack fastest: expected none or one of first_block"),
+    "stack-no-compile-alone": (lambda t: ["--stack-no-compile"], "--stack-no-compile goes with --stack CACHE"),
+    "stack-compiled-masks": (lambda t: ["--stack", "first_block", "--save-masks", t / "m"], "add --stack-no-compile"),
 }
 
 

@@ -101,6 +101,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     s = runner.settings_from_args(args, dense=args.dense)
     if args.save_masks and args.dense:
         raise CLIError("--save-masks shows draft attention's choices: drop --dense")
+    cache = _stack_cache(args.stack)
+    if args.stack is None and args.stack_no_compile:
+        raise CLIError("--stack-no-compile goes with --stack CACHE")
+    if args.stack is not None and args.save_masks and not args.stack_no_compile:
+        raise CLIError("--save-masks watches draft attention's calls, which a compiled stack runs inside its graphs: "
+                       "add --stack-no-compile")
     check_writable(args.json, "--json")
     check_writable(args.save_masks, "--save-masks", folder=True)
     mask_sets = [parse_mask_set(text, what) if text else None for text, what in
@@ -119,11 +125,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_range(mask_sets[1], pipeline_steps(pipe, s), "--mask-steps", "denoising steps")
     _print_settings(pipe, s, args.dense)
     saver = None
+    described = None
     with contextlib.ExitStack() as stack:
+        if args.stack is not None:  # the one-call fast stack, with draft attention unless --dense
+            from .. import disable_fast_stack, enable_fast_stack
+
+            try:
+                fast = enable_fast_stack(pipe, cache, compile=not args.stack_no_compile,
+                                         draft=False if args.dense else s.config,
+                                         num_inference_steps=pipeline_steps(pipe, s))
+            except (ValueError, RuntimeError, ImportError) as e:
+                raise CLIError(f"--stack {args.stack}: {runner.first_line(e)}") from None
+            stack.callback(disable_fast_stack, pipe)
+            described = fast.describe()
+            print("stack: " + " -> ".join(described))
+            if not args.stack_no_compile:
+                print("note: this first call of a compiled stack includes compiling it; its speed shows from the "
+                      "second call on (draftattention evaluate --stacks warms it up before timing)")
         if not args.dense:
             from .. import draft_attention_enabled, get_draft_processor
 
-            stack.enter_context(draft_attention_enabled(pipe, s.config))
+            if args.stack is None:
+                stack.enter_context(draft_attention_enabled(pipe, s.config))
             if args.save_masks:
                 layers, steps, heads = mask_sets
                 if not args.mask_layers:  # the first block that is not always dense
@@ -148,8 +171,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if saver is not None:
         print(f"wrote {len(saver.written)} mask pictures to {args.save_masks}")
     _write_json(args.json, {"model": s.model, "output": str(out), "times": times, "settings": dataclasses.asdict(s),
-                            "draft_attention": summary if stats is not None else None})
+                            "draft_attention": summary if stats is not None else None, "stack": described})
     return 0
+
+
+def _stack_cache(name: str | None) -> str | None:
+    """--stack's cache for enable_fast_stack (``none``: no cache), checked before the model loads."""
+    from ..integration.stack import CACHE_NAMES
+
+    if name is None or name == "none":
+        return None
+    if name not in CACHE_NAMES:
+        raise CLIError(f"--stack {name}: expected none or one of {', '.join(CACHE_NAMES)}")
+    return name
 
 
 def _warn_sparsity_gap(s: RunSettings, summary: dict) -> None:
@@ -443,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "draft-attention statistics.")
     runner.add_run_options(g)
     g.add_argument("--dense", action="store_true", help="switch draft attention off")
+    g.add_argument("--stack", metavar="CACHE", help="run the one-call fast stack (enable_fast_stack: draft attention, "
+                                                    "this step cache, regional compile), e.g. first_block; none: no "
+                                                    "cache. With --dense: the same stack without draft attention")
+    g.add_argument("--stack-no-compile", action="store_true", help="--stack without regional compile")
     m = g.add_argument_group("mask pictures")
     m.add_argument("--save-masks", metavar="DIR", help="write PNGs of the draft map and the computed tiles")
     m.add_argument("--mask-layers", help="block indices, or 'all' (default: the first block not in dense_layers)")

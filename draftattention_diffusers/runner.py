@@ -585,6 +585,18 @@ def family_of(pipe) -> ModelFamily:
     return family
 
 
+def stack_cache(name: str | None, flag: str) -> str | None:
+    """A fast-stack cache named on the command line (``flag``: the option, for the message), checked before any
+    model loads: ``enable_fast_stack``'s ``cache`` (None for no flag or ``none``). Raises :class:`CLIError`."""
+    from .integration.stack import CACHE_NAMES
+
+    if name is None or name == "none":
+        return None
+    if name not in CACHE_NAMES:
+        raise CLIError(f"{flag} {name}: expected none or one of {', '.join(CACHE_NAMES)}")
+    return name
+
+
 def first_line(e: BaseException) -> str:
     """The first line of ``e``'s message (its type name when the message is empty)."""
     text = str(e).strip() or type(e).__name__
@@ -878,6 +890,6 @@ __all__ = ["RunSettings", "CLIError", "resolve_settings", "add_run_options", "se
            "apply_flow_shift", "call_kwargs", "run_pipeline", "compare",
            "step_timing_unavailable", "format_times", "check_backend", "check_model_path",
            "pick_device", "looks_like_local_path", "family_of", "prompt_seed", "video_fps", "warn", "reset_warnings",
-           "first_line", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
+           "first_line", "stack_cache", "TINY_MODELS", "SUPPORTED_PIPELINES", "TINY_DEFAULTS", "DEFAULT_FPS", "DEFAULT_PROMPT",
            "DEVICE_FORMS", "MODELS_TITLE", "tiny_frames", "INPUT_FLAGS", "check_inputs", "pipeline_to_load", "load_image_input",
            "load_video_input", "sparsity_gap_note", "SPARSITY_GAP", "PIPELINE_PACKAGES"]

@@ -101,7 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     s = runner.settings_from_args(args, dense=args.dense)
     if args.save_masks and args.dense:
         raise CLIError("--save-masks shows draft attention's choices: drop --dense")
-    cache = _stack_cache(args.stack)
+    cache = runner.stack_cache(args.stack, "--stack")
     if args.stack is None and args.stack_no_compile:
         raise CLIError("--stack-no-compile goes with --stack CACHE")
     if args.stack is not None and args.save_masks and not args.stack_no_compile:
@@ -173,17 +173,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _write_json(args.json, {"model": s.model, "output": str(out), "times": times, "settings": dataclasses.asdict(s),
                             "draft_attention": summary if stats is not None else None, "stack": described})
     return 0
-
-
-def _stack_cache(name: str | None) -> str | None:
-    """--stack's cache for enable_fast_stack (``none``: no cache), checked before the model loads."""
-    from ..integration.stack import CACHE_NAMES
-
-    if name is None or name == "none":
-        return None
-    if name not in CACHE_NAMES:
-        raise CLIError(f"--stack {name}: expected none or one of {', '.join(CACHE_NAMES)}")
-    return name
 
 
 def _warn_sparsity_gap(s: RunSettings, summary: dict) -> None:

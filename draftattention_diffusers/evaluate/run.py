@@ -70,11 +70,9 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
     ``compile``). ``warmups``: ``warmup_sparsity`` values (None: the dense warm-up), so that the opt-in milder
     warm-up is judged beside the default one in one report. Raises ``CLIError`` for a bad value (the config's own
     message), an unknown cache name, or two settings with the same config."""
-    from ..integration.stack import CACHE_NAMES
-
-    def with_warmup(cfg: DraftAttentionConfig, w) -> DraftAttentionConfig:
+    def configured(cfg: DraftAttentionConfig, **fields) -> DraftAttentionConfig:
         try:
-            return cfg.replace(warmup_sparsity=w)
+            return cfg.replace(**fields)
         except ValueError as e:
             raise CLIError(str(e)) from None
 
@@ -90,24 +88,20 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
         for sp in sparsities or [base.sparsity]:
             for sel in selections or [base.selection]:
                 for w in warm:
-                    try:
-                        cfg = base.replace(sparsity=sp, selection=sel)
-                    except ValueError as e:
-                        raise CLIError(str(e)) from None
                     out.append(EvalSetting(_safe(f"s{sp:g}-{sel}{warmup_id(w)}"),
-                                           f"sparsity {sp:g}, {sel}{warmup_text(w, ', ')}", with_warmup(cfg, w)))
+                                           f"sparsity {sp:g}, {sel}{warmup_text(w, ', ')}",
+                                           configured(base, sparsity=sp, selection=sel, warmup_sparsity=w)))
     for name, cfg in presets:
         short = Path(name).stem if name.endswith((".yaml", ".yml")) else name  # a name may hold dots: wan2.1-...
         out.append(EvalSetting(_safe(f"preset-{short}"), f"preset {short} (sparsity {cfg.sparsity:g}, "
                                                           f"{cfg.selection})", cfg))
     for cache in stacks:
-        if cache != "none" and cache not in CACHE_NAMES:
-            raise CLIError(f"--stacks {cache}: expected none or one of {', '.join(CACHE_NAMES)}")
+        runner.stack_cache(cache, "--stacks")
         for w in warm:
             what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
                 (" + compile" if compile else "") + warmup_text(w, ", ")
             out.append(EvalSetting(_safe(f"stack-{cache}{'-compiled' if compile else ''}{warmup_id(w)}"), what,
-                                   with_warmup(base, w), cache, compile))
+                                   configured(base, warmup_sparsity=w), cache, compile))
     seen: dict[str, str] = {}
     for st in out:
         key = json.dumps([dataclasses.asdict(st.config), st.stack, st.compile], sort_keys=True, default=str)

@@ -34,7 +34,8 @@
 #   families-14b one forward per setting of the 14B-class new families (ChronoEdit, AnyFlow, Wan-Animate, Helios,
 #                Cosmos 2.5 14B)
 #   families-more  the same for EasyAnimate, ConsisID, Kandinsky 5 Lite and Pro
-#   cosmos-loop  the Cosmos-Predict2.5 2B pipeline loop (issue 20's new-family row)
+#   cosmos-loop  the Cosmos-Predict2.5 2B pipeline loop with cache-dit's DBCache, with and without draft attention
+#                (draft alone: docs/benchmarks.md section 15)
 #   h200         (an H200: run with needs_h200) MiniMax-H3 33B and Kandinsky 6 48B forwards
 #   gpu-tests    tests/gpu alone
 #   e2e MODEL:SECONDS ...  one forward per setting of the named benchmark_e2e models, each with its own time limit
@@ -142,7 +143,7 @@ case $stage in
     ;;
   fp8-compile)
     # where float8 + regional compile's warm-up time goes, at Wan 1.3B 480p: recompiles and graph breaks logged
-    TORCH_LOGS=recompiles,graph_breaks run pipeline_fp8_compile 560 python3 scripts/benchmark_pipeline.py \
+    TORCH_LOGS=recompiles,graph_breaks run pipeline_fp8_compile 300 python3 scripts/benchmark_pipeline.py \
       --models wan1.3b-480p --steps 4 --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
       --settings compile+draft+fp8,compile+fp8 --out "$OUT/p13f"
     grep -E "warm-up|denoise|^--|Recompil|recompil|graph break" "$OUT/pipeline_fp8_compile.log" | head -60
@@ -173,7 +174,7 @@ case $stage in
     ;;
   cosmos-loop)
     run pipeline_cosmos 560 python3 scripts/benchmark_pipeline.py --models cosmos2.5-2b-704p --steps 8 --no-decode \
-      --warmup-steps 1 --budget-s 520 --settings default,fa4-dense,draft,preset,dbcache,dbcache+draft --out "$OUT/pc"
+      --warmup-steps 1 --budget-s 520 --settings default@1,fa4-dense@1,dbcache,dbcache+draft --out "$OUT/pc"
     cat "$OUT/pc/benchmark_pipeline.md" 2>/dev/null
     ;;
   h200)

@@ -157,6 +157,8 @@ case $stage in
     run pipeline_14b_fp8 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
       --warmup-steps 1 --max-warmup-calls 3 --budget-s 560 --settings default@1,stack+mild+fp8@8,stack+fp8@8 \
       --out "$OUT/p14f8"
+    grep -E "^--|warm-up|denoise:|torch.compile|skipped|Error" "$OUT/pipeline_14b_fp8.log" | head -40
+    echo "inductor autotuning lines: $(grep -c AUTOTUNE "$OUT/pipeline_14b_fp8.log")"
     cat "$OUT/p14f8/benchmark_pipeline.md" 2>/dev/null
     ;;
   hunyuan-stack)

@@ -39,18 +39,18 @@ FP8_GRANULARITIES = ("row", "tensor")
 FP8_EAGER_WARNING = ("fp8=True with compile=False: measured slower than bf16 (Wan 14B 720p on an H100: 5.62 s against "
                      "4.88 s per sparse forward; the float8 casts run as separate kernels and only compile fuses them, "
                      "docs/benchmarks.md section 13)")
-FP8_COMPILE_WARNING = ("fp8=True with compile=True: experimental. Before the stack asked inductor for cuBLAS float8 "
-                       "matmuls only, the first calls compiled for over 8 minutes at Wan 14B 720p on an H100 (over 80 s "
-                       "at Wan 1.3B 480p, where bf16 compiles in 12 s): inductor autotunes every float8 matmul shape "
-                       "against Triton templates even without max-autotune. The stack now compiles with "
-                       f"options={{'max_autotune_gemm_backends': 'ATEN'}} (unless you chose a compile mode, autotuning "
-                       "options or another backend); its compile time and loop speed on a GPU are not measured yet "
-                       "(docs/benchmarks.md sections 13-15)")
 FP8_INDUCTOR_OPTIONS = {"max_autotune_gemm_backends": "ATEN"}
 """Inductor options of a float8 stack's regional compile: inductor lowers ``aten._scaled_mm`` by autotuning Triton
 templates against cuBLAS for every matmul shape, also without ``max_autotune`` (``tuned_scaled_mm`` calls
 ``use_triton_template(..., check_max_autotune=False)``); with ``"ATEN"`` only cuBLAS's ``_scaled_mm`` is a choice, the
 kernel the eager float8 measurements ran (docs/benchmarks.md section 13)."""
+FP8_COMPILE_WARNING = ("fp8=True with compile=True: experimental. Before the stack asked inductor for cuBLAS float8 "
+                       "matmuls only, the first calls compiled for over 8 minutes at Wan 14B 720p on an H100 (over 80 s "
+                       "at Wan 1.3B 480p, where bf16 compiles in 12 s): inductor autotunes every float8 matmul shape "
+                       "against Triton templates even without max-autotune. The stack now compiles with "
+                       f"options={FP8_INDUCTOR_OPTIONS} (unless you chose a compile mode, autotuning "
+                       "options or another backend); its compile time and loop speed on a GPU are not measured yet "
+                       "(docs/benchmarks.md sections 13-15)")
 
 _MAGCACHE_WHY = ("diffusers wraps MagCache's block hooks (MagCacheHeadHook.new_forward, MagCacheBlockHook.new_forward) in "
                  "torch.compiler.disable, so every transformer block runs inside a compiler-disabled frame and "

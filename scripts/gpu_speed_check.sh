@@ -59,6 +59,10 @@ run() {  # name, timeout seconds, command...
   echo "=== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
 }
 
+autotuning_lines() {  # log: how many inductor autotuning lines it holds (float8 stacks ask for cuBLAS only)
+  echo "inductor autotuning lines (float8 matmuls should run cuBLAS only, FP8_INDUCTOR_OPTIONS): $(grep -c AUTOTUNE "$1")"
+}
+
 e2e_models() {  # model:seconds ...: one benchmark_e2e run per model, each with its own time limit
   local entry m
   for entry in "$@"; do
@@ -147,19 +151,17 @@ case $stage in
       --models wan1.3b-480p --steps 4 --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 \
       --settings compile+draft+fp8,compile+fp8 --out "$OUT/p13f"
     grep -E "warm-up|denoise|^--|Recompil|recompil|graph break" "$OUT/pipeline_fp8_compile.log" | head -60
-    echo "inductor autotuning lines (float8 matmuls should run cuBLAS only, FP8_INDUCTOR_OPTIONS):" \
-      "$(grep -c AUTOTUNE "$OUT/pipeline_fp8_compile.log")"
+    autotuning_lines "$OUT/pipeline_fp8_compile.log"
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-fp8)
-    # the one-call stack with float8 linears at 14B, default and milder warm-up (after fp8-compile showed a short
-    # warm-up); the bf16 stacks of the same runs are in docs/benchmarks.md section 15
-    # limits leave room for the install in the same call (a fresh machine)
+    # the one-call stack with float8 linears at 14B, default and milder warm-up (the bf16 stacks are in
+    # docs/benchmarks.md section 15); limits leave room for the install in the same call (a fresh machine)
     run pipeline_14b_fp8 530 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
       --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+mild+fp8@8,stack+fp8@8 \
       --out "$OUT/p14f8"
     grep -E "^--|warm-up|denoise:|torch.compile|skipped|Error" "$OUT/pipeline_14b_fp8.log" | head -40
-    echo "inductor autotuning lines: $(grep -c AUTOTUNE "$OUT/pipeline_14b_fp8.log")"
+    autotuning_lines "$OUT/pipeline_14b_fp8.log"
     cat "$OUT/p14f8/benchmark_pipeline.md" 2>/dev/null
     ;;
   hunyuan-stack)

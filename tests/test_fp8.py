@@ -130,6 +130,22 @@ def test_fp8_compiles_with_cublas_float8_matmuls(float8_on_cpu, compile_kwargs, 
         disable_fast_stack(pipe)
 
 
+def test_fp8_leaves_inductor_settings_alone(float8_on_cpu):
+    """torchao's float8 config by default turns on inductor's coordinate descent tuning (all directions) for the
+    whole process: on a GPU every Triton kernel of every compiled graph is then benchmarked (the float8 stack's first
+    calls ran over 8 minutes at Wan 14B), and it outlives disable_fast_stack. The stack asks torchao not to."""
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.get_config_copy()
+    pipe = bf16_pipe()
+    enable_fast_stack(pipe, None, compile=False, fp8=True, **SPARSITY_0)
+    try:
+        after = inductor_config.get_config_copy()
+        assert {k: after[k] for k in before if after[k] != before[k]} == {}
+    finally:
+        disable_fast_stack(pipe)
+
+
 def test_fp8_on_a_transformer_without_declared_blocks_is_refused_first(float8_on_cpu):
     pipe = build_tiny_pipeline("cosmos")
     pipe.transformer.to(torch.bfloat16)

@@ -44,13 +44,13 @@ FP8_INDUCTOR_OPTIONS = {"max_autotune_gemm_backends": "ATEN"}
 templates against cuBLAS for every matmul shape, also without ``max_autotune`` (``tuned_scaled_mm`` calls
 ``use_triton_template(..., check_max_autotune=False)``); with ``"ATEN"`` only cuBLAS's ``_scaled_mm`` is a choice, the
 kernel the eager float8 measurements ran (docs/benchmarks.md section 13)."""
-FP8_COMPILE_WARNING = ("fp8=True with compile=True: experimental. Before the stack asked inductor for cuBLAS float8 "
-                       "matmuls only, the first calls compiled for over 8 minutes at Wan 14B 720p on an H100 (over 80 s "
-                       "at Wan 1.3B 480p, where bf16 compiles in 12 s): inductor autotunes every float8 matmul shape "
-                       "against Triton templates even without max-autotune. The stack now compiles with "
-                       f"options={FP8_INDUCTOR_OPTIONS} (unless you chose a compile mode, autotuning "
-                       "options or another backend); its compile time and loop speed on a GPU are not measured yet "
-                       "(docs/benchmarks.md sections 13-15)")
+FP8_COMPILE_WARNING = ("fp8=True with compile=True: experimental, its compile time and loop speed on a GPU are not "
+                       "measured yet (docs/benchmarks.md sections 13-16). Its first calls compiled for over 8 minutes "
+                       "at Wan 14B 720p on an H100 because torchao's default turned on inductor's coordinate descent "
+                       "tuning for the whole process; the stack now leaves inductor's settings alone "
+                       "(set_inductor_config=False) and compiles with "
+                       f"options={FP8_INDUCTOR_OPTIONS} (cuBLAS float8 matmuls only, unless you chose a compile mode, "
+                       "autotuning options or another backend)")
 
 _MAGCACHE_WHY = ("diffusers wraps MagCache's block hooks (MagCacheHeadHook.new_forward, MagCacheBlockHook.new_forward) in "
                  "torch.compiler.disable, so every transformer block runs inside a compiler-disabled frame and "
@@ -645,7 +645,10 @@ def _quantize_linears(transformer: torch.nn.Module, targets: dict[str, torch.nn.
 
     gran = tq.PerRow() if kind == "row" else tq.PerTensor()
     ids = {id(m) for m in targets.values()}
-    tq.quantize_(transformer, tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran),
+    # set_inductor_config=False: torchao's default turns on inductor's coordinate descent tuning in all directions
+    # for the whole process (never restored), which benchmarks every Triton kernel of every compiled graph: the
+    # float8 stack's first calls at Wan 14B 720p ran over 8 minutes on an H100 (docs/benchmarks.md section 16)
+    tq.quantize_(transformer, tq.Float8DynamicActivationFloat8WeightConfig(granularity=gran, set_inductor_config=False),
                  filter_fn=lambda m, fqn: id(m) in ids)
 
 

@@ -158,7 +158,7 @@ case $stage in
     # the one-call stack with float8 linears at 14B, default and milder warm-up (the bf16 stacks are in
     # docs/benchmarks.md section 15); limits leave room for the install in the same call (a fresh machine)
     run pipeline_14b_fp8 530 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+mild+fp8@8,stack+fp8@8 \
+      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+fp8@8,stack+mild+fp8@8 \
       --out "$OUT/p14f8"
     grep -E "^--|warm-up|denoise:|torch.compile|skipped|Error" "$OUT/pipeline_14b_fp8.log" | head -40
     autotuning_lines "$OUT/pipeline_14b_fp8.log"

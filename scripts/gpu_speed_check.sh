@@ -25,8 +25,8 @@
 #                draft attention
 #   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
 #   fp8-compile  float8 + regional compile at Wan 1.3B with recompiles, graph breaks and inductor autotuning logged
-#                (where its long warm-up went; the stack now asks for cuBLAS float8 matmuls only)
-#   wan14b-fp8   Wan 14B 720p loop: default, the one-call stack with float8 linears (milder and default warm-up)
+#                (its long warm-up was torchao's process-wide coordinate descent tuning, docs/benchmarks.md section 16)
+#   wan14b-fp8   Wan 14B 720p loop: default, the one-call float8 stack with the milder warm-up, and without draft
 #   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
 #                Wan 1.3B (how long it compiles)
 #   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, flash-attn-4 dense, stack, the same without
@@ -132,8 +132,7 @@ case $stage in
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-stack)
-    # the one-call stack without float8 (float8 + compile's warm-up ran over 8 minutes at 14B and did not finish in
-    # 80 s at 1.3B, docs/benchmarks.md sections 13-14: see the fp8-compile stage)
+    # the one-call stack in bf16 (with float8 linears: the wan14b-fp8 stage)
     run pipeline_14b_stack 570 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
       --warmup-steps 1 --max-warmup-calls 2 --budget-s 560 --settings default@1,stack@8,fbcache-mag+compile@4 \
       --out "$OUT/p14s"
@@ -155,10 +154,11 @@ case $stage in
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-fp8)
-    # the one-call stack with float8 linears at 14B, default and milder warm-up (the bf16 stacks are in
-    # docs/benchmarks.md section 15); limits leave room for the install in the same call (a fresh machine)
+    # the one-call stack with float8 linears at 14B: the milder warm-up and the same stack without draft attention
+    # (stack+fp8 with the default warm-up: docs/benchmarks.md section 16, the bf16 stacks section 15); limits leave
+    # room for the install in the same call (a fresh machine)
     run pipeline_14b_fp8 530 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+fp8@8,stack+mild+fp8@8 \
+      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+mild+fp8@8,fbcache-mag+compile+fp8@4 \
       --out "$OUT/p14f8"
     grep -E "^--|warm-up|denoise:|torch.compile|skipped|Error" "$OUT/pipeline_14b_fp8.log" | head -40
     autotuning_lines "$OUT/pipeline_14b_fp8.log"

@@ -15,9 +15,17 @@ def footprint(pipe) -> dict:
     """Everything an installed part could leave on a pipeline's transformers: per module the attribute names, the
     torch hooks per table, the diffusers hooks by name, the attention processor's class, the compiled call, the
     order of its children; the
-    pipeline class's ``__call__`` (cache-dit patches it); dynamo's recompile limit."""
+    pipeline class's ``__call__`` (cache-dit patches it); the process-wide settings a library may change: dynamo's and
+    inductor's configs (torchao's float8 config turns on inductor's coordinate descent tuning unless told not to) and
+    the float32 matmul precision."""
+    import torch._inductor.config as inductor_config
+
     out = {"pipeline_call": type(pipe).__dict__.get("__call__"),
-           "recompile_limit": torch._dynamo.config.recompile_limit}
+           "recompile_limit": torch._dynamo.config.recompile_limit,
+           "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    for name, config in (("dynamo", torch._dynamo.config), ("inductor", inductor_config)):
+        for key, value in config.get_config_copy().items():
+            out[f"{name}_config.{key}"] = repr(value)
     for tname in ("transformer", "transformer_2"):
         t = getattr(pipe, tname, None)
         if t is None:

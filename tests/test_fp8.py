@@ -149,6 +149,26 @@ def test_fp8_leaves_inductor_settings_alone(float8_on_cpu):
         disable_fast_stack(pipe)
 
 
+def test_fp8_per_row_on_float32_weights_is_refused_first(float8_on_cpu):
+    """torchao's per-row float8 needs bfloat16 weights (it asserts midway through quantize_ otherwise): the stack
+    says so, with the two ways out, before anything changes; per-tensor scales run on float32 weights."""
+    pipe = build_tiny_pipeline("wan")  # float32
+    before = footprint(pipe)
+    with pytest.raises(ValueError, match="torchao needs bfloat16 weights, but WanTransformer3DModel's block linears "
+                                         "are float32; load the transformer in torch.bfloat16"):
+        enable_fast_stack(pipe, None, compile=False, fp8=True)
+    assert diff_footprints(before, footprint(pipe)) == []
+    with pytest.warns(UserWarning, match="compile=False"):
+        stack = enable_fast_stack(pipe, None, compile=False, fp8="tensor", **SPARSITY_0)
+    try:
+        assert [line.split(" ")[0] for line in stack.describe()] == ["draft", "torchao"]
+        out, _ = run(pipe, steps=2)
+        assert torch.isfinite(out).all()
+    finally:
+        disable_fast_stack(pipe)
+    assert diff_footprints(before, footprint(pipe)) == []
+
+
 def test_fp8_on_a_transformer_without_declared_blocks_is_refused_first(float8_on_cpu):
     pipe = build_tiny_pipeline("cosmos")
     pipe.transformer.to(torch.bfloat16)

@@ -248,8 +248,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
                                  "compile it regionally; pass compile=False and compile its blocks yourself")
     if fp8_kind:
         _check_fp8(fp8_kind)
-        for t in transformers:
-            fp8_block_linears(t)  # refuses a transformer without declared blocks before anything changes
+        for t in transformers:  # refuses a transformer without declared blocks, or float32 rows, before any change
+            _check_fp8_dtypes(t, fp8_block_linears(t), fp8_kind)
         if not compile:
             warnings.warn(FP8_EAGER_WARNING, stacklevel=2)
 
@@ -491,6 +491,14 @@ def _diffusers_cache_problem(pipe, transformer: torch.nn.Module, cache) -> str |
     return None
 
 
+def check_fp8(fp8: bool | str = True) -> None:
+    """Raise ``ValueError`` (with the reason) where ``enable_fast_stack(fp8=fp8)`` would refuse float8 linear layers:
+    torchao missing, or no GPU it runs float8 on. For front ends that check before loading a model."""
+    kind = _fp8_kind(fp8)
+    if kind is not None:
+        _check_fp8(kind)
+
+
 def _check_fp8(kind: str) -> None:
     """torchao installed, and its own hardware check passes (before anything is changed)."""
     try:
@@ -631,8 +639,20 @@ def quantize_fp8(transformer: torch.nn.Module, granularity: str = "row") -> dict
     kind = _fp8_kind(granularity)
     _check_fp8(kind)
     targets = fp8_block_linears(transformer)
+    _check_fp8_dtypes(transformer, targets, kind)
     _quantize_linears(transformer, targets, kind)
     return targets
+
+
+def _check_fp8_dtypes(transformer: torch.nn.Module, targets: dict[str, torch.nn.Linear], kind: str) -> None:
+    """torchao quantizes per-row scales from bfloat16 weights only (it asserts midway otherwise)."""
+    if kind != "row":
+        return
+    other = sorted({str(lin.weight.dtype).replace("torch.", "") for lin in targets.values()} - {"bfloat16"})
+    if other:
+        raise ValueError(f"fp8=True (per-row scales): torchao needs bfloat16 weights, but {type(transformer).__name__}'s"
+                         f" block linears are {', '.join(other)}; load the transformer in torch.bfloat16 (the usual "
+                         "dtype on the GPU), or pass fp8='tensor' (per-tensor scales)")
 
 
 def _quantize_linears(transformer: torch.nn.Module, targets: dict[str, torch.nn.Linear], kind: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from cli_utils import one_line_error, run
 
@@ -167,6 +168,46 @@ def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
     assert (s["height"], s["num_frames"], s["guidance_scale"], s["fps"]) == (128, 5, 1.0, 8)
     assert s["config"]["sparsity"] == 0.75 and s["config"]["dense_steps_fraction"] == 0.5
     assert "1 dense: 0; 1 sparse: 1" in stdout
+
+
+def test_generate_with_the_float8_stack(capsys, tmp_path, monkeypatch):
+    """--stack first_block --stack-fp8: the stack with torchao float8 linear layers (torchao's GPU check lifted: its
+    float8 arithmetic runs on a CPU; the tiny model loaded in bfloat16, as the CLI loads real models) gives the video
+    the Python API's enable_fast_stack(fp8=True) gives."""
+    pytest.importorskip("torchao.quantization")
+    import torchao.quantization.quant_api as quant_api
+
+    from draftattention_diffusers import disable_fast_stack, enable_fast_stack
+    from draftattention_diffusers.video import read_video, write_video
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    load = runner.load_pipeline
+
+    def load_bf16(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        pipe.transformer.to(torch.bfloat16)
+        return pipe
+
+    monkeypatch.setattr(runner, "load_pipeline", load_bf16)
+    args = ["--model", "tiny-wan", *SMALL, "--sparsity", "0.5", "--stack", "first_block", "--stack-no-compile",
+            "--stack-fp8"]
+    rc, stdout, err = run(capsys, "generate", *args, "--output", tmp_path / "f.mp4", "--json", tmp_path / "f.json")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "f.json").read_text())
+    assert [line.split(" ")[0] for line in r["stack"]] == ["draft", "diffusers", "torchao"]
+    assert r["draft_attention"]["sparse_calls"] > 0
+    s = runner.resolve_settings(model="tiny-wan", height=128, width=256, num_frames=5, num_inference_steps=3,
+                                sparsity=0.5)
+    pipe = load_bf16("tiny-wan", "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.warns(UserWarning, match="compile=False"):
+        enable_fast_stack(pipe, "first_block", compile=False, fp8=True, draft=s.config, num_inference_steps=3)
+    try:
+        want, _ = runner.run_pipeline(pipe, runner.call_kwargs(pipe, s), s.seed)
+    finally:
+        disable_fast_stack(pipe)
+    write_video(want, tmp_path / "want.mp4", fps=runner.video_fps(pipe, s))
+    np.testing.assert_array_equal(read_video(tmp_path / "f.mp4"), read_video(tmp_path / "want.mp4"))
 
 
 def test_generate_with_the_fast_stack(capsys, tmp_path):
@@ -451,7 +492,11 @@ FAIL_FAST = {  # name: (extra arguments for `generate --model tiny-wan --output 
     "stack-unknown": (lambda t: ["--stack", "fastest"], "--stack fastest: expected none or one of first_block"),
     "stack-no-compile-alone": (lambda t: ["--stack-no-compile"], "--stack-no-compile goes with --stack CACHE"),
     "stack-compiled-masks": (lambda t: ["--stack", "first_block", "--save-masks", t / "m"], "add --stack-no-compile"),
+    "stack-fp8-alone": (lambda t: ["--stack-fp8"], "--stack-fp8 goes with --stack CACHE"),
 }
+if not torch.cuda.is_available():  # torchao runs float8 on a GPU of compute capability >= 8.9 only
+    FAIL_FAST["stack-fp8-here"] = (lambda t: ["--stack", "first_block", "--stack-fp8"],
+                                   "--stack-fp8: fp8: torchao cannot run float8 dynamic quantization here")
 
 
 @pytest.mark.parametrize("case", list(FAIL_FAST))

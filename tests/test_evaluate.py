@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cli_utils import one_line_error, run
 from draftattention_diffusers import runner
@@ -273,6 +274,9 @@ def test_builtin_suite_covers_every_category():
     (["--backend", "fa4", "--device", "cpu"], "--backend fa4 cannot run"),
     (["--warmup-sparsities", "dense,1.5"], "warmup_sparsity=1.5: expected None (dense warm-up) or a number in [0, 1)"),
     (["--warmup-sparsities", "mild"], "--warmup-sparsities: 'mild' is neither 'dense' nor a sparsity such as 0.75"),
+    (["--stack-fp8"], "--stack-fp8 goes with --stacks CACHES"),
+    *([(["--stacks", "first_block", "--stack-fp8"], "--stack-fp8: fp8: torchao cannot run float8")]
+      if not torch.cuda.is_available() else []),  # torchao runs float8 on a GPU of compute capability >= 8.9 only
 ])
 def test_evaluate_fails_before_loading_the_model(extra, needle, capsys, tmp_path, never_load):
     (tmp_path / "f").write_text("")
@@ -315,6 +319,11 @@ def test_settings_from_sparsities_selections_and_presets():
         ("s0.9-topk-wdense", None), ("s0.9-topk-w0.75", 0.75),
         ("stack-first_block-compiled-wdense", None), ("stack-first_block-compiled-w0.75", 0.75)]
     assert settings[3].label == "stack: draft 0.9 + first_block + compile, warm-up 0.75"
+    # float8 linears beside the same stack without them
+    settings = build_settings(DraftAttentionConfig(), None, None, stacks=["first_block"], compile=False, fp8=True)
+    assert [(st.id, st.fp8) for st in settings] == [("s0.9-topk", False), ("stack-first_block", False),
+                                                    ("stack-first_block-fp8", True)]
+    assert settings[2].label == "stack: draft 0.9 + first_block + float8 linears"
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -338,6 +347,39 @@ def test_the_fast_stack_as_a_setting(compiled, tmp_path, capsys, monkeypatch):
     assert len(recs) == 2 and all(r["draft_attention"]["sparse_calls"] > 0 for r in recs)
     assert ("maps" in recs[0]["media"]) is not compiled
     assert get_fast_stack(pipes[0]) is None  # removed after the run
+
+
+def test_the_float8_stack_beside_the_same_stack(tmp_path, capsys, monkeypatch):
+    """--stacks first_block --stack-fp8: the stack runs with and without float8 linear layers (torchao's GPU check
+    lifted, the tiny model in bfloat16 as the CLI loads real models), both judged against dense in one report."""
+    pytest.importorskip("torchao.quantization")
+    import torchao.quantization.quant_api as quant_api
+
+    from draftattention_diffusers import get_fast_stack
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    pipes = []
+    load = runner.load_pipeline
+
+    def load_bf16(*args, **kwargs):
+        pipes.append(load(*args, **kwargs))
+        pipes[-1].transformer.to(torch.bfloat16)
+        return pipes[-1]
+
+    monkeypatch.setattr(runner, "load_pipeline", load_bf16)
+    out = tmp_path / "f"
+    rc, stdout, err = run(capsys, "evaluate", *TINY, "--steps", "2", "--categories", "text", "--out", out,
+                          "--sparsity", "0.5", "--stacks", "first_block", "--stack-no-compile", "--stack-fp8",
+                          "--no-videos", "--no-lpips")
+    assert rc == 0, err
+    data = json.loads((out / "results.json").read_text())
+    assert [(st["id"], st["fp8"]) for st in data["settings"]] == [
+        ("s0.5-topk", False), ("stack-first_block", False), ("stack-first_block-fp8", True)]
+    recs = {st: next(iter(data["results"][st].values())) for st in ("stack-first_block", "stack-first_block-fp8")}
+    assert all(r["draft_attention"]["sparse_calls"] > 0 for r in recs.values())
+    assert recs["stack-first_block"]["metrics"] != recs["stack-first_block-fp8"]["metrics"]  # float8 moved the video
+    assert "fp8=True" in (out / "report.html").read_text()
+    assert get_fast_stack(pipes[0]) is None and pipes[0].transformer.blocks[0].ffn.net[2].weight.dtype == torch.bfloat16
 
 
 def test_the_milder_warm_up_beside_the_dense_one(tmp_path, capsys):

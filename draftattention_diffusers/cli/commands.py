@@ -95,6 +95,17 @@ def _check_output(path: str | Path) -> Path:
     return out
 
 
+def _check_stack_fp8(fp8: bool, flag: str) -> None:
+    """Refuse float8 before the model loads where the stack would refuse it (no torchao, no GPU it runs on)."""
+    if fp8:
+        from ..integration.stack import check_fp8
+
+        try:
+            check_fp8(True)
+        except ValueError as e:
+            raise CLIError(f"{flag}: {e}") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..video import write_video
 
@@ -102,8 +113,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.save_masks and args.dense:
         raise CLIError("--save-masks shows draft attention's choices: drop --dense")
     cache = runner.stack_cache(args.stack, "--stack")
-    if args.stack is None and args.stack_no_compile:
-        raise CLIError("--stack-no-compile goes with --stack CACHE")
+    for flag, given in (("--stack-no-compile", args.stack_no_compile), ("--stack-fp8", args.stack_fp8)):
+        if args.stack is None and given:
+            raise CLIError(f"{flag} goes with --stack CACHE")
+    _check_stack_fp8(args.stack_fp8, "--stack-fp8")
     if args.stack is not None and args.save_masks and not args.stack_no_compile:
         raise CLIError("--save-masks watches draft attention's calls, which a compiled stack runs inside its graphs: "
                        "add --stack-no-compile")
@@ -131,7 +144,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             from .. import disable_fast_stack, enable_fast_stack
 
             try:
-                fast = enable_fast_stack(pipe, cache, compile=not args.stack_no_compile,
+                fast = enable_fast_stack(pipe, cache, compile=not args.stack_no_compile, fp8=args.stack_fp8,
                                          draft=False if args.dense else s.config,
                                          num_inference_steps=pipeline_steps(pipe, s))
             except (ValueError, RuntimeError, ImportError) as e:
@@ -265,8 +278,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stacks = _csv_list(args.stacks, "--stacks") if args.stacks else []
     warmups = _csv_list(args.warmup_sparsities, "--warmup-sparsities", _warmup_sparsity) \
         if args.warmup_sparsities else None
+    if args.stack_fp8 and not stacks:
+        raise CLIError("--stack-fp8 goes with --stacks CACHES")
+    _check_stack_fp8(args.stack_fp8, "--stack-fp8")
     settings = build_settings(base.config, sparsities, selections, presets, stacks, compile=not args.stack_no_compile,
-                              warmups=warmups)
+                              warmups=warmups, fp8=args.stack_fp8)
     for st in settings:
         runner.check_backend(dataclasses.replace(base, config=st.config), runner.pick_device(args.device))
     for flag, v in (("--warmup", args.warmup), ("--map-prompts", args.map_prompts),
@@ -470,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "this step cache, regional compile), e.g. first_block; none: no "
                                                     "cache. With --dense: the same stack without draft attention")
     g.add_argument("--stack-no-compile", action="store_true", help="--stack without regional compile")
+    g.add_argument("--stack-fp8", action="store_true", help="--stack with torchao float8 linear layers (fp8=True: "
+                                                            "needs torchao and a GPU of compute capability >= 8.9)")
     m = g.add_argument_group("mask pictures")
     m.add_argument("--save-masks", metavar="DIR", help="write PNGs of the draft map and the computed tiles")
     m.add_argument("--mask-layers", help="block indices, or 'all' (default: the first block not in dense_layers)")
@@ -508,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "--sparsity or the preset's, a step cache, regional compile) with these caches, "
                                      "e.g. first_block,none (none: no cache)")
     ev.add_argument("--stack-no-compile", action="store_true", help="--stacks without regional compile")
+    ev.add_argument("--stack-fp8", action="store_true", help="each --stacks stack also with torchao float8 linear "
+                                                             "layers (fp8=True), beside the same stack without them: "
+                                                             "what float8 costs on your model")
     ev.add_argument("--warmup-sparsities", help="warm-ups to compare, for the sparsity grid and each stack: dense "
                                                 "(the paper's) and/or the opt-in milder warm-up's sparsities, e.g. "
                                                 "dense,0.75")

@@ -365,7 +365,8 @@ def render_html(data: dict, plots: dict[str, Any]) -> str:
     for st in settings:
         cfg = ", ".join(f"{k}={v}" for k, v in st["config"].items())
         stack = ("-" if st.get("stack") is None else
-                 f"enable_fast_stack(cache={st['stack']!r}, compile={st.get('compile')})")
+                 f"enable_fast_stack(cache={st['stack']!r}, compile={st.get('compile')}"
+                 + (", fp8=True)" if st.get("fp8") else ")"))
         add(f"<tr><td class='l'>{_e(st['label'])}</td><td class='l'><code>{_e(cfg)}</code></td>"
             f"<td class='l'><code>{_e(stack)}</code></td></tr>")
     add("</table><p class='small'>Reference: the dense video of each prompt (same seed). Metrics on the 8-bit frames "

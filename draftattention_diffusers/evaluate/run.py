@@ -48,13 +48,15 @@ FORMAT = "draftattention-evaluate/1"
 class EvalSetting:
     """One draft-attention setting of a run: ``id`` (file-name safe), ``label`` (shown), ``config``; ``stack``: run
     it as the one-call fast stack (:func:`..integration.stack.enable_fast_stack`) with this cache (``"none"``: no
-    cache), regionally compiled when ``compile``; None: draft attention alone."""
+    cache), regionally compiled when ``compile``, with torchao float8 linear layers when ``fp8``; None: draft
+    attention alone."""
 
     id: str
     label: str
     config: DraftAttentionConfig
     stack: str | None = None
     compile: bool = False
+    fp8: bool = False
 
 
 def _safe(text: str) -> str:
@@ -63,12 +65,14 @@ def _safe(text: str) -> str:
 
 def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, selections: list[str] | None,
                    presets: list[tuple[str, DraftAttentionConfig]] = (), stacks: list[str] = (),
-                   compile: bool = True, warmups: list[float | None] | None = None) -> list[EvalSetting]:
+                   compile: bool = True, warmups: list[float | None] | None = None,
+                   fp8: bool = False) -> list[EvalSetting]:
     """The settings of a run: every sparsity x selection x warm-up on top of ``base`` (a preset's or the flags'
     config; None lists: ``base``'s own value; left out when only presets are given), then one per preset
     ``(name, config)``, then one fast stack per cache name in ``stacks`` x warm-up (with ``base``, compiled when
-    ``compile``). ``warmups``: ``warmup_sparsity`` values (None: the dense warm-up), so that the opt-in milder
-    warm-up is judged beside the default one in one report. Raises ``CLIError`` for a bad value (the config's own
+    ``compile``; with ``fp8`` each stack also with float8 linear layers, beside the same stack without them).
+    ``warmups``: ``warmup_sparsity`` values (None: the dense warm-up), so that the opt-in milder warm-up is judged
+    beside the default one in one report. Raises ``CLIError`` for a bad value (the config's own
     message), an unknown cache name, or two settings with the same config."""
     def configured(cfg: DraftAttentionConfig, **fields) -> DraftAttentionConfig:
         try:
@@ -98,13 +102,14 @@ def build_settings(base: DraftAttentionConfig, sparsities: list[float] | None, s
     for cache in stacks:
         runner.stack_cache(cache, "--stacks")
         for w in warm:
-            what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
-                (" + compile" if compile else "") + warmup_text(w, ", ")
-            out.append(EvalSetting(_safe(f"stack-{cache}{'-compiled' if compile else ''}{warmup_id(w)}"), what,
-                                   configured(base, warmup_sparsity=w), cache, compile))
+            for f8 in (False, True) if fp8 else (False,):
+                what = f"stack: draft {base.sparsity:g}" + ("" if cache == "none" else f" + {cache}") + \
+                    (" + float8 linears" if f8 else "") + (" + compile" if compile else "") + warmup_text(w, ", ")
+                sid = f"stack-{cache}{'-fp8' if f8 else ''}{'-compiled' if compile else ''}{warmup_id(w)}"
+                out.append(EvalSetting(_safe(sid), what, configured(base, warmup_sparsity=w), cache, compile, f8))
     seen: dict[str, str] = {}
     for st in out:
-        key = json.dumps([dataclasses.asdict(st.config), st.stack, st.compile], sort_keys=True, default=str)
+        key = json.dumps([dataclasses.asdict(st.config), st.stack, st.compile, st.fp8], sort_keys=True, default=str)
         if key in seen:
             raise CLIError(f"settings {seen[key]!r} and {st.label!r} are the same draft-attention config; drop one")
         seen[key] = st.label
@@ -147,7 +152,7 @@ def dense_key(s: RunSettings) -> str:
 
 
 def draft_key(s: RunSettings, st: EvalSetting) -> str:
-    extra = {} if st.stack is None else {"stack": st.stack, "compile": st.compile}
+    extra = {} if st.stack is None else {"stack": st.stack, "compile": st.compile, **({"fp8": True} if st.fp8 else {})}
     return _key({**_run_fields(s), "config": dataclasses.asdict(st.config), **extra})
 
 
@@ -400,6 +405,7 @@ class Evaluation:
         else:
             try:
                 enable_fast_stack(self.pipe, cache=None if st.stack == "none" else st.stack, compile=st.compile,
+                                  fp8=st.fp8,
                                   draft=st.config, num_inference_steps=pipeline_steps(self.pipe, self.base))
             except (ValueError, RuntimeError, ImportError) as e:
                 raise CLIError(f"{st.label}: {runner.first_line(e)}") from None
@@ -592,7 +598,7 @@ class Evaluation:
                 | {"long_frames": self.opts.long_frames, "warmup": self.opts.warmup,
                    "fps": next((d["fps"] for d in partial["dense"].values()), None)},
                 "settings": [{"id": st.id, "label": st.label, "config": dataclasses.asdict(st.config),
-                              "stack": st.stack, "compile": st.compile} for st in self.settings],
+                              "stack": st.stack, "compile": st.compile, "fp8": st.fp8} for st in self.settings],
                 "prompts": [{"id": p.id, "category": p.category, "category_title": category_title(p.category),
                              "text": p.text, "long": p.long} for p in self.prompts],
                 "dense": partial["dense"], "results": partial["results"]}

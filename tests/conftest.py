@@ -29,3 +29,29 @@ def never_load(monkeypatch):
 
     monkeypatch.setattr(runner, "load_pipeline", loader)  # the commands look it up on the runner
     return calls
+
+
+@pytest.fixture
+def float8_on_cpu(monkeypatch):
+    """torchao's hardware check lifted: it refuses float8 without a GPU of compute capability >= 8.9, but its float8
+    arithmetic runs on a CPU (torch's CPU ``_scaled_mm``), so the tests run the real quantized layers."""
+    quant_api = pytest.importorskip("torchao.quantization.quant_api")
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def cli_loads_bf16(monkeypatch):
+    """The CLI's pipelines with their transformer in bfloat16, as it loads real models (tiny ones load float32);
+    yields the pipelines it loaded."""
+    from draftattention_diffusers import runner
+
+    pipes = []
+    load = runner.load_pipeline
+
+    def load_bf16(*args, **kwargs):
+        pipes.append(load(*args, **kwargs))
+        pipes[-1].transformer.to(torch.bfloat16)
+        return pipes[-1]
+
+    monkeypatch.setattr(runner, "load_pipeline", load_bf16)
+    return pipes

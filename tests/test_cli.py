@@ -170,25 +170,13 @@ def test_generate_with_a_preset_and_overrides(capsys, tmp_path):
     assert "1 dense: 0; 1 sparse: 1" in stdout
 
 
-def test_generate_with_the_float8_stack(capsys, tmp_path, monkeypatch):
+def test_generate_with_the_float8_stack(capsys, tmp_path, float8_on_cpu, cli_loads_bf16):
     """--stack first_block --stack-fp8: the stack with torchao float8 linear layers (torchao's GPU check lifted: its
     float8 arithmetic runs on a CPU; the tiny model loaded in bfloat16, as the CLI loads real models) gives the video
     the Python API's enable_fast_stack(fp8=True) gives."""
-    pytest.importorskip("torchao.quantization")
-    import torchao.quantization.quant_api as quant_api
-
     from draftattention_diffusers import disable_fast_stack, enable_fast_stack
     from draftattention_diffusers.video import read_video, write_video
 
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
-    load = runner.load_pipeline
-
-    def load_bf16(*args, **kwargs):
-        pipe = load(*args, **kwargs)
-        pipe.transformer.to(torch.bfloat16)
-        return pipe
-
-    monkeypatch.setattr(runner, "load_pipeline", load_bf16)
     args = ["--model", "tiny-wan", *SMALL, "--sparsity", "0.5", "--stack", "first_block", "--stack-no-compile",
             "--stack-fp8"]
     rc, stdout, err = run(capsys, "generate", *args, "--output", tmp_path / "f.mp4", "--json", tmp_path / "f.json")
@@ -198,7 +186,7 @@ def test_generate_with_the_float8_stack(capsys, tmp_path, monkeypatch):
     assert r["draft_attention"]["sparse_calls"] > 0
     s = runner.resolve_settings(model="tiny-wan", height=128, width=256, num_frames=5, num_inference_steps=3,
                                 sparsity=0.5)
-    pipe = load_bf16("tiny-wan", "cpu")
+    pipe = runner.load_pipeline("tiny-wan", "cpu")  # in bfloat16, as the CLI's
     pipe.set_progress_bar_config(disable=True)
     with pytest.warns(UserWarning, match="compile=False"):
         enable_fast_stack(pipe, "first_block", compile=False, fp8=True, draft=s.config, num_inference_steps=3)

@@ -349,24 +349,12 @@ def test_the_fast_stack_as_a_setting(compiled, tmp_path, capsys, monkeypatch):
     assert get_fast_stack(pipes[0]) is None  # removed after the run
 
 
-def test_the_float8_stack_beside_the_same_stack(tmp_path, capsys, monkeypatch):
+def test_the_float8_stack_beside_the_same_stack(tmp_path, capsys, float8_on_cpu, cli_loads_bf16):
     """--stacks first_block --stack-fp8: the stack runs with and without float8 linear layers (torchao's GPU check
     lifted, the tiny model in bfloat16 as the CLI loads real models), both judged against dense in one report."""
-    pytest.importorskip("torchao.quantization")
-    import torchao.quantization.quant_api as quant_api
-
     from draftattention_diffusers import get_fast_stack
 
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
-    pipes = []
-    load = runner.load_pipeline
-
-    def load_bf16(*args, **kwargs):
-        pipes.append(load(*args, **kwargs))
-        pipes[-1].transformer.to(torch.bfloat16)
-        return pipes[-1]
-
-    monkeypatch.setattr(runner, "load_pipeline", load_bf16)
+    pipes = cli_loads_bf16
     out = tmp_path / "f"
     rc, stdout, err = run(capsys, "evaluate", *TINY, "--steps", "2", "--categories", "text", "--out", out,
                           "--sparsity", "0.5", "--stacks", "first_block", "--stack-no-compile", "--stack-fp8",

@@ -26,13 +26,6 @@ def bf16_pipe(family="wan"):
     return pipe
 
 
-@pytest.fixture
-def float8_on_cpu(monkeypatch):
-    import torchao.quantization.quant_api as quant_api
-
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torchao cannot run float8")
 def test_fp8_is_refused_where_torchao_cannot_run_it():
     pipe = bf16_pipe()

@@ -152,6 +152,7 @@ def dense_key(s: RunSettings) -> str:
 
 
 def draft_key(s: RunSettings, st: EvalSetting) -> str:
+    # fp8 only where set: the keys of records written before the flag existed stay valid, so runs resume
     extra = {} if st.stack is None else {"stack": st.stack, "compile": st.compile, **({"fp8": True} if st.fp8 else {})}
     return _key({**_run_fields(s), "config": dataclasses.asdict(st.config), **extra})
 

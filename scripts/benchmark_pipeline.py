@@ -148,7 +148,9 @@ PRIOR_DECODE_S = {"wan1.3b-480p": 20.0, "wan14b-720p": 60.0, "hunyuan-720p": 150
                   "cosmos2.5-2b-704p": 70.0}
 PRIOR_BUILD_S = {"wan1.3b-480p": 10.0, "wan14b-720p": 40.0, "hunyuan-720p": 40.0, "wan22-a14b-720p": 80.0,
                  "cosmos2.5-2b-704p": 15.0}
-PRIOR_COMPILE_S = 150.0  # torch.compile + kernel JIT of a full-size model (docs: 66 s for Wan 1.3B draft)
+# torch.compile + kernel JIT of a full-size model over the steps' own time (docs/benchmarks.md: 66 s for Wan 1.3B
+# draft; 43-66 s at Wan 14B and HunyuanVideo 720p, sections 16-17, where 150 s made the budget skip a 189 s stack)
+PRIOR_COMPILE_S = 90.0
 # Planned cost of a step, in default-attention steps, for time estimates: a sparse step at most half (docs, one
 # forward at 0.9: 0.50 Wan 1.3B, 0.39 Wan 14B, 0.19 HunyuanVideo), a step a cache skips almost nothing.
 SPARSE_STEP_COST, SKIPPED_STEP_COST = 0.5, 0.05

@@ -26,7 +26,7 @@
 #   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
 #   fp8-compile  float8 + regional compile at Wan 1.3B with recompiles, graph breaks and inductor autotuning logged
 #                (its long warm-up was torchao's process-wide coordinate descent tuning, docs/benchmarks.md section 16)
-#   wan14b-fp8   Wan 14B 720p loop: default, the one-call float8 stack with the milder warm-up, and without draft
+#   wan14b-fp8   Wan 14B 720p loop: the one-call float8 stack (paper's dense warm-up) and the same without draft
 #   wan22-only   Wan2.2 A14B 4-step alone (default, flash-attn-4 dense, draft), then float8 + compile's warm-up at
 #                Wan 1.3B (how long it compiles)
 #   hunyuan-stack  HunyuanVideo 720p loop through the one call: default, flash-attn-4 dense, stack, the same without
@@ -154,11 +154,11 @@ case $stage in
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-fp8)
-    # the one-call stack with float8 linears at 14B: the milder warm-up and the same stack without draft attention
-    # (stack+fp8 with the default warm-up: docs/benchmarks.md section 16, the bf16 stacks section 15); limits leave
-    # room for the install in the same call (a fresh machine)
+    # the one-call float8 stack with the paper's dense warm-up and the same stack without draft attention in one run
+    # (their "draft adds" went across two machines: docs/benchmarks.md sections 16-17; the milder warm-up and the
+    # default: section 17); limits leave room for the install in the same call (a fresh machine)
     run pipeline_14b_fp8 530 python3 scripts/benchmark_pipeline.py --models wan14b-720p --no-decode \
-      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings default@1,stack+mild+fp8@8,fbcache-mag+compile+fp8@4 \
+      --warmup-steps 1 --max-warmup-calls 3 --budget-s 515 --settings stack+fp8@8,fbcache-mag+compile+fp8@4 \
       --out "$OUT/p14f8"
     grep -E "^--|warm-up|denoise:|torch.compile|skipped|Error" "$OUT/pipeline_14b_fp8.log" | head -40
     autotuning_lines "$OUT/pipeline_14b_fp8.log"

@@ -21,6 +21,8 @@
 #                the difference from bf16 and CUDA kernel time by kind (issue 20 items 0 and 2)
 #   wan22        Wan2.2 A14B 720p (two experts), 4-step distilled schedule, no CFG: default, flash-attn-4 dense,
 #                draft; then one forward per setting of the 2B-13B new families (issue 19 rows)
+#   wan22-stack  Wan2.2 A14B 720p 4-step loop through the one call (draft + compile, no cache), the same without
+#                draft, and the default
 #   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack and the same without
 #                draft attention
 #   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
@@ -47,7 +49,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-stage=${1:?usage: gpu_speed_check.sh gpu-tests|e2e MODEL:SECONDS...|wan14b-mild|fp8-compile|wan14b-fp8|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
+stage=${1:?usage: gpu_speed_check.sh gpu-tests|wan22-stack|e2e MODEL:SECONDS...|wan14b-mild|fp8-compile|wan14b-fp8|tests|fp8|wan22|wan22-only|wan14b-stack|hunyuan-stack|families-14b|families-more|cosmos-loop|h200|wan14b|wan14b-compile|wan14b-fbcache|families|hunyuan|hunyuan-kernel|kernel-rows}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 pip list 2>/dev/null | grep -iE "^(torch|diffusers|flash-attn-4|triton) " | tee "$OUT/versions.txt"
 
@@ -130,6 +132,15 @@ case $stage in
       --warmup-steps 1 --max-warmup-calls 2 --budget-s 0 --settings compile+draft,compile+draft+fp8 --out "$OUT/p13f"
     grep -E "warm-up|denoise|^--" "$OUT/p13f/benchmark_pipeline.log"
     cat "$OUT/p13f/benchmark_pipeline.md" 2>/dev/null
+    ;;
+  wan22-stack)
+    # Wan2.2 A14B 4-step without CFG through the one call without a cache (a 4-step schedule leaves a cache nothing
+    # to skip): enable_fast_stack(pipe) = draft attention (the 4-step preset) + regional compile on both experts,
+    # beside the same without draft and the default (flash-attn-4 dense alone: docs/benchmarks.md section 14)
+    run pipeline_wan22_stack 530 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 \
+      --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 515 --settings default,compile+draft,compile \
+      --out "$OUT/p22s"
+    cat "$OUT/p22s/benchmark_pipeline.md" 2>/dev/null
     ;;
   wan14b-stack)
     # the one-call stack in bf16 (with float8 linears: the wan14b-fp8 stage)

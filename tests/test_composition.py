@@ -256,10 +256,11 @@ def test_a_dense_fallback_inside_a_compiled_graph_neither_breaks_it_nor_recompil
                                                                                    warned_before):
     """A call that falls back to dense inside a compiled graph (here HunyuanVideo's video, 1 x 2 x 4 tokens, is
     shorter than one tile before its text tokens; diffusers' own compile tests meet it on MiniMax-H3's tiny inputs)
-    runs dense there and counts as a dense call, without a recompile. Recording the fallback in the graph broke that:
-    dynamo cannot trace the warning (fullgraph: an error on the first one), the count in the statistics' dict is a
-    guarded constant (after the warning: a recompile on every call), and the message named the module (compiled by
-    blocks: a graph per block instead of one shared)."""
+    runs dense there and counts as a dense call, without a recompile. Recording the fallback's message in the graph
+    broke that: dynamo cannot trace the warning (fullgraph: an error on the first one), the count in the statistics'
+    dict is a guarded constant (after the warning: a recompile on every call), and the message named the module
+    (compiled by blocks: a graph per block instead of one shared). So it is counted on the device as a compiled
+    fallback, listed under one message and warned when the statistics are read."""
     import torch._dynamo as dynamo
 
     from draftattention_diffusers.integration import stats as stats_module
@@ -288,10 +289,13 @@ def test_a_dense_fallback_inside_a_compiled_graph_neither_breaks_it_nor_recompil
             with dynamo.config.patch(**limits), torch.no_grad():
                 model(**kw)
                 out = model(**kw)[0]
-            after = get_draft_stats(t).summary()
+            with pytest.warns(stats_module.DraftAttentionWarning, match="inside a torch.compile graph ran dense"):
+                after = get_draft_stats(t).summary()
         finally:
             uncompile(t)
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+    compiled_fallbacks = after["fallbacks"].pop(stats_module.COMPILED_FALLBACK)
+    assert compiled_fallbacks == 2 * 6  # two compiled forwards, six layers each
     assert before["fallbacks"] == after["fallbacks"] and len(after["fallbacks"]) == (6 if warned_before else 0)
     assert after["sparse_calls"] == 0 and after["dense_calls"] == before["dense_calls"] + 2 * 6  # 2 calls, 6 blocks
 

@@ -91,20 +91,33 @@ def test_a_tail_that_is_not_a_grid_runs_dense_visibly(transformer):
 def test_compiled_whole_it_runs_dense_compiled_by_blocks_sparse(transformer):
     """diffusers' compile tests on MiniMax-H3 with draft attention. The grid is read from position_ids' values (a host
     sync), so a whole-model fullgraph compile cannot know it: its calls run dense inside the graph, without a graph
-    break or a recompile (recording that fallback there broke fullgraph). Compiled by blocks, the grid comes from the
-    eager pre-forward hook and the routed call runs sparse in one graph, equal to eager."""
+    break or a recompile (recording that fallback's message there broke fullgraph), counted on the device as
+    compiled fallbacks, which the statistics list and warn. Compiled by blocks, the grid comes from the eager
+    pre-forward hook and the routed call runs sparse in one graph, equal to eager."""
     import torch._dynamo as dynamo
     from pipeline_utils import uncompile
+
+    from draftattention_diffusers import get_draft_stats
+    from draftattention_diffusers.integration import stats as stats_module
 
     kw = packed_inputs()
     base = forward(transformer, kw)
     with draft_attention_enabled(transformer, sparsity=0.5, dense_steps_fraction=0.0, backend="reference"):
         sparse = forward(transformer, kw)
+        before = get_draft_stats(transformer).summary()
+        assert before["sparse_calls"] > 0 and before["fallbacks"] == {}
         dynamo.reset()
         whole = torch.compile(transformer, fullgraph=True, backend="aot_eager")
         with dynamo.config.patch(error_on_recompile=True):
             forward(whole, kw)
             compiled_whole = forward(whole, kw)
+        stats_module._warned.discard(stats_module.COMPILED_FALLBACK)
+        with pytest.warns(stats_module.DraftAttentionWarning, match="inside a torch.compile graph ran dense"):
+            after = get_draft_stats(transformer).summary()
+        # every call of the two compiled forwards fell back, and only those
+        assert after["sparse_calls"] == before["sparse_calls"]
+        assert after["fallbacks"] == {stats_module.COMPILED_FALLBACK: 2 * before["sparse_calls"]}
+        assert after["dense_calls"] - before["dense_calls"] == 2 * before["sparse_calls"]
         dynamo.reset()
         transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
         try:

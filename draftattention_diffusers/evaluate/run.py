@@ -323,13 +323,13 @@ def _heatmap(snaps: list[tuple[int, tuple[list[str], torch.Tensor] | None]]) -> 
     snaps = [(step, snap) for step, snap in snaps if snap is not None]
     if not snaps:
         return None
-    names = snaps[-1][1][0]
-    prev = torch.zeros(len(names), 3)
+    names, width = snaps[-1][1][0], snaps[-1][1][1].shape[1]
+    prev = torch.zeros(len(names), width)
     steps, values = [], []
     for step, (n, c) in snaps:
         c = c.cpu()
         if n != names:  # layers appeared later (a second expert): align by name
-            full = torch.zeros(len(names), 3)
+            full = torch.zeros(len(names), width)
             for i, name in enumerate(n):
                 full[names.index(name)] = c[i]
             c = full

@@ -538,16 +538,17 @@ class DraftAttnProcessor:
         padding_mask = key_lengths is not False  # no mask, or a key-padding suffix that key_lengths describes
         key_lengths = key_lengths if padding_mask else None
         grid = self.grid
+        fell_back = False
         if not dense:
             problem = _sparse_problem(grid, q.shape[1], text_len, padding_mask, self.config.region_size)
             if problem is not None:
                 self._record_fallback(lambda: f"{role.name}: {problem()}; running dense attention for it")
-                dense = True
+                dense = fell_back = True
         model_scale, scale = scale, (scale if scale is not None else q.shape[-1] ** -0.5)
         tiles = None
         in_tile_order = self._order.active  # q, k, v (and the output) are in tile order already
         if dense:
-            count_call(attn, None)
+            count_call(attn, None, fell_back)
             if kernel is not None and self.config.dense_backend == "auto" and q.requires_grad \
                     and torch.is_grad_enabled() and not get_backend(kernel).supports_backward:
                 kernel = None  # training: diffusers' attention has a backward pass
@@ -571,7 +572,7 @@ class DraftAttnProcessor:
         """A call of this forward runs dense though it should be sparse: listed in the statistics, warned once. In
         eager code only: in a graph torch.compile traces, the message (the module's name, the shapes) would be
         guarded constants, one graph per block and per shape, and the warning cannot be traced (the call still
-        counts as a dense call there)."""
+        counts as a dense call there, and as a compiled fallback: ``count_call``)."""
         if not torch.compiler.is_compiling():
             self.stats.record_fallback(message())
 

@@ -66,9 +66,16 @@ class AttentionEvent:
 
 
 COUNTERS_ATTR = "_draftattention_counters"
-"""On every video self-attention module: float32 ``[3]`` = (sparse calls, dense calls, sum of achieved sparsity),
-accumulated on the device inside the attention call (no host synchronisation, no graph break under torch.compile:
-the counters are reached through the module, so every compiled block shares one graph)."""
+"""On every video self-attention module: float32 ``[4]`` = (sparse calls, dense calls, sum of achieved sparsity,
+fallbacks inside a compiled graph), accumulated on the device inside the attention call (no host synchronisation, no
+graph break under torch.compile: the counters are reached through the module, so every compiled block shares one
+graph). The last counts the calls that should have run sparse but ran dense in a graph torch.compile traced, where
+the fallback's message and warning cannot be recorded (:meth:`DraftStats.record_fallback`); ``summary()`` lists
+them among the fallbacks and warns."""
+N_COUNTERS = 4
+COMPILED_FALLBACK = ("calls inside a torch.compile graph ran dense on a sparse step (the reason is recorded in eager "
+                     "code only: run one call uncompiled, or compile by blocks with compile_repeated_blocks, to see "
+                     "it)")
 
 
 class DraftStats:
@@ -118,7 +125,7 @@ class DraftStats:
     def track(self, name: str, module: torch.nn.Module) -> None:
         """Give ``module`` (a video self-attention module) its counters, listed under ``name``."""
         with torch.inference_mode(False):  # a normal tensor: an inference tensor could not be updated outside one
-            setattr(module, COUNTERS_ATTR, torch.zeros(3))
+            setattr(module, COUNTERS_ATTR, torch.zeros(N_COUNTERS))
         self._layers[name] = module
 
     def untrack(self, modules) -> None:
@@ -146,8 +153,9 @@ class DraftStats:
 
     def record_fallback(self, message: str) -> None:
         """Count a fallback and warn once. Eager code only: inside a graph torch.compile traces the call still runs
-        dense (and counts as a dense call), but nothing is recorded here: dynamo cannot trace the warning, and the
-        count in this dict would be a guarded constant (a recompile on every call)."""
+        dense, but nothing is recorded here: dynamo cannot trace the warning, and the count in this dict would be a
+        guarded constant (a recompile on every call). There the call is counted on the device instead
+        (``count_call(..., fell_back=True)``), and ``summary()`` lists and warns it."""
         if torch.compiler.is_compiling():
             return
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
@@ -157,8 +165,8 @@ class DraftStats:
         return {**self._retired, **{n: getattr(m, COUNTERS_ATTR) for n, m in self._layers.items()}}
 
     def counter_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
-        """The layer names and a copy of their counters, float32 ``[L, 3]`` (sparse calls, dense calls, sum of
-        achieved sparsity so far in this call), taken without a host synchronisation (the copy stays on the
+        """The layer names and a copy of their counters, float32 ``[L, 4]`` (sparse calls, dense calls, sum of
+        achieved sparsity, compiled fallbacks so far in this call: ``COUNTERS_ATTR``), taken without a host synchronisation (the copy stays on the
         counters' device); None before any layer is tracked. Differences of two snapshots give each layer's
         calls and sparsity between them (``draftattention evaluate`` takes one per denoising step)."""
         counters = self._counters()
@@ -178,9 +186,18 @@ class DraftStats:
         """Mean achieved sparsity of each layer over its sparse calls."""
         out = {}
         for name, counters in self._counters().items():
-            sparse_calls, _, total = counters.tolist()
+            sparse_calls, _, total = counters.tolist()[:3]
             if sparse_calls:
                 out[name] = total / sparse_calls
+        return out
+
+    def _fallbacks_with(self, compiled: int) -> dict[str, int]:
+        """The fallbacks recorded in eager code, and those counted inside compiled graphs (warned here, on the host:
+        a compiled graph cannot warn)."""
+        out = dict(self.fallbacks)
+        if compiled:
+            out[COMPILED_FALLBACK] = compiled
+            warn_once(COMPILED_FALLBACK)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -197,6 +214,7 @@ class DraftStats:
         sparse_calls = int(sum(c[0] for c in counts.values()))
         dense_calls = int(sum(c[1] for c in counts.values()))
         total = sum(c[2] for c in counts.values())
+        compiled_fallbacks = int(sum(c[3] for c in counts.values()))
         skipped = 0
         if self._marks:
             marks = [int(m) for m in self._marks] + [sparse_calls + dense_calls]
@@ -205,8 +223,8 @@ class DraftStats:
         if self.sections:
             steps, ends = {}, [(s.forwards, s.counters) for s in self.sections[1:]]
             for sec, (end_forwards, end) in zip(self.sections, ends + [(self.forwards, None)]):
-                start = [0.0, 0.0, 0.0] if sec.counters is None else sec.counters.tolist()
-                end = [sparse_calls, dense_calls, total] if end is None else end.tolist()
+                start = [0.0, 0.0, 0.0] if sec.counters is None else sec.counters.tolist()[:3]
+                end = [sparse_calls, dense_calls, total] if end is None else end.tolist()[:3]
                 sp, de, tot = (b - a for a, b in zip(start, end))
                 offset = len(steps) and max(steps) + 1
                 steps.update((offset + k, m) for k, m in sorted(sec.steps.items()))
@@ -223,7 +241,7 @@ class DraftStats:
             "layer_sparsity": self.layer_sparsity(),
             "draft_seconds": self.draft_timer.seconds(),
             "backends": dict(self.draft_timer.backends),
-            "fallbacks": dict(self.fallbacks),
+            "fallbacks": self._fallbacks_with(compiled_fallbacks),
             "sections": sections,
         }
 
@@ -258,9 +276,10 @@ def _format_steps(steps: dict[int, str]) -> str:
     return f"{len(dense)} dense: {format_ranges(dense)}; {milder}{len(sparse)} sparse: {format_ranges(sparse)}"
 
 
-def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
+def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None, fell_back: bool = False) -> None:
     """Count one video self-attention call on ``module``'s counters: sparse (with its achieved sparsity ``[B, H]``)
-    or dense (``sparsity`` None). Traceable by torch.compile (in-place adds on a tensor reached through the module).
+    or dense (``sparsity`` None; ``fell_back``: it should have run sparse, counted as a compiled fallback when traced
+    by torch.compile, where the eager fallback record is skipped). Traceable by torch.compile (in-place adds on a tensor reached through the module).
     Not counted in ``torch.export``: export lifts the counters as constants, and AOTInductor refuses a program that
     mutates a constant; an exported program runs without the processor's bookkeeping anyway."""
     counters = getattr(module, COUNTERS_ATTR, None)
@@ -268,6 +287,8 @@ def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None) -> None:
         return
     if sparsity is None:
         counters[1].add_(1.0)
+        if fell_back and torch.compiler.is_compiling():
+            counters[3].add_(1.0)
     else:
         counters[0].add_(1.0)
         counters[2].add_(sparsity.float().mean().to(counters.device))

@@ -73,8 +73,8 @@ graph). The last counts the calls that should have run sparse but ran dense in a
 the fallback's message and warning cannot be recorded (:meth:`DraftStats.record_fallback`); ``summary()`` lists
 them among the fallbacks and warns."""
 N_COUNTERS = 4
-COMPILED_FALLBACK = ("calls inside a torch.compile graph ran dense on a sparse step (the reason is recorded in eager "
-                     "code only: run one call uncompiled, or compile by blocks with compile_repeated_blocks, to see "
+COMPILED_FALLBACK = ("calls inside a torch.compile graph ran dense on a sparse step; the reason is recorded in eager "
+                     "code only (run one call uncompiled, or compile by blocks with compile_repeated_blocks, to see "
                      "it)")
 
 

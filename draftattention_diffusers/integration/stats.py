@@ -166,8 +166,8 @@ class DraftStats:
 
     def counter_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
         """The layer names and a copy of their counters, float32 ``[L, 4]`` (sparse calls, dense calls, sum of
-        achieved sparsity, compiled fallbacks so far in this call: ``COUNTERS_ATTR``), taken without a host synchronisation (the copy stays on the
-        counters' device); None before any layer is tracked. Differences of two snapshots give each layer's
+        achieved sparsity, compiled fallbacks so far in this call: ``COUNTERS_ATTR``), taken without a host
+        synchronisation (the copy stays on the counters' device); None before any layer is tracked. Differences of two snapshots give each layer's
         calls and sparsity between them (``draftattention evaluate`` takes one per denoising step)."""
         counters = self._counters()
         if not counters:
@@ -204,7 +204,9 @@ class DraftStats:
         """Plain-Python summary: ``steps`` {step: "dense"/"sparse"/...}, ``forwards``, ``skipped_forwards`` (no
         self-attention ran: a step cache skipped every block), call counts, ``mean_sparsity`` (over sparse calls),
         ``layer_sparsity``, ``draft_seconds`` (time in the draft step), ``backends`` (the backend that ran the
-        sparse calls -> their count; calls inside a compiled graph are not counted), ``fallbacks`` and ``sections``.
+        sparse calls -> their count; calls inside a compiled graph are not counted), ``fallbacks`` (message -> calls;
+        those inside compiled graphs under one message, ``COMPILED_FALLBACK``, warned once when read) and
+        ``sections``.
 
         Everything covers the whole pipeline call. ``sections``: for a pipeline that denoises in sections, one entry
         per section (``section``: its index, its own ``steps`` from 0, ``forwards``, ``sparse_calls``,

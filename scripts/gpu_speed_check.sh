@@ -138,9 +138,10 @@ case $stage in
   wan22-stack)
     # Wan2.2 A14B 4-step without CFG through the one call without a cache (a 4-step schedule leaves a cache nothing
     # to skip): enable_fast_stack(pipe) = draft attention (the 4-step preset) + regional compile on both experts,
-    # beside the same without draft and the default (flash-attn-4 dense alone: docs/benchmarks.md section 14)
+    # beside the same without draft and the default (flash-attn-4 dense alone: docs/benchmarks.md section 14); then
+    # the preset's draft attention alone (it also keeps block 0 dense; section 14 timed the default config)
     run pipeline_wan22_stack 530 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 \
-      --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 515 --settings default,compile+draft,compile \
+      --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 515 --settings default,compile+draft,compile,preset \
       --out "$OUT/p22s"
     cat "$OUT/p22s/benchmark_pipeline.md" 2>/dev/null
     ;;

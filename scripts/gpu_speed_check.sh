@@ -137,7 +137,7 @@ case $stage in
     ;;
   wan22-stack)
     # Wan2.2 A14B 4-step without CFG through the one call without a cache (a 4-step schedule leaves a cache nothing
-    # to skip): enable_fast_stack(pipe) = draft attention (the 4-step preset) + regional compile on both experts,
+    # to skip): enable_fast_stack(pipe) = draft attention (its default config) + regional compile on both experts,
     # beside the same without draft and the default (flash-attn-4 dense alone: docs/benchmarks.md section 14); then
     # the preset's draft attention alone (it also keeps block 0 dense; section 14 timed the default config)
     run pipeline_wan22_stack 530 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 \

@@ -5,28 +5,25 @@ draft attention; at 0.75 it runs sparse under compile and its statistics say so;
 processors, weights, dynamo's and inductor's settings). The CPU suite checks the same with the reference kernel and
 aot_eager (tests/test_stack.py, tests/test_fp8.py); only here do inductor, flash-attn-4 and float8 matmuls run."""
 
-import importlib.util
-
 import pytest
 import torch
 import torch._dynamo as dynamo
 from stack_utils import diff_footprints, footprint
 from test_gpu_composition import rel, run, tiny
 
-from draftattention_diffusers import disable_fast_stack, enable_fast_stack, get_draft_stats
+from draftattention_diffusers import check_fp8, disable_fast_stack, enable_fast_stack, get_draft_stats
 
 STEPS = 4
 MASK = [True, True, False, True]  # First Block Cache computes steps 0, 1, 3 and skips 2: random weights decide nothing
 
 
-def float8_runs_here() -> bool:
-    return importlib.util.find_spec("torchao") is not None and torch.cuda.get_device_capability() >= (8, 9)
-
-
 @pytest.mark.parametrize("family, fp8", [("wan", True), ("hunyuan", False)])
 def test_fast_stack_compiled_on_gpu_equals_it_without_draft_and_undoes(family, fp8):
-    if fp8 and not float8_runs_here():
-        pytest.skip("float8 linears need torchao and compute capability >= 8.9")
+    if fp8:
+        try:
+            check_fp8(True)  # the stack's own check: torchao installed, and a GPU it runs float8 on
+        except ValueError as e:
+            pytest.skip(str(e))
     pipe = tiny(family)
     before = footprint(pipe)
     weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}

@@ -11,7 +11,8 @@ import torch._dynamo as dynamo
 from stack_utils import diff_footprints, footprint
 from test_gpu_composition import rel, run, tiny
 
-from draftattention_diffusers import check_fp8, disable_fast_stack, enable_fast_stack, get_draft_stats
+from draftattention_diffusers import disable_fast_stack, enable_fast_stack, get_draft_stats
+from draftattention_diffusers.integration.stack import check_fp8
 
 STEPS = 4
 MASK = [True, True, False, True]  # First Block Cache computes steps 0, 1, 3 and skips 2: random weights decide nothing

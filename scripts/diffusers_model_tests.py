@@ -53,6 +53,7 @@ TEST_DIR = "tests/models/transformers"
 PLUGIN = "_draft_harness"
 # reasons of the upstream skipif marks that --unskip-accelerator drops (require_accelerator, require_torch_accelerator)
 ACCELERATOR_SKIPS = ("test requires a hardware accelerator", "test requires accelerator+PyTorch")
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository root holding draftattention_diffusers/
 
 # The pytest plugin, loaded in both runs (``-p _draft_harness``) so that the two differ only by enabling. It
 # records every test's outcome (one JSON line each) and, in draft mode, wraps the supported classes' __init__.
@@ -214,7 +215,8 @@ def run_file(tmp: Path, name: str, mode: str, args) -> dict:
                DRAFT_HARNESS_TEST_TIMEOUT=str(args.test_timeout), HF_HUB_OFFLINE="1",
                DRAFT_HARNESS_UNSKIP="|".join(ACCELERATOR_SKIPS) if args.unskip_accelerator else "",
                DRAFT_HARNESS_ENABLE=json.dumps(enable_kwargs(args)),
-               PYTHONPATH=os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+               # this checkout's package first: the harness tests the code it sits in, installed or not
+               PYTHONPATH=os.pathsep.join([str(tmp), str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN,
            f"{TEST_DIR}/test_models_transformer_{name}.py", *(["-k", args.k] if args.k else []), *args.pytest_args]
     start, status = time.time(), "ok"

@@ -38,3 +38,27 @@ def test_pipeline_benchmark_mild_setting_is_the_stack_with_the_milder_warm_up():
         bp.parse_setting("draft+mild")
     assert bp.parse_setting("stack+mild+fp8") == ("mild", "fbcache-mag", True, True)
     assert bp.without_draft("stack+mild+fp8") == "fbcache-mag+compile+fp8"
+
+
+def test_pipeline_benchmark_draft_adds_against_the_faster_dense_stack():
+    """"Draft adds" is against the faster of the same stack on the model's own attention and the same stack dense on
+    flash-attn-4 (HunyuanVideo's own attention is masked SDPA, 1.5x slower than flash-attn-4 dense in section 17),
+    matched by parts in any order."""
+    import benchmark_pipeline as bp
+
+    def run(step_s, classes, has_draft):
+        return {"denoise_s": sum(step_s), "steps": len(step_s), "step_s": step_s, "classes": classes,
+                "classes_50": classes, "has_draft": has_draft}
+
+    stack = run([4.0, 1.0], ["dense", "sparse"], True)
+    own = run([6.0, 6.0], ["dense", "sparse"], False)  # the stack without draft, on the model's own attention
+    for fa4_step, expected in ((4.0, "compile+fa4-dense+fbcache-mag"), (7.0, "fbcache-mag+compile")):
+        fa4 = run([fa4_step, fa4_step], ["dense", "dense"], True)  # the same stack dense on flash-attn-4
+        rows = bp.summarize({"settings": {"stack": stack, "fbcache-mag+compile": own,
+                                          "compile+fa4-dense+fbcache-mag": fa4}})
+        row = next(r for r in rows if r["setting"] == "stack")
+        assert row["without_draft"] == expected
+        assert row["vs_without_draft"] == (min(fa4_step, 6.0) * 2) / 5.0
+    # the dense stack itself is compared with the same parts without it only
+    assert bp.dense_baselines("compile+fa4-dense+fbcache-mag") == [frozenset({"compile", "fbcache-mag"})]
+    assert bp.dense_baselines("fbcache-mag+compile") == []

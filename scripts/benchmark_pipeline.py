@@ -417,10 +417,16 @@ ALIASES = {"stack": "fbcache-mag+draft+compile", "stack+fp8": "fbcache-mag+draft
 DBCACHE_FN = 1  # cache-dit DBCache: the first block always runs (like First Block Cache), Bn = 0
 
 
+def setting_tokens(name: str) -> list[str]:
+    """A setting's parts as written, aliases expanded: ``"stack"`` -> [fbcache-mag, draft, compile]."""
+    name = ALIASES.get(name, name)
+    return [] if name == "default" else name.split("+")
+
+
 def parse_setting(name: str) -> tuple[str | None, str | None, bool, bool]:
     """``"magcache+draft+compile"`` -> (draft kind, cache, compile, fp8); ValueError naming the problem."""
     name = ALIASES.get(name, name)
-    tokens = [] if name == "default" else name.split("+")
+    tokens = setting_tokens(name)
     draft = [DRAFT_TOKENS[t] for t in tokens if t in DRAFT_TOKENS]
     cache = [t for t in tokens if t in CACHE_TOKENS]
     unknown = [t for t in tokens if t not in DRAFT_TOKENS and t not in CACHE_TOKENS and t not in OTHER_TOKENS]
@@ -433,18 +439,11 @@ def parse_setting(name: str) -> tuple[str | None, str | None, bool, bool]:
 
 def without_draft(name: str) -> str | None:
     """The same setting without draft attention (None if it has none)."""
-    name = ALIASES.get(name, name)
-    tokens = [] if name == "default" else name.split("+")
+    tokens = setting_tokens(name)
     if not any(t in DRAFT_TOKENS for t in tokens):
         return None
     rest = [t for t in tokens if t not in DRAFT_TOKENS]
     return "+".join(rest) if rest else "default"
-
-
-def parts(name: str) -> frozenset[str]:
-    """A setting's parts, in no order, aliases expanded: ``"stack"`` -> {fbcache-mag, draft, compile}."""
-    name = ALIASES.get(name, name)
-    return frozenset() if name == "default" else frozenset(name.split("+"))
 
 
 def dense_baselines(name: str) -> list[frozenset[str]]:
@@ -455,7 +454,8 @@ def dense_baselines(name: str) -> list[frozenset[str]]:
     base = without_draft(name)
     if base is None:
         return []
-    return [parts(base)] + ([] if parts(name) & set(DRAFT_TOKENS) == {"fa4-dense"} else [parts(base) | {"fa4-dense"}])
+    own = frozenset(setting_tokens(base))
+    return [own] if parse_setting(name)[0] == "fa4-dense" else [own, own | {"fa4-dense"}]
 
 
 class Setting:
@@ -1002,10 +1002,10 @@ def summarize(model_res: dict) -> list[dict]:
     t = {k: v["denoise_s"] for k, v in settings.items() if v.get("denoise_s")}
     # the fastest dense path by its 50-step estimate (settings may have run different step counts)
     dense = {k: t[k] for k in DENSE_SETTINGS if k in t}
-    dense_est = {k: estimate_50(settings[k])[0] or math.inf for k in dense}
-    fastest = min(dense, key=dense_est.get) if dense else None
     est_why = {k: estimate_50(v) for k, v in settings.items()}
     est = {k: e for k, (e, _) in est_why.items()}
+    fastest = min(dense, key=lambda k: est[k] or math.inf) if dense else None
+    measured = {frozenset(setting_tokens(k)): k for k in t}  # "the same without draft" is matched by its parts
     rows = []
     for k, v in settings.items():
         row = {"setting": k, **{x: v.get(x) for x in ("denoise_s", "dense_step_mean_s", "sparse_step_mean_s",
@@ -1017,7 +1017,6 @@ def summarize(model_res: dict) -> list[dict]:
             row["vs_default"] = t["default"] / t[k] if "default" in t and same("default") else None
             row["fastest_dense"] = fastest
             row["vs_fastest_dense"] = dense[fastest] / t[k] if fastest and same(fastest) else None
-            measured = {parts(name): name for name in t}
             bases = [measured[b] for b in dense_baselines(k) if b in measured]
             base = min(bases, key=lambda b: est.get(b) or math.inf) if bases else without_draft(k)
             row["without_draft"] = base

@@ -216,7 +216,8 @@ def run_file(tmp: Path, name: str, mode: str, args) -> dict:
                DRAFT_HARNESS_UNSKIP="|".join(ACCELERATOR_SKIPS) if args.unskip_accelerator else "",
                DRAFT_HARNESS_ENABLE=json.dumps(enable_kwargs(args)),
                # this checkout's package first: the harness tests the code it sits in, installed or not
-               PYTHONPATH=os.pathsep.join([str(tmp), str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+               PYTHONPATH=os.pathsep.join([str(tmp), str(CHECKOUT), os.environ.get("PYTHONPATH", "")])
+               .rstrip(os.pathsep))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN,
            f"{TEST_DIR}/test_models_transformer_{name}.py", *(["-k", args.k] if args.k else []), *args.pytest_args]
     start, status = time.time(), "ok"

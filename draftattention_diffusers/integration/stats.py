@@ -167,8 +167,9 @@ class DraftStats:
     def counter_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
         """The layer names and a copy of their counters, float32 ``[L, 4]`` (sparse calls, dense calls, sum of
         achieved sparsity, compiled fallbacks so far in this call: ``COUNTERS_ATTR``), taken without a host
-        synchronisation (the copy stays on the counters' device); None before any layer is tracked. Differences of two snapshots give each layer's
-        calls and sparsity between them (``draftattention evaluate`` takes one per denoising step)."""
+        synchronisation (the copy stays on the counters' device); None before any layer is tracked. Differences of
+        two snapshots give each layer's calls and sparsity between them (``draftattention evaluate`` takes one per
+        denoising step)."""
         counters = self._counters()
         if not counters:
             return None
@@ -281,7 +282,8 @@ def _format_steps(steps: dict[int, str]) -> str:
 def count_call(module: torch.nn.Module, sparsity: torch.Tensor | None, fell_back: bool = False) -> None:
     """Count one video self-attention call on ``module``'s counters: sparse (with its achieved sparsity ``[B, H]``)
     or dense (``sparsity`` None; ``fell_back``: it should have run sparse, counted as a compiled fallback when traced
-    by torch.compile, where the eager fallback record is skipped). Traceable by torch.compile (in-place adds on a tensor reached through the module).
+    by torch.compile, where the eager fallback record is skipped). Traceable by torch.compile (in-place adds on a
+    tensor reached through the module).
     Not counted in ``torch.export``: export lifts the counters as constants, and AOTInductor refuses a program that
     mutates a constant; an exported program runs without the processor's bookkeeping anyway."""
     counters = getattr(module, COUNTERS_ATTR, None)

@@ -59,10 +59,10 @@ Combinations the stack refuses (e.g. magcache+compile: diffusers compiler-disabl
 as skipped with its reason. "Without draft" of a setting = the same parts without draft/preset/mild/fa4-dense or,
 for a sparse setting, with fa4-dense in its place (the same stack dense on flash-attn-4), whichever measured faster.
 
-The fastest dense path is the fastest of the dense settings measured (default, fa4-dense, compile). With fewer than
-50 steps (``--steps 8``), the dense/sparse split stays proportional (ceil(0.25 n) dense steps) and a 50-step estimate
-is printed: 13 x mean dense-step time + 37 x mean sparse-step time (not meaningful with a cache: its skip schedule
-depends on the step count). ``--budget-s`` skips settings whose estimated time would not fit.
+The fastest dense path is the fastest dense setting measured (default, fa4-dense, compile, fa4-dense+compile). With
+fewer than 50 steps (``--steps 8``), the dense/sparse split stays proportional (ceil(0.25 n) dense steps) and a
+50-step estimate is printed: 13 x mean dense-step time + 37 x mean sparse-step time (not meaningful with a cache:
+its skip schedule depends on the step count). ``--budget-s`` skips settings whose estimated time would not fit.
 
 Examples:
     python scripts/benchmark_pipeline.py --models wan1.3b-480p                          # every setting, 50 steps
@@ -208,7 +208,9 @@ MAGCACHE = {
 }
 
 TAYLORSEER_INTERVAL = 3
-DENSE_SETTINGS = ("default", "fa4-dense", "compile")  # candidates for "the fastest dense path"
+# "the fastest dense path": the fastest measured setting made of these parts only (default = none of them): every
+# step computed, exact attention, bf16 linears
+DENSE_PARTS = frozenset({"fa4-dense", "compile"})
 DEFAULT_SETTINGS = ["default", "fa4-dense", "draft", "compile", "compile+draft", "magcache", "magcache+draft",
                     "fbcache-mag+compile", "stack"]
 
@@ -1001,7 +1003,7 @@ def summarize(model_res: dict) -> list[dict]:
     settings = model_res["settings"]
     t = {k: v["denoise_s"] for k, v in settings.items() if v.get("denoise_s")}
     # the fastest dense path by its 50-step estimate (settings may have run different step counts)
-    dense = {k: t[k] for k in DENSE_SETTINGS if k in t}
+    dense = {k: t[k] for k in t if set(setting_tokens(k)) <= DENSE_PARTS}
     est_why = {k: estimate_50(v) for k, v in settings.items()}
     est = {k: e for k, (e, _) in est_why.items()}
     fastest = min(dense, key=lambda k: est[k] or math.inf) if dense else None

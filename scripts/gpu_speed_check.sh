@@ -22,7 +22,7 @@
 #   wan22        Wan2.2 A14B 720p (two experts), 4-step distilled schedule, no CFG: default, flash-attn-4 dense,
 #                draft; then one forward per setting of the 2B-13B new families (issue 19 rows)
 #   wan22-stack  Wan2.2 A14B 720p 4-step loop through the one call (draft + compile, no cache), the same without
-#                draft, and the default
+#                draft (flash-attn-4 dense and the model's own attention), and the default
 #   wan14b-stack Wan 14B 720p loop through the one call, enable_fast_stack: default, stack and the same without
 #                draft attention
 #   wan14b-mild  the same with the opt-in milder warm-up (stack+mild), the default and flash-attn-4 dense
@@ -139,10 +139,11 @@ case $stage in
   wan22-stack)
     # Wan2.2 A14B 4-step without CFG through the one call without a cache (a 4-step schedule leaves a cache nothing
     # to skip): enable_fast_stack(pipe) = draft attention (its default config) + regional compile on both experts,
-    # beside the same without draft and the default (flash-attn-4 dense alone: docs/benchmarks.md section 14); then
-    # the preset's draft attention alone (it also keeps block 0 dense; section 14 timed the default config)
+    # beside the same without draft, dense on flash-attn-4 (the fastest dense path) and on the model's own attention,
+    # and the default (flash-attn-4 dense without compile: docs/benchmarks.md section 14)
     run pipeline_wan22_stack 530 python3 scripts/benchmark_pipeline.py --models wan22-a14b-720p --steps 4 \
-      --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 515 --settings default,compile+draft,compile,preset \
+      --no-decode --warmup-steps 1 --max-warmup-calls 2 --budget-s 515 \
+      --settings default,compile+draft,fa4-dense+compile,compile \
       --out "$OUT/p22s"
     cat "$OUT/p22s/benchmark_pipeline.md" 2>/dev/null
     ;;

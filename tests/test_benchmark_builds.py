@@ -62,3 +62,19 @@ def test_pipeline_benchmark_draft_adds_against_the_faster_dense_stack():
     # the dense stack itself is compared with the same parts without it only
     assert bp.dense_baselines("compile+fa4-dense+fbcache-mag") == [frozenset({"compile", "fbcache-mag"})]
     assert bp.dense_baselines("fbcache-mag+compile") == []
+
+
+def test_pipeline_benchmark_fastest_dense_path_includes_compiled_flash_attn_4():
+    """The fastest dense path is any measured setting made of fa4-dense and compile only (in any order), never one
+    with a cache, float8 or draft attention."""
+    import benchmark_pipeline as bp
+
+    def run(seconds, has_draft=False):
+        return {"denoise_s": seconds, "steps": 2, "step_s": [seconds / 2] * 2, "classes": ["dense"] * 2,
+                "classes_50": ["dense"] * 2, "has_draft": has_draft}
+
+    settings = {"default": run(10.0), "fa4-dense": run(9.0), "compile+fa4-dense": run(7.0),
+                "fbcache-mag+compile": run(3.0), "compile+fp8": run(5.0), "compile+draft": run(4.0, True)}
+    rows = {r["setting"]: r for r in bp.summarize({"settings": settings})}
+    assert rows["compile+draft"]["fastest_dense"] == "compile+fa4-dense"
+    assert rows["compile+draft"]["vs_fastest_dense"] == 7.0 / 4.0

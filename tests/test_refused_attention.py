@@ -10,6 +10,8 @@ from draftattention_diffusers.models import require_family
     ("latte_transformer_3d", "LatteTransformer3DModel", "no 3D self-attention.*spatial.*temporal"),
     ("transformer_sana_video", "SanaVideoTransformer3DModel", "linear attention \\(SanaLinearAttnProcessor3_0"),
     ("transformer_sana_wm", "SanaWMTransformer3DModel", "linear \\(bidirectional gated delta-net"),
+    ("transformer_sana_wm_refiner", "SanaWMLTX2RefinerTransformer3DModel", "chunk-causal.*KV cache"),
+    ("transformer_kandinsky6_sr", "Kandinsky6SRTransformer3DModel", "already block-sparse.*NABLA"),
 ])
 def test_refused_with_its_reason(module, name, reason):
     import importlib

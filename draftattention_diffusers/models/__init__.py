@@ -67,6 +67,16 @@ REFUSED: dict[str, str] = {
         "sample (vision, sound, action), flattened into one ragged sequence, as queries over the understanding keys "
         "followed by their own, with grouped-query heads (enable_gqa): no call is self-attention over one video grid; "
         "Cosmos 1.0 / Predict2 / Predict2.5 (CosmosTransformer3DModel) are the Cosmos models draft attention serves"),
+    "Kandinsky6SRTransformer3DModel": (
+        "its self-attention is already block-sparse (Kandinsky6SRAttnProcessor, diffusers 0.42.1: NABLA, a BlockMask "
+        "chosen per call from pooled query/key statistics over 8x8-token blocks plus a sliding-tile window, on the "
+        "'flex' backend always): draft attention would replace that selection, not add to it; Kandinsky 6.0's "
+        "generator (Kandinsky6Transformer3DModel, Kandinsky6TI2VAPipeline) is served"),
+    "SanaWMLTX2RefinerTransformer3DModel": (
+        "its self-attention (SanaWMLTX2RefinerAttnProcessor, diffusers 0.42.1) is chunk-causal: the active block's "
+        "queries attend to a sliding-window KV cache of attention-sink and recent refined frames prepended to its "
+        "own keys, so queries and keys are not one video grid; draft attention's selection and kernels take "
+        "neither the cache nor the unequal lengths"),
 }
 
 _TINY_PREFIX = "tiny-"

@@ -96,6 +96,21 @@ def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
     return None, None
 
 
+def _section_owner(family, frame, pipe, pipe_frame) -> tuple[Any, Any]:
+    """The object whose ``__call__`` holds the section index of a pipeline that denoises in sections, and its frame:
+    the innermost ``__call__`` frame between ``frame`` (the transformer's caller) and the pipeline's whose ``self``
+    is one of ``family.section_loops`` (a modular pipeline's loop block: Helios's chunk loop, its pyramid stage
+    loop; not its ``loop_step``), else the pipeline itself (a ``DiffusionPipeline`` whose ``__call__`` runs the
+    section loop)."""
+    names = family.section_loops
+    while names and frame is not None and frame is not pipe_frame:
+        obj = frame.f_locals.get("self")
+        if frame.f_code.co_name == "__call__" and any(c.__name__ in names for c in type(obj).__mro__):
+            return obj, frame
+        frame = frame.f_back
+    return pipe, pipe_frame
+
+
 def _user_chose_backend(processor_backend) -> bool:
     """The user picked diffusers' attention backend: ``set_attention_backend``, the ``attention_backend(...)``
     context manager or the ``DIFFUSERS_ATTN_BACKEND`` environment variable."""
@@ -317,12 +332,14 @@ class DraftAttnProcessor:
             uninstall(transformer)
             self._order.set(None, None)
             return
-        pipe, pipe_frame = _calling_pipeline(frame if frame is not None else sys._getframe(1))
+        frame = frame if frame is not None else sys._getframe(1)
+        pipe, pipe_frame = _calling_pipeline(frame)
         if pipe is not None:
             step_info = _pipeline_step(family, pipe, pipe_frame)
             key = getattr(pipe.scheduler, "timesteps", None)
             if key is not self._run_key:  # new timesteps: a new pipeline call (fresh statistics), or its next section
-                section = family.pipeline_section(pipe, pipe_frame.f_locals)
+                owner, owner_frame = _section_owner(family, frame, pipe, pipe_frame)
+                section = family.pipeline_section(owner, owner_frame.f_locals)
                 sections = self.stats.sections
                 if section and sections and sections[-1].index < section:  # the call goes on: the counts too
                     if self._untiled_run is self._run_key:

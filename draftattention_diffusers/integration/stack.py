@@ -205,9 +205,9 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     experts (cache-dit counts steps per expert); a diffusers cache that cannot run on this transformer or pipeline
     (its block classes missing from diffusers' block registry; First Block Cache on blocks that do not take
     ``hidden_states`` by that name, as Kandinsky 5's; First Block Cache or TaylorSeer in a pipeline that sets no
-    ``cache_context``, as FramePack's, HunyuanVideo I2V's, ChronoEdit's, Kandinsky 5's); ``fp8`` where torchao cannot
-    run float8; a pipeline that already
-    has draft attention, a cache or compiled blocks; unknown names. ``RuntimeError`` if a stack is already enabled.
+    ``cache_context``, as FramePack's, HunyuanVideo I2V's, ChronoEdit's, Kandinsky 5's, modular Wan's); a cache-dit
+    cache on a modular pipeline (cache-dit takes DiffusionPipelines); ``fp8`` where torchao cannot run float8; a
+    pipeline that already has draft attention, a cache or compiled blocks; unknown names. ``RuntimeError`` if a stack is already enabled.
     """
     transformers, names, families = _transformers(pipe)
     if any(n is None for n in names):
@@ -237,6 +237,10 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     cache_obj, library, cache_name, calibrator = _cache_config(cache, calibrator, draft_cfg, num_inference_steps,
                                                                transformers)
     _check_combination(cache_obj, library, compile, compute_mask, len(transformers), num_inference_steps)
+    if library == "cache-dit" and _is_modular(pipe):
+        raise ValueError(f"cache-dit's enable_cache takes a DiffusionPipeline (or a BlockAdapter), not a modular "
+                         f"pipeline ({type(pipe).__name__}, cache-dit 1.5.3); use cache=None or a diffusers cache "
+                         "that its denoise loop supports")
     for t in transformers if library == "diffusers" else ():
         why = _diffusers_cache_problem(pipe, t, cache_obj)
         if why:
@@ -516,6 +520,12 @@ def _check_fp8(kind: str) -> None:
         _check_hardware_support((gran, gran))
     except AssertionError as e:
         raise ValueError(f"fp8: torchao cannot run float8 dynamic quantization here: {e}") from None
+
+
+def _is_modular(pipe) -> bool:
+    from diffusers.modular_pipelines import ModularPipeline
+
+    return isinstance(pipe, ModularPipeline)
 
 
 def _import_cache_dit():

@@ -214,8 +214,9 @@ class ModelFamily:
     """Further pipeline classes built on its transformers that the Python API serves (named in messages)."""
     section_loops: ClassVar[dict[str, str]] = {}
     """Pipelines (class names) that denoise a video in sections within one call, each section a whole denoising loop
-    with new timesteps -> the local variable of their ``__call__`` holding the index of the section being denoised
-    (0 first), or that the family's :meth:`pipeline_section` derives it from. Each section runs its own schedule (its
+    with new timesteps, and the blocks of modular pipelines that run such a loop -> the local variable of their
+    ``__call__`` holding the index of the section being denoised (0 first), or that the family's
+    :meth:`pipeline_section` derives it from (the innermost such frame above the transformer call is read). Each section runs its own schedule (its
     dense warm-up steps); the statistics cover the whole call, section by section (:meth:`pipeline_section`).
     Pipelines not named here run one loop per call."""
     sections_reset_after: ClassVar[tuple[str, ...]] = ()
@@ -344,14 +345,14 @@ class ModelFamily:
         the running pipeline call's locals; None (the default): ask the scheduler."""
         return None
 
-    def pipeline_section(self, pipe, pipeline_locals: dict[str, Any]) -> int | None:
-        """The index of the section that a running call of one of :attr:`section_loops`' pipelines denoises (0
-        first), read from the call's locals at the first forward after new timesteps (where the section loop has just
-        set it; the pipelines' step-callback loops reuse the name later); None for other pipelines (one denoising
-        loop per call)."""
-        name = next((self.section_loops[c.__name__] for c in type(pipe).__mro__ if c.__name__ in self.section_loops),
+    def pipeline_section(self, owner, owner_locals: dict[str, Any]) -> int | None:
+        """The index of the section that a running call of one of :attr:`section_loops`' pipelines (or modular loop
+        blocks: ``owner``) denoises (0 first), read from its ``__call__``'s locals at the first forward after new
+        timesteps (where the section loop has just set it; the pipelines' step-callback loops reuse the name later);
+        None for other pipelines (one denoising loop per call)."""
+        name = next((self.section_loops[c.__name__] for c in type(owner).__mro__ if c.__name__ in self.section_loops),
                     None)
-        index = None if name is None else pipeline_locals.get(name)
+        index = None if name is None else owner_locals.get(name)
         return index if type(index) is int and index >= 0 else None
 
     def pipeline_resets_after_sections(self, pipe) -> bool:

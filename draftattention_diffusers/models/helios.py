@@ -16,7 +16,9 @@ sixth parameter (``image_rotary_emb``) and hands on as ``key_rope`` (next to the
 Tokens are gathered per call (no tile-order hooks): the model's RoPE module also builds the history tables, and its
 output norm slices the chunk's tokens by position. ``HeliosPipeline`` resets its scheduler per chunk, so every chunk
 has its own dense warm-up steps; the statistics cover the whole call, chunk by chunk (``section_loops``: its chunk
-index is its ``k``).
+index is its ``k``). ``HeliosPyramidPipeline`` resets it per stage of each chunk too (section = chunk x stages +
+stage, :meth:`HeliosFamily.pipeline_section`); the modular Helios pipelines run the same loops in blocks, which
+``section_loops`` names too.
 """
 
 from __future__ import annotations
@@ -61,8 +63,11 @@ class HeliosFamily(ModelFamily):
     pipelines = {"HeliosPipeline": LoadRecipe(torch.bfloat16, torch.float32, torch.bfloat16,
                                               inputs=(PipelineInput("image", "image"),
                                                       PipelineInput("video", "video")))}
-    other_pipelines = ()
-    section_loops = {"HeliosPipeline": "k"}  # for k in range(num_latent_chunk): scheduler.set_timesteps
+    other_pipelines = ("HeliosPyramidPipeline", "HeliosModularPipeline")
+    # the chunk loop (for k in range(num_latent_chunk)) sets new timesteps per chunk and, in the pyramid pipelines,
+    # per stage (for stage_idx / i_s in range(pyramid_num_stages)); modular pipelines run those loops in blocks
+    section_loops = {"HeliosPipeline": "k", "HeliosPyramidPipeline": "k", "HeliosChunkLoopWrapper": "k",
+                     "HeliosPyramidChunkDenoiseInner": "k", "HeliosPyramidDistilledChunkDenoiseInner": "k"}
     default_fps = 24
     # HeliosPipeline generates whole chunks of 4 (num_latent_frames_per_chunk - 1) + 1 = 33 frames (its default 9
     # latent frames a chunk) and cuts the video to 4k + 1 frames: 32k + 1 frames (33, 65, 129) come out as asked
@@ -76,6 +81,15 @@ class HeliosFamily(ModelFamily):
     # run with draft attention, whose leading history prefix a split sequence would cut
     cp_unsupported_because = ("diffusers' context-parallel plan for it splits the [history | chunk] sequence over the "
                               "ranks, which has not been verified with draft attention's dense history prefix")
+
+    def pipeline_section(self, owner, owner_locals):
+        # a pyramid chunk denoises in stages, each a loop with new timesteps: section = chunk x stages + stage
+        chunk = super().pipeline_section(owner, owner_locals)
+        stage = next((owner_locals[n] for n in ("stage_idx", "i_s") if type(owner_locals.get(n)) is int), None)
+        stages = owner_locals.get("pyramid_num_stages")
+        if chunk is None or stage is None or type(stages) is not int:
+            return chunk
+        return chunk * stages + stage
 
     def grid(self, transformer, latents):  # the current chunk [B, C, T, H, W]
         p_t, p_h, p_w = transformer.config.patch_size

@@ -94,11 +94,11 @@ class WanAnimateFamily(WanFamily):
     cp_unsupported_because = ("diffusers has no context-parallel plan for it, and its face adapter splits the video "
                               "tokens into frames by position, which a split sequence would have to follow")
 
-    def pipeline_section(self, pipe, pipeline_locals):
+    def pipeline_section(self, owner, owner_locals):
         # the segment loop has no index variable: its segment starts at frame `start`, segments apart by
         # `effective_segment_length` (segment_frame_length - prev_segment_conditioning_frames)
-        start = super().pipeline_section(pipe, pipeline_locals)
-        length = pipeline_locals.get("effective_segment_length")
+        start = super().pipeline_section(owner, owner_locals)
+        length = owner_locals.get("effective_segment_length")
         return start // length if start is not None and type(length) is int and length > 0 else None
 
     def roles(self, transformer, current):

@@ -1,0 +1,154 @@
+"""Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
+diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, HunyuanVideo-1.5 and Helios with the tiny models'
+components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
+``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
+``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
+pixels), so the tile order is not the identity."""
+
+import pytest
+import torch
+from diffusers.guiders import ClassifierFreeGuidance
+from stack_utils import diff_footprints, footprint
+
+from draftattention_diffusers import draft_attention_enabled, enable_draft_attention, get_draft_stats
+from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
+
+SIZE = dict(height=256, width=512, num_frames=9)
+# Helios: two chunks of 2 latent frames (5 frames each) of 16 x 32 tokens (2 x 2 regions)
+HELIOS_CHUNKS = dict(height=256, width=512, num_frames=10, num_latent_frames_per_chunk=2)
+
+
+def _blocks(family: str):
+    """(tiny pipeline name, the modular denoise blocks, the components they take beyond transformer and scheduler,
+    call size)."""
+    if family == "wan":
+        from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
+        return "wan", WanCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=4.0)), SIZE
+    if family == "wan22":
+        from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
+        return "wan22", Wan22CoreDenoiseStep(), lambda p: dict(
+            transformer_2=p.transformer_2, guider=ClassifierFreeGuidance(guidance_scale=4.0),
+            guider_2=ClassifierFreeGuidance(guidance_scale=3.0)), SIZE
+    if family == "ltx":
+        from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep
+        # its VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
+        return "ltx", LTXCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=3.0)), \
+            dict(height=512, width=1024, num_frames=17)
+    if family == "hunyuan15":  # with the VAE decoder, whose VAE gives the latent channel count; the decode is most of
+        # the time on a CPU, so 2 latent frames of 8 x 32 tokens (two regions side by side)
+        from diffusers.modular_pipelines import SequentialPipelineBlocks
+        from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
+            HunyuanVideo15CoreDenoiseStep, HunyuanVideo15VaeDecoderStep)
+        blocks = SequentialPipelineBlocks.from_blocks_dict(
+            {"denoise": HunyuanVideo15CoreDenoiseStep(), "decode": HunyuanVideo15VaeDecoderStep()})
+        return "hunyuan15", blocks, lambda p: dict(guider=p.guider, vae=p.vae), dict(height=128, width=512, num_frames=5)
+    if family == "helios":
+        from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosCoreDenoiseStep
+        return "helios", HeliosCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=4.0)), \
+            HELIOS_CHUNKS
+    if family == "helios-pyramid":  # each chunk in three stages (8 x 16, 16 x 32, 32 x 64 latents)
+        from diffusers import HeliosScheduler
+        from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
+        return "helios", HeliosPyramidCoreDenoiseStep(), lambda p: dict(
+            scheduler=HeliosScheduler(stages=3), guider=ClassifierFreeGuidance(guidance_scale=4.0)), \
+            dict(HELIOS_CHUNKS, pyramid_num_inference_steps_list=[2, 2, 2])
+    raise ValueError(family)
+
+
+def modular(family: str):
+    """A modular pipeline of ``family``'s denoise blocks on its tiny model, its call and a forward counter."""
+    tiny, blocks, extra, size = _blocks(family)
+    base = build_tiny_pipeline(tiny, num_layers=1)
+    pipe = blocks.init_pipeline()
+    pipe.update_components(**{"transformer": base.transformer, "scheduler": base.scheduler, **extra(base)})
+    forwards = []
+    for name in ("transformer", "transformer_2"):  # Wan2.2: both experts
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).register_forward_pre_hook(lambda m, a: forwards.append(1))
+    kwargs = dict(tiny_prompt_kwargs(base), **size)
+
+    def call(steps: int) -> torch.Tensor:  # (the pyramid's steps: its pyramid_num_inference_steps_list)
+        count = {} if "pyramid_num_inference_steps_list" in kwargs else dict(num_inference_steps=steps)
+        return pipe(**kwargs, **count, generator=torch.Generator().manual_seed(0), output="latents")
+    return pipe, call, forwards
+
+
+@pytest.mark.parametrize("family", ["wan", "wan22", "ltx", "hunyuan15", "helios"])
+def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
+    pipe, call, forwards = modular(family)
+    before = footprint(pipe)
+    dense = call(steps=4)
+    with draft_attention_enabled(pipe, sparsity=0.0, dense_steps_fraction=0.0):
+        every_tile = call(steps=4)
+        stats = get_draft_stats(pipe).summary()
+    assert stats["sparse_calls"] > 0 and stats["dense_calls"] == 0 and stats["fallbacks"] == {}
+    assert (every_tile - dense).abs().max().item() <= 1e-5 * max(1.0, dense.abs().max().item())
+
+    forwards.clear()
+    with draft_attention_enabled(pipe, sparsity=0.75):  # 8 steps: 2 dense, 6 sparse (per chunk for Helios)
+        sparse = call(steps=8)
+        stats = get_draft_stats(pipe).summary()
+    schedule = {0: "dense", 1: "dense", **{i: "sparse" for i in range(2, 8)}}
+    chunks = max(1, len(stats["sections"]))
+    assert stats["forwards"] == len(forwards)  # every forward of the call, all chunks
+    assert [s["steps"] for s in stats["sections"]] == ([schedule] * 2 if family == "helios" else [])
+    if family != "helios":
+        assert stats["steps"] == schedule
+    assert stats["sparse_calls"] == 3 * stats["dense_calls"] > 0 and chunks * 8 * 2 == len(forwards)  # CFG: 2 a step
+    assert stats["mean_sparsity"] > 0.6 and torch.isfinite(sparse).all() and not torch.equal(sparse, dense)
+
+    assert diff_footprints(before, footprint(pipe)) == []  # disabled: no hook or processor left
+    assert torch.equal(call(steps=4), dense)
+
+
+@pytest.mark.parametrize("pipeline", ["modular", "classic"])
+def test_helios_pyramid_statistics_cover_every_chunk_and_stage(pipeline):
+    # each stage of a pyramid chunk is a denoising loop with new timesteps and its own warm-up (1 of 2 steps dense);
+    # the statistics cover the whole call, one section per chunk and stage, and the next call starts fresh
+    if pipeline == "modular":
+        pipe, call, forwards = modular("helios-pyramid")
+    else:
+        from diffusers import HeliosPyramidPipeline, HeliosScheduler
+        base = build_tiny_pipeline("helios", num_layers=1)
+        pipe = HeliosPyramidPipeline(tokenizer=None, text_encoder=None, vae=base.vae, transformer=base.transformer,
+                                     scheduler=HeliosScheduler(stages=3))
+        forwards = []
+        pipe.transformer.register_forward_pre_hook(lambda m, a: forwards.append(1))
+
+        def call(steps):
+            return pipe(**tiny_prompt_kwargs(base), **HELIOS_CHUNKS,
+                        pyramid_num_inference_steps_list=[steps] * 3, output_type="latent",
+                        generator=torch.Generator().manual_seed(0)).frames
+    enable_draft_attention(pipe, sparsity=0.75)
+    for _ in range(2):  # the second call's statistics are its own
+        forwards.clear()
+        call(2)
+        stats = get_draft_stats(pipe).summary()
+        assert [s["section"] for s in stats["sections"]] == list(range(6))  # 2 chunks x 3 stages
+        assert all(s["steps"] == {0: "dense", 1: "sparse"} for s in stats["sections"])
+        assert stats["forwards"] == len(forwards) == 2 * 3 * 2 * 2  # chunks x stages x steps x CFG
+        # stage 0's grid (2 frames of 4 x 8 tokens) is under one tile: dense, and said so; stages 1-2 sparse
+        assert [(s["sparse_calls"], s["dense_calls"]) for s in stats["sections"]] == [(0, 4), (2, 2), (2, 2)] * 2
+        assert list(stats["fallbacks"].values()) == [4] and "fewer than one 128-token tile" in str(stats["fallbacks"])
+
+
+def test_fast_stack_on_a_modular_pipeline_refuses_what_cannot_run_and_runs_the_rest():
+    pytest.importorskip("cache_dit")
+    from draftattention_diffusers import disable_fast_stack, enable_fast_stack
+
+    pipe, call, _ = modular("wan")
+    before = footprint(pipe)
+    dense = call(steps=4)
+    # modular Wan's loop sets no cache_context (diffusers 0.42.1), and cache-dit takes DiffusionPipelines only
+    for cache, why in (("first_block", "does not wrap its transformer calls in `transformer.cache_context"),
+                       ("dbcache", "not a modular pipeline")):
+        with pytest.raises(ValueError, match=why):
+            enable_fast_stack(pipe, cache, compile=False)
+        assert diff_footprints(before, footprint(pipe)) == []
+    enable_fast_stack(pipe, None, compile=False, sparsity=0.0, dense_steps_fraction=0.0)
+    try:
+        assert (call(steps=4) - dense).abs().max().item() <= 1e-5 * max(1.0, dense.abs().max().item())
+        assert get_draft_stats(pipe).summary()["sparse_calls"] > 0
+    finally:
+        disable_fast_stack(pipe)
+    assert diff_footprints(before, footprint(pipe)) == []

@@ -1,6 +1,6 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
-diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, HunyuanVideo-1.5 and Helios with the tiny models'
-components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
+diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios with the tiny
+models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
 ``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
 ``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
 pixels), so the tile order is not the identity."""
@@ -18,54 +18,78 @@ SIZE = dict(height=256, width=512, num_frames=9)
 HELIOS_CHUNKS = dict(height=256, width=512, num_frames=10, num_latent_frames_per_chunk=2)
 
 
-def _blocks(family: str):
-    """(tiny pipeline name, the modular denoise blocks, the components they take beyond transformer and scheduler,
-    call size)."""
-    if family == "wan":
-        from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
-        return "wan", WanCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=4.0)), SIZE
-    if family == "wan22":
-        from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
-        return "wan22", Wan22CoreDenoiseStep(), lambda p: dict(
-            transformer_2=p.transformer_2, guider=ClassifierFreeGuidance(guidance_scale=4.0),
-            guider_2=ClassifierFreeGuidance(guidance_scale=3.0)), SIZE
-    if family == "ltx":
-        from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep
-        # its VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
-        return "ltx", LTXCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=3.0)), \
-            dict(height=512, width=1024, num_frames=17)
-    if family == "hunyuan15":  # with the VAE decoder, whose VAE gives the latent channel count; the decode is most of
-        # the time on a CPU, so 2 latent frames of 8 x 32 tokens (two regions side by side)
-        from diffusers.modular_pipelines import SequentialPipelineBlocks
-        from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
-            HunyuanVideo15CoreDenoiseStep, HunyuanVideo15VaeDecoderStep)
-        blocks = SequentialPipelineBlocks.from_blocks_dict(
-            {"denoise": HunyuanVideo15CoreDenoiseStep(), "decode": HunyuanVideo15VaeDecoderStep()})
-        return "hunyuan15", blocks, lambda p: dict(guider=p.guider, vae=p.vae), dict(height=128, width=512, num_frames=5)
-    if family == "helios":
-        from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosCoreDenoiseStep
-        return "helios", HeliosCoreDenoiseStep(), lambda p: dict(guider=ClassifierFreeGuidance(guidance_scale=4.0)), \
-            HELIOS_CHUNKS
-    if family == "helios-pyramid":  # each chunk in three stages (8 x 16, 16 x 32, 32 x 64 latents)
-        from diffusers import HeliosScheduler
-        from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
-        return "helios", HeliosPyramidCoreDenoiseStep(), lambda p: dict(
-            scheduler=HeliosScheduler(stages=3), guider=ClassifierFreeGuidance(guidance_scale=4.0)), \
-            dict(HELIOS_CHUNKS, pyramid_num_inference_steps_list=[2, 2, 2])
-    raise ValueError(family)
+def _cfg(scale: float) -> ClassifierFreeGuidance:
+    return ClassifierFreeGuidance(guidance_scale=scale)
+
+
+def _ltx2_prompt(base) -> dict:
+    """LTX-2's denoise blocks take the text connectors' outputs (LTX2TextConnectorStep computes them from a
+    tokenizer's padding side, which the tiny pipeline has not): computed here as that step does."""
+    kw = tiny_prompt_kwargs(base)
+    emb = torch.cat([kw["negative_prompt_embeds"], kw["prompt_embeds"]])
+    mask = torch.cat([kw["negative_prompt_attention_mask"], kw["prompt_attention_mask"]])
+    with torch.no_grad():
+        video, audio, keep = base.connectors(emb, mask, padding_side="left")
+    return dict(negative_connector_prompt_embeds=video[:1], negative_connector_audio_prompt_embeds=audio[:1],
+                negative_connector_attention_mask=keep[:1], connector_prompt_embeds=video[1:],
+                connector_audio_prompt_embeds=audio[1:], connector_attention_mask=keep[1:], batch_size=1,
+                frame_rate=24.0, dtype=torch.float32)
+
+
+def _blocks(family: str) -> dict:
+    """How to build ``family``'s modular pipeline: the tiny pipeline whose components it takes, diffusers' denoise
+    blocks, the components beyond transformer and scheduler, the call's size and prompt, the components created
+    from the blocks' own defaults, and the transformer forwards per step."""
+    from diffusers import HeliosScheduler
+    from diffusers.modular_pipelines import SequentialPipelineBlocks
+    from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosCoreDenoiseStep
+    from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
+    from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
+        HunyuanVideo15CoreDenoiseStep, HunyuanVideo15VaeDecoderStep)
+    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import LTX2CoreDenoiseStep
+    from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep
+    from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
+    from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
+
+    plain = dict(prompt=tiny_prompt_kwargs, load=(), passes=2)  # classifier-free guidance: 2 forwards a step
+    return {
+        "wan": dict(plain, tiny="wan", blocks=WanCoreDenoiseStep, size=SIZE, components=lambda p: dict(guider=_cfg(4))),
+        "wan22": dict(plain, tiny="wan22", blocks=Wan22CoreDenoiseStep, size=SIZE, components=lambda p: dict(
+            transformer_2=p.transformer_2, guider=_cfg(4), guider_2=_cfg(3))),
+        # LTX's VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
+        "ltx": dict(plain, tiny="ltx", blocks=LTXCoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
+                    components=lambda p: dict(guider=_cfg(3))),
+        # LTX-2: its own guiders (LTX2Guidance: conditional, unconditional, STG and modality-isolated passes)
+        "ltx2": dict(tiny="ltx2", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
+                     components=lambda p: dict(audio_vae=p.audio_vae), prompt=_ltx2_prompt,
+                     load=("guider", "audio_guider"), passes=4),
+        # with the VAE decoder, whose VAE gives the latent channel count; the decode is most of the time on a CPU,
+        # so 2 latent frames of 8 x 32 tokens (two regions side by side)
+        "hunyuan15": dict(plain, tiny="hunyuan15", blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
+            {"denoise": HunyuanVideo15CoreDenoiseStep(), "decode": HunyuanVideo15VaeDecoderStep()}),
+            size=dict(height=128, width=512, num_frames=5), components=lambda p: dict(guider=p.guider, vae=p.vae)),
+        "helios": dict(plain, tiny="helios", blocks=HeliosCoreDenoiseStep, size=HELIOS_CHUNKS,
+                       components=lambda p: dict(guider=_cfg(4))),
+        # each chunk in three stages (8 x 16, 16 x 32, 32 x 64 latents)
+        "helios-pyramid": dict(plain, tiny="helios", blocks=HeliosPyramidCoreDenoiseStep,
+                               size=dict(HELIOS_CHUNKS, pyramid_num_inference_steps_list=[2, 2, 2]),
+                               components=lambda p: dict(scheduler=HeliosScheduler(stages=3), guider=_cfg(4))),
+    }[family]
 
 
 def modular(family: str):
     """A modular pipeline of ``family``'s denoise blocks on its tiny model, its call and a forward counter."""
-    tiny, blocks, extra, size = _blocks(family)
-    base = build_tiny_pipeline(tiny, num_layers=1)
-    pipe = blocks.init_pipeline()
-    pipe.update_components(**{"transformer": base.transformer, "scheduler": base.scheduler, **extra(base)})
+    how = _blocks(family)
+    base = build_tiny_pipeline(how["tiny"], num_layers=1)
+    pipe = how["blocks"]().init_pipeline()
+    pipe.update_components(**{"transformer": base.transformer, "scheduler": base.scheduler, **how["components"](base)})
+    if how["load"]:
+        pipe.load_components(names=list(how["load"]))  # from the blocks' default configs, no download
     forwards = []
     for name in ("transformer", "transformer_2"):  # Wan2.2: both experts
         if getattr(pipe, name, None) is not None:
             getattr(pipe, name).register_forward_pre_hook(lambda m, a: forwards.append(1))
-    kwargs = dict(tiny_prompt_kwargs(base), **size)
+    kwargs = dict(how["prompt"](base), **how["size"])
 
     def call(steps: int) -> torch.Tensor:  # (the pyramid's steps: its pyramid_num_inference_steps_list)
         count = {} if "pyramid_num_inference_steps_list" in kwargs else dict(num_inference_steps=steps)
@@ -73,7 +97,7 @@ def modular(family: str):
     return pipe, call, forwards
 
 
-@pytest.mark.parametrize("family", ["wan", "wan22", "ltx", "hunyuan15", "helios"])
+@pytest.mark.parametrize("family", ["wan", "wan22", "ltx", "ltx2", "hunyuan15", "helios"])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)
     before = footprint(pipe)
@@ -94,7 +118,7 @@ def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(famil
     assert [s["steps"] for s in stats["sections"]] == ([schedule] * 2 if family == "helios" else [])
     if family != "helios":
         assert stats["steps"] == schedule
-    assert stats["sparse_calls"] == 3 * stats["dense_calls"] > 0 and chunks * 8 * 2 == len(forwards)  # CFG: 2 a step
+    assert stats["sparse_calls"] == 3 * stats["dense_calls"] > 0 and len(forwards) == chunks * 8 * _blocks(family)["passes"]
     assert stats["mean_sparsity"] > 0.6 and torch.isfinite(sparse).all() and not torch.equal(sparse, dense)
 
     assert diff_footprints(before, footprint(pipe)) == []  # disabled: no hook or processor left

@@ -1,6 +1,6 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
-diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios with the tiny
-models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
+diffusers ships for Wan2.1, Wan2.2 (two experts; text- and image-to-video), LTX-Video, LTX-2, HunyuanVideo-1.5 and
+Helios with the tiny models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
 ``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
 ``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
 pixels), so the tile order is not the identity."""
@@ -20,6 +20,13 @@ HELIOS_CHUNKS = dict(height=256, width=512, num_frames=10, num_latent_frames_per
 
 def _cfg(scale: float) -> ClassifierFreeGuidance:
     return ClassifierFreeGuidance(guidance_scale=scale)
+
+
+def _image():
+    import PIL.Image
+
+    pixels = torch.Generator().manual_seed(0)
+    return PIL.Image.fromarray((torch.rand(256, 512, 3, generator=pixels) * 255).to(torch.uint8).numpy())
 
 
 def _ltx2_prompt(base) -> dict:
@@ -50,12 +57,21 @@ def _blocks(family: str) -> dict:
     from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
+    from diffusers.modular_pipelines.wan.modular_blocks_wan22_i2v import (Wan22Image2VideoCoreDenoiseStep,
+                                                                          WanImage2VideoVaeEncoderStep)
 
     plain = dict(prompt=tiny_prompt_kwargs, load=(), passes=2)  # classifier-free guidance: 2 forwards a step
     return {
         "wan": dict(plain, tiny="wan", blocks=WanCoreDenoiseStep, size=SIZE, components=lambda p: dict(guider=_cfg(4))),
         "wan22": dict(plain, tiny="wan22", blocks=Wan22CoreDenoiseStep, size=SIZE, components=lambda p: dict(
             transformer_2=p.transformer_2, guider=_cfg(4), guider_2=_cfg(3))),
+        # image-to-video: the blocks' VAE encoder step encodes the image (36-channel transformer input)
+        "wan22-i2v": dict(plain, tiny="wan22-i2v", load=("video_processor",), size=dict(SIZE, image=_image()),
+                          blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
+                              {"vae_encoder": WanImage2VideoVaeEncoderStep(),
+                               "denoise": Wan22Image2VideoCoreDenoiseStep()}),
+                          components=lambda p: dict(transformer_2=p.transformer_2, vae=p.vae, guider=_cfg(4),
+                                                    guider_2=_cfg(3))),
         # LTX's VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
         "ltx": dict(plain, tiny="ltx", blocks=LTXCoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                     components=lambda p: dict(guider=_cfg(3))),
@@ -97,7 +113,7 @@ def modular(family: str):
     return pipe, call, forwards
 
 
-@pytest.mark.parametrize("family", ["wan", "wan22", "ltx", "ltx2", "hunyuan15", "helios"])
+@pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "hunyuan15", "helios"])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)
     before = footprint(pipe)

@@ -207,7 +207,8 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     ``hidden_states`` by that name, as Kandinsky 5's; First Block Cache or TaylorSeer in a pipeline that sets no
     ``cache_context``, as FramePack's, HunyuanVideo I2V's, ChronoEdit's, Kandinsky 5's, modular Wan's); a cache-dit
     cache on a modular pipeline (cache-dit takes DiffusionPipelines); ``fp8`` where torchao cannot run float8; a
-    pipeline that already has draft attention, a cache or compiled blocks; unknown names. ``RuntimeError`` if a stack is already enabled.
+    pipeline that already has draft attention, a cache or compiled blocks; unknown names. ``RuntimeError`` if a
+    stack is already enabled.
     """
     transformers, names, families = _transformers(pipe)
     if any(n is None for n in names):

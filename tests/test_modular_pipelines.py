@@ -1,6 +1,6 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
-diffusers ships for Wan2.1, Wan2.2 (two experts; text- and image-to-video), LTX-Video, LTX-2, HunyuanVideo-1.5 and
-Helios with the tiny models' components. The step comes from the modular pipeline on the call stack and its
+diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios (image-to-video too,
+with their encoder steps, for Wan2.2, LTX, HunyuanVideo-1.5 and Helios) with the tiny models' components. The step comes from the modular pipeline on the call stack and its
 scheduler, as for a ``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop)
 in blocks, whose ``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per
 frame (256 x 512 pixels), so the tile order is not the identity."""
@@ -22,11 +22,11 @@ def _cfg(scale: float) -> ClassifierFreeGuidance:
     return ClassifierFreeGuidance(guidance_scale=scale)
 
 
-def _image():
+def _image(height: int, width: int):
     import PIL.Image
 
     pixels = torch.Generator().manual_seed(0)
-    return PIL.Image.fromarray((torch.rand(256, 512, 3, generator=pixels) * 255).to(torch.uint8).numpy())
+    return PIL.Image.fromarray((torch.rand(height, width, 3, generator=pixels) * 255).to(torch.uint8).numpy())
 
 
 def _ltx2_prompt(base) -> dict:
@@ -43,18 +43,29 @@ def _ltx2_prompt(base) -> dict:
                 frame_rate=24.0, dtype=torch.float32)
 
 
+def _without(blocks_class, *names):
+    """diffusers' whole blocks for a task without the named sub-blocks (the text encoder: the tiny pipelines pass
+    embeddings; the decoder where the test reads latents)."""
+    def build():
+        blocks = blocks_class()
+        for name in names:
+            blocks.sub_blocks.pop(name)
+        return blocks
+    return build
+
+
 def _blocks(family: str) -> dict:
     """How to build ``family``'s modular pipeline: the tiny pipeline whose components it takes, diffusers' denoise
     blocks, the components beyond transformer and scheduler, the call's size and prompt, the components created
     from the blocks' own defaults, and the transformer forwards per step."""
     from diffusers import HeliosScheduler
     from diffusers.modular_pipelines import SequentialPipelineBlocks
-    from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosCoreDenoiseStep
+    from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosAutoBlocks, HeliosCoreDenoiseStep
     from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
     from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
-        HunyuanVideo15CoreDenoiseStep, HunyuanVideo15VaeDecoderStep)
+        HunyuanVideo15CoreDenoiseStep, HunyuanVideo15Image2VideoBlocks, HunyuanVideo15VaeDecoderStep)
     from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import LTX2CoreDenoiseStep
-    from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep
+    from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep, LTXImage2VideoBlocks
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan22_i2v import (Wan22Image2VideoCoreDenoiseStep,
@@ -66,7 +77,7 @@ def _blocks(family: str) -> dict:
         "wan22": dict(plain, tiny="wan22", blocks=Wan22CoreDenoiseStep, size=SIZE, components=lambda p: dict(
             transformer_2=p.transformer_2, guider=_cfg(4), guider_2=_cfg(3))),
         # image-to-video: the blocks' VAE encoder step encodes the image (36-channel transformer input)
-        "wan22-i2v": dict(plain, tiny="wan22-i2v", load=("video_processor",), size=dict(SIZE, image=_image()),
+        "wan22-i2v": dict(plain, tiny="wan22-i2v", load=("video_processor",), size=dict(SIZE, image=_image(256, 512)),
                           blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
                               {"vae_encoder": WanImage2VideoVaeEncoderStep(),
                                "denoise": Wan22Image2VideoCoreDenoiseStep()}),
@@ -75,6 +86,10 @@ def _blocks(family: str) -> dict:
         # LTX's VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
         "ltx": dict(plain, tiny="ltx", blocks=LTXCoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                     components=lambda p: dict(guider=_cfg(3))),
+        "ltx-i2v": dict(plain, tiny="ltx", blocks=_without(LTXImage2VideoBlocks, "text_encoder", "decode"),
+                        load=("pachifier", "video_processor"),
+                        size=dict(height=512, width=1024, num_frames=17, image=_image(512, 1024)),
+                        components=lambda p: dict(vae=p.vae, guider=_cfg(3))),
         # LTX-2: its own guiders (LTX2Guidance: conditional, unconditional, STG and modality-isolated passes)
         "ltx2": dict(tiny="ltx2", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                      components=lambda p: dict(audio_vae=p.audio_vae), prompt=_ltx2_prompt,
@@ -84,8 +99,18 @@ def _blocks(family: str) -> dict:
         "hunyuan15": dict(plain, tiny="hunyuan15", blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
             {"denoise": HunyuanVideo15CoreDenoiseStep(), "decode": HunyuanVideo15VaeDecoderStep()}),
             size=dict(height=128, width=512, num_frames=5), components=lambda p: dict(guider=p.guider, vae=p.vae)),
+        "hunyuan15-i2v": dict(plain, tiny="hunyuan15-i2v", blocks=_without(HunyuanVideo15Image2VideoBlocks,
+                                                                            "text_encoder"),
+                              load=("video_processor",),
+                              size=dict(height=128, width=512, num_frames=5, image=_image(128, 512)),
+                              components=lambda p: dict(vae=p.vae, guider=p.guider, image_encoder=p.image_encoder,
+                                                        feature_extractor=p.feature_extractor)),
         "helios": dict(plain, tiny="helios", blocks=HeliosCoreDenoiseStep, size=HELIOS_CHUNKS,
                        components=lambda p: dict(guider=_cfg(4))),
+        # the auto blocks with an image: image-to-video's VAE encoder and denoise steps
+        "helios-i2v": dict(plain, tiny="helios", blocks=_without(HeliosAutoBlocks, "text_encoder", "decode"),
+                           load=("video_processor",), size=dict(HELIOS_CHUNKS, image=_image(256, 512)),
+                           components=lambda p: dict(vae=p.vae, guider=_cfg(4))),
         # each chunk in three stages (8 x 16, 16 x 32, 32 x 64 latents)
         "helios-pyramid": dict(plain, tiny="helios", blocks=HeliosPyramidCoreDenoiseStep,
                                size=dict(HELIOS_CHUNKS, pyramid_num_inference_steps_list=[2, 2, 2]),
@@ -113,7 +138,9 @@ def modular(family: str):
     return pipe, call, forwards
 
 
-@pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "hunyuan15", "helios"])
+@pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "hunyuan15", "helios",
+                                    *(pytest.param(f, marks=pytest.mark.slow)  # the same path, image-conditioned
+                                      for f in ("ltx-i2v", "hunyuan15-i2v", "helios-i2v"))])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)
     before = footprint(pipe)
@@ -131,8 +158,9 @@ def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(famil
     schedule = {0: "dense", 1: "dense", **{i: "sparse" for i in range(2, 8)}}
     chunks = max(1, len(stats["sections"]))
     assert stats["forwards"] == len(forwards)  # every forward of the call, all chunks
-    assert [s["steps"] for s in stats["sections"]] == ([schedule] * 2 if family == "helios" else [])
-    if family != "helios":
+    helios = family.startswith("helios")
+    assert [s["steps"] for s in stats["sections"]] == ([schedule] * 2 if helios else [])
+    if not helios:
         assert stats["steps"] == schedule
     assert stats["sparse_calls"] == 3 * stats["dense_calls"] > 0
     assert len(forwards) == chunks * 8 * _blocks(family)["passes"]  # guidance passes a step

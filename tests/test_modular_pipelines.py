@@ -1,9 +1,10 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
 diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios (image-to-video too,
-with their encoder steps, for Wan2.2, LTX, HunyuanVideo-1.5 and Helios) with the tiny models' components. The step comes from the modular pipeline on the call stack and its
-scheduler, as for a ``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop)
-in blocks, whose ``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per
-frame (256 x 512 pixels), so the tile order is not the identity."""
+with their encoder steps, for Wan2.2, LTX, HunyuanVideo-1.5 and Helios) with the tiny models' components. The step
+comes from the modular pipeline on the call stack and its scheduler, as for a ``DiffusionPipeline``; Helios runs its
+chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose ``__call__`` holds the section index
+(``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512 pixels), so the tile order is not the
+identity."""
 
 import pytest
 import torch

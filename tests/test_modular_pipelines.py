@@ -1,10 +1,10 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
 diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios (image-to-video too,
-with their encoder steps, for Wan2.2, LTX, HunyuanVideo-1.5 and Helios) with the tiny models' components. The step
-comes from the modular pipeline on the call stack and its scheduler, as for a ``DiffusionPipeline``; Helios runs its
-chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose ``__call__`` holds the section index
-(``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512 pixels), so the tile order is not the
-identity."""
+with their encoder steps, for Wan2.2, LTX, LTX-2, HunyuanVideo-1.5 and Helios; Helios's video-to-video) with the
+tiny models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
+``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
+``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
+pixels), so the tile order is not the identity."""
 
 import pytest
 import torch
@@ -65,7 +65,8 @@ def _blocks(family: str) -> dict:
     from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
     from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
         HunyuanVideo15CoreDenoiseStep, HunyuanVideo15Image2VideoBlocks, HunyuanVideo15VaeDecoderStep)
-    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import LTX2CoreDenoiseStep
+    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import (LTX2AutoVaeEncoderStep, LTX2CoreDenoiseStep,
+                                                                      LTX2Image2VideoCoreDenoiseStep)
     from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep, LTXImage2VideoBlocks
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
@@ -92,6 +93,11 @@ def _blocks(family: str) -> dict:
                         size=dict(height=512, width=1024, num_frames=17, image=_image(512, 1024)),
                         components=lambda p: dict(vae=p.vae, guider=_cfg(3))),
         # LTX-2: its own guiders (LTX2Guidance: conditional, unconditional, STG and modality-isolated passes)
+        "ltx2-i2v": dict(tiny="ltx2", blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
+            {"vae_encoder": LTX2AutoVaeEncoderStep(), "denoise": LTX2Image2VideoCoreDenoiseStep()}),
+            size=dict(height=512, width=1024, num_frames=17, image=_image(512, 1024)),
+            components=lambda p: dict(audio_vae=p.audio_vae, vae=p.vae), prompt=_ltx2_prompt,
+            load=("guider", "audio_guider", "video_processor"), passes=4),
         "ltx2": dict(tiny="ltx2", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                      components=lambda p: dict(audio_vae=p.audio_vae), prompt=_ltx2_prompt,
                      load=("guider", "audio_guider"), passes=4),
@@ -108,6 +114,10 @@ def _blocks(family: str) -> dict:
                                                         feature_extractor=p.feature_extractor)),
         "helios": dict(plain, tiny="helios", blocks=HeliosCoreDenoiseStep, size=HELIOS_CHUNKS,
                        components=lambda p: dict(guider=_cfg(4))),
+        # the auto blocks with a video (nine frames): video-to-video's VAE encoder and denoise steps
+        "helios-v2v": dict(plain, tiny="helios", blocks=_without(HeliosAutoBlocks, "text_encoder", "decode"),
+                           load=("video_processor",), size=dict(HELIOS_CHUNKS, video=[_image(256, 512)] * 9),
+                           components=lambda p: dict(vae=p.vae, guider=_cfg(4))),
         # the auto blocks with an image: image-to-video's VAE encoder and denoise steps
         "helios-i2v": dict(plain, tiny="helios", blocks=_without(HeliosAutoBlocks, "text_encoder", "decode"),
                            load=("video_processor",), size=dict(HELIOS_CHUNKS, image=_image(256, 512)),
@@ -141,7 +151,8 @@ def modular(family: str):
 
 @pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "hunyuan15", "helios",
                                     *(pytest.param(f, marks=pytest.mark.slow)  # the same path, image-conditioned
-                                      for f in ("ltx-i2v", "hunyuan15-i2v", "helios-i2v"))])
+                                      for f in ("ltx-i2v", "ltx2-i2v", "hunyuan15-i2v", "helios-i2v",
+                                                "helios-v2v"))])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)
     before = footprint(pipe)

@@ -1,10 +1,12 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
 diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios (image-to-video too,
-with their encoder steps, for Wan2.2, LTX, LTX-2, HunyuanVideo-1.5 and Helios; Helios's video-to-video) with the
-tiny models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
+with their encoder steps, for Wan2.2, LTX, LTX-2, HunyuanVideo-1.5 and Helios; Wan2.2 VACE; Helios's video-to-video)
+with the tiny models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
 ``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
 ``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
 pixels), so the tile order is not the identity."""
+
+import copy
 
 import pytest
 import torch
@@ -70,6 +72,7 @@ def _blocks(family: str) -> dict:
     from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep, LTXImage2VideoBlocks
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
     from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22CoreDenoiseStep
+    from diffusers.modular_pipelines.wan.modular_blocks_wan_vace import Wan22VaceBlocks
     from diffusers.modular_pipelines.wan.modular_blocks_wan22_i2v import (Wan22Image2VideoCoreDenoiseStep,
                                                                           WanImage2VideoVaeEncoderStep)
 
@@ -85,6 +88,11 @@ def _blocks(family: str) -> dict:
                                "denoise": Wan22Image2VideoCoreDenoiseStep()}),
                           components=lambda p: dict(transformer_2=p.transformer_2, vae=p.vae, guider=_cfg(4),
                                                     guider_2=_cfg(3))),
+        # Wan2.2 VACE: both experts VACE transformers, a control video through the blocks' VACE encoder step
+        "wan22-vace": dict(plain, tiny="wan-vace", blocks=_without(Wan22VaceBlocks, "text_encoder", "decode"),
+                           load=("video_processor",), size=dict(SIZE, video=[_image(256, 512)] * 9),
+                           components=lambda p: dict(transformer_2=copy.deepcopy(p.transformer), vae=p.vae,
+                                                     guider=_cfg(4), guider_2=_cfg(3))),
         # LTX's VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
         "ltx": dict(plain, tiny="ltx", blocks=LTXCoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                     components=lambda p: dict(guider=_cfg(3))),
@@ -151,8 +159,8 @@ def modular(family: str):
 
 @pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "hunyuan15", "helios",
                                     *(pytest.param(f, marks=pytest.mark.slow)  # the same path, image-conditioned
-                                      for f in ("ltx-i2v", "ltx2-i2v", "hunyuan15-i2v", "helios-i2v",
-                                                "helios-v2v"))])
+                                      for f in ("wan22-vace", "ltx-i2v", "ltx2-i2v", "hunyuan15-i2v",
+                                                "helios-i2v", "helios-v2v"))])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)
     before = footprint(pipe)

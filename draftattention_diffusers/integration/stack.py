@@ -23,6 +23,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import torch
+from diffusers.modular_pipelines import ModularPipeline
 
 from ..config import DraftAttentionConfig, make_config
 from .enable import _transformers, disable_draft_attention, enable_draft_attention
@@ -238,7 +239,7 @@ def enable_fast_stack(pipe, cache: str | Any = None, *, compile: bool = True, fp
     cache_obj, library, cache_name, calibrator = _cache_config(cache, calibrator, draft_cfg, num_inference_steps,
                                                                transformers)
     _check_combination(cache_obj, library, compile, compute_mask, len(transformers), num_inference_steps)
-    if library == "cache-dit" and _is_modular(pipe):
+    if library == "cache-dit" and isinstance(pipe, ModularPipeline):
         raise ValueError(f"cache-dit's enable_cache takes a DiffusionPipeline (or a BlockAdapter), not a modular "
                          f"pipeline ({type(pipe).__name__}, cache-dit 1.5.3); use cache=None or a diffusers cache "
                          "that its denoise loop supports")
@@ -521,12 +522,6 @@ def _check_fp8(kind: str) -> None:
         _check_hardware_support((gran, gran))
     except AssertionError as e:
         raise ValueError(f"fp8: torchao cannot run float8 dynamic quantization here: {e}") from None
-
-
-def _is_modular(pipe) -> bool:
-    from diffusers.modular_pipelines import ModularPipeline
-
-    return isinstance(pipe, ModularPipeline)
 
 
 def _import_cache_dit():

@@ -216,9 +216,9 @@ class ModelFamily:
     """Pipelines (class names) that denoise a video in sections within one call, each section a whole denoising loop
     with new timesteps, and the blocks of modular pipelines that run such a loop -> the local variable of their
     ``__call__`` holding the index of the section being denoised (0 first), or that the family's
-    :meth:`pipeline_section` derives it from (the innermost such frame above the transformer call is read). Each section runs its own schedule (its
-    dense warm-up steps); the statistics cover the whole call, section by section (:meth:`pipeline_section`).
-    Pipelines not named here run one loop per call."""
+    :meth:`pipeline_section` derives it from (the innermost such frame above the transformer call is read). Each
+    section runs its own schedule (its dense warm-up steps); the statistics cover the whole call, section by section
+    (:meth:`pipeline_section`). Pipelines not named here run one loop per call."""
     sections_reset_after: ClassVar[tuple[str, ...]] = ()
     """Pipelines of :attr:`section_loops` that set new timesteps after every section (for the next one) rather than
     before it, so that a call ends on timesteps no forward ran under (Wan-Animate): ``get_draft_stats(pipe)`` takes

@@ -34,8 +34,8 @@ def run(p, steps=2, **kwargs):
         per_step.append(cb["latents"].clone())
         return cb
 
-    out = p(**tiny_prompt_kwargs(p), **SIZE, **GUIDANCE, num_inference_steps=steps, output_type="latent",
-            generator=torch.Generator().manual_seed(0), callback_on_step_end=keep, **kwargs)
+    out = p(**tiny_prompt_kwargs(p), **SIZE, num_inference_steps=steps, output_type="latent",
+            generator=torch.Generator().manual_seed(0), callback_on_step_end=keep, **{**GUIDANCE, **kwargs})
     return out.frames, out.audio, per_step
 
 
@@ -123,12 +123,40 @@ def test_video_self_attention_mask_runs_dense_visibly_and_keyframe_marker(pipe):
     assert unmasked_stats["sparse_calls"] == 1 and not torch.equal(unmasked[0], video)
 
 
-def test_perturbed_attention_checkpoints_are_refused(pipe):
-    """LTX-2.3 / 2.5 pass STG arguments to the attention processors by name: refused at enable, nothing changed."""
-    from diffusers import LTX2VideoTransformer3DModel
+@pytest.fixture(scope="module")
+def pipe23():
+    return build_tiny_pipeline("ltx2.3")
 
-    model = LTX2VideoTransformer3DModel.from_config(pipe.transformer.config, num_layers=1, perturbed_attn=True)
-    before = dict(model.attn_processors)
-    with pytest.raises(ValueError, match="perturbed_attn=True.*STG"):
-        enable_draft_attention(model)
-    assert model.attn_processors == before and count_hooks(model) == 0
+
+# classifier-free guidance and STG on block 1: two forwards a step, the second with every item perturbed
+STG = dict(GUIDANCE, stg_scale=1.0, audio_stg_scale=1.0, spatio_temporal_guidance_blocks=[1])
+
+
+def test_ltx23_stg_arguments_reach_the_model_processor(pipe23):
+    """LTX-2.3 / 2.5 (perturbed attention, gated attention, prompt AdaLN) pass STG's perturbation_mask and
+    all_perturbed to the processors by name: draft attention hands them on, so STG skips block 1's attention in the
+    perturbed pass exactly as without draft attention (if they were dropped, that pass would attend and sparsity 0
+    would not equal the model). Those skipped calls are not counted."""
+    from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProcessor
+
+    video, audio, _ = run(pipe23, **STG)
+    plain, _, _ = run(pipe23)
+    assert not torch.equal(plain, video)  # STG changes the result
+    hooks = count_hooks(pipe23.transformer)
+    with draft_attention_enabled(pipe23, dense_steps_fraction=1.0):
+        dense = run(pipe23, **STG)
+    with draft_attention_enabled(pipe23, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
+        exact = run(pipe23, **STG)
+        stats = get_draft_stats(pipe23).summary()
+    assert torch.equal(dense[0], video) and torch.equal(dense[1], audio)
+    assert max_diff(exact[0], video) < 1e-4 and max_diff(exact[1], audio) < 1e-4
+    # 2 steps x 2 forwards (CFG batch, STG pass) x 2 blocks, less block 1 in the 2 STG passes
+    assert stats["forwards"] == 4 and stats["sparse_calls"] == 6 and stats["dense_calls"] == 0
+    assert stats["fallbacks"] == {}
+    with draft_attention_enabled(pipe23, sparsity=0.5, dense_steps_fraction=0.0):
+        sparse = run(pipe23, **STG)
+        stats = get_draft_stats(pipe23).summary()
+    assert not torch.equal(sparse[0], video) and stats["mean_sparsity"] > 0.4 and stats["fallbacks"] == {}
+    assert count_hooks(pipe23.transformer) == hooks
+    assert all(isinstance(m.processor, LTX2PerturbedAttnProcessor)
+               for n, m in pipe23.transformer.named_modules() if n.endswith(".attn1"))

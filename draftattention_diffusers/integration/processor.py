@@ -55,6 +55,7 @@ Observer = Callable[[AttentionEvent], None]
 _DEFAULT_BACKEND = AttentionBackendName(DIFFUSERS_ATTN_BACKEND)
 _PIPELINE_TYPES = (DiffusionPipeline, ModularPipeline)
 _NO_RUN = object()
+_ABSENT = object()  # a keyword argument the model did not pass
 
 
 def num_dense_steps(fraction: float, num_steps: int) -> int:
@@ -252,7 +253,8 @@ class DraftAttnProcessor:
         uninstall(transformer)
         restore = {f"{r.name}.processor": r.default_processor for r in roles.values()}
         if family.routes_attention_call:
-            roles = {m: self._route_role(family, m, r) if r.video_self else r for m, r in roles.items()}
+            roles = {m: self._route_role(family, transformer, m, r) if r.video_self else r
+                     for m, r in roles.items()}
         if prefix:
             roles = {m: dataclasses.replace(r, name=f"{prefix}.{r.name}") for m, r in roles.items()}
         for m, r in roles.items():  # on the module itself: no dict lookup keyed by module (torch.compile guards)
@@ -404,7 +406,12 @@ class DraftAttnProcessor:
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
-                 image_rotary_emb=None, **kwargs):
+                 image_rotary_emb=None, *, perturbation_mask=_ABSENT, all_perturbed=_ABSENT, **kwargs):
+        # diffusers' attention modules drop the keyword arguments a processor's signature does not name: LTX-2.3 and
+        # LTX-2.5 pass their STG arguments (perturbation_mask, all_perturbed) by name, so they are named here and
+        # passed on exactly as given
+        kwargs.update((n, v) for n, v in (("perturbation_mask", perturbation_mask), ("all_perturbed", all_perturbed))
+                      if v is not _ABSENT)
         entry = attn.__dict__.get(ROLE_ATTR)
         if entry is None or entry[0] is not self:
             entry = self._discover(attn)
@@ -413,7 +420,9 @@ class DraftAttnProcessor:
         if rotary_emb is not None and image_rotary_emb is not None:  # a separate key RoPE (6th argument): kept
             kwargs["key_rope"] = image_rotary_emb
         default = role.default_processor
-        if not role.video_self:
+        # not video self-attention, or a call in which the model computes no attention (LTX-2.3's STG pass): the
+        # model's processor, not counted
+        if not role.video_self or family.skips_attention(kwargs):
             return family.call_default(default, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                                        **kwargs)
         if self._cp is not None:  # the model's mask of a rank's share is wrong for padded text: rebuilt
@@ -480,10 +489,11 @@ class DraftAttnProcessor:
         out = self._attend(attn, role, dense, kernel, q, k, v, others, mask, scale)
         return torch.cat([out[:, n:n + start], out[:, :n], out[:, n + start:]], dim=1)
 
-    def _route_role(self, family: ModelFamily, module: torch.nn.Module, role: AttentionRole) -> AttentionRole:
+    def _route_role(self, family: ModelFamily, transformer: torch.nn.Module, module: torch.nn.Module,
+                    role: AttentionRole) -> AttentionRole:
         """``role`` with the model processor whose attention call is routed, or with the reason it cannot be (it
         then always runs dense)."""
-        own = role.default_processor if not role.custom else family.own_processor(module)
+        own = role.default_processor if not role.custom else family.own_processor(transformer, module)
         if own is None:
             return dataclasses.replace(role, dense_reason=f"the model's own processor class of {type(module).__name__}"
                                                           " is not known")

@@ -303,15 +303,20 @@ class ModelFamily:
         """Per-head width of its video self-attention (what the kernels are chosen for)."""
         return transformer.config.attention_head_dim
 
-    def own_processor(self, module: torch.nn.Module) -> Any:
-        """A new instance of the model's own processor for ``module`` (:attr:`processor_class`, else the module's
-        ``_default_processor_cls``), or None where neither is known."""
+    def own_processor(self, transformer: torch.nn.Module, module: torch.nn.Module) -> Any:
+        """A new instance of the model's own processor for ``module`` of ``transformer`` (:attr:`processor_class`,
+        else the module's ``_default_processor_cls``), or None where neither is known."""
         cls = self.processor_class or getattr(type(module), "_default_processor_cls", None)
         return None if cls is None else cls()
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope, **kwargs):
         """Call the model's own processor exactly as the model would."""
         raise NotImplementedError
+
+    def skips_attention(self, kwargs: dict[str, Any]) -> bool:
+        """Whether the model's processor, given these keyword arguments of a video self-attention call, computes no
+        attention at all (LTX-2.3's STG pass): draft attention then runs that processor and counts no call."""
+        return False
 
     def tile_order_hooks(self, transformer: torch.nn.Module, order: "TileOrder") -> bool:
         """Register (with :func:`register_hook`) the hooks that put the video tokens (and everything indexed by them:

@@ -13,17 +13,21 @@ modulation of the video tokens, a2v included, is computed from them); the option
 tokens are never reordered. A video self-attention mask is not a key-padding mask: those calls run dense with it
 (listed in the statistics as a fallback).
 
-Not supported: checkpoints built with ``perturbed_attn=True`` (LTX-2.3, LTX-2.5): their blocks pass STG arguments
-(``perturbation_mask``, ``all_perturbed``) to the attention processors by name, and diffusers drops names a
-processor's signature does not list, so STG would silently stop working. Enabling draft attention on them raises.
+LTX-2.3 and LTX-2.5 (``perturbed_attn=True``, with gated attention and prompt AdaLN) run the same way. Their blocks
+pass spatio-temporal guidance (STG) arguments to the attention processors by name (``perturbation_mask``,
+``all_perturbed``); draft attention's processor names them (diffusers drops names a processor's signature lacks) and
+hands them to the model's own processor, which mixes the value back in per batch item. In the STG pass
+(``all_perturbed``) the perturbed blocks compute no attention at all: those calls are not counted.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
-from diffusers.models.transformers.transformer_ltx2 import LTX2Attention, LTX2AudioVideoAttnProcessor
+from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2AudioVideoAttnProcessor,
+                                                            LTX2PerturbedAttnProcessor)
 
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
@@ -40,11 +44,13 @@ _FORWARD_ARGS = ("hidden_states", "audio_hidden_states", "encoder_hidden_states"
                  "video_keyframes_mask")
 
 
-def build_tiny_ltx2(seed: int = 0, num_layers: int = 2, heads: int = 2):
+def build_tiny_ltx2(seed: int = 0, num_layers: int = 2, heads: int = 2, version: str = "2.0"):
     """A tiny random-weight ``LTX2Pipeline`` (audio + video), float32 on CPU, no text encoder (fixed random
     prompt embeddings go through the pipeline's text connectors). Video head dim 32, audio head dim 8; the video VAE
     compresses 32x spatially and 8x temporally like the real one, so ``height x width`` pixels give
-    ``height/32 x width/32`` tokens per frame."""
+    ``height/32 x width/32`` tokens per frame. ``version="2.3"``: the architecture flags diffusers' conversion script
+    gives LTX-2.3 (perturbed attention for STG, gated attention, prompt AdaLN, per-modality text projections)."""
+    v23 = version == "2.3"
     from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
                            LTX2Pipeline, LTX2VideoTransformer3DModel)
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
@@ -66,20 +72,31 @@ def build_tiny_ltx2(seed: int = 0, num_layers: int = 2, heads: int = 2):
                           upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
                           leaky_relu_negative_slope=0.1, output_sampling_rate=16000).eval()
     connectors = LTX2TextConnectors(caption_channels=TINY_TEXT_DIM, text_proj_in_factor=1,
-                                    video_connector_num_attention_heads=2, video_connector_attention_head_dim=16,
+                                    # 2.3's connectors output the transformer's widths (per-modality projections)
+                                    video_connector_num_attention_heads=heads if v23 else 2,
+                                    video_connector_attention_head_dim=32 if v23 else 16,
                                     video_connector_num_layers=1, video_connector_num_learnable_registers=None,
-                                    audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=16,
+                                    audio_connector_num_attention_heads=heads if v23 else 2,
+                                    audio_connector_attention_head_dim=8 if v23 else 16,
                                     audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
                                     connector_rope_base_seq_len=32, rope_double_precision=False,
-                                    rope_type="split").eval()
+                                    rope_type="split", video_gated_attn=v23, audio_gated_attn=v23,
+                                    per_modality_projections=v23, video_hidden_dim=heads * 32,
+                                    audio_hidden_dim=heads * 8, proj_bias=v23).eval()
     torch.manual_seed(seed + 1)
     transformer = LTX2VideoTransformer3DModel(
         in_channels=8, out_channels=8, num_attention_heads=heads, attention_head_dim=32, cross_attention_dim=heads * 32,
         audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=heads, audio_attention_head_dim=8,
         audio_cross_attention_dim=heads * 8, num_layers=num_layers, caption_channels=TINY_TEXT_DIM,
-        rope_double_precision=False, rope_type="split").eval()
+        rope_double_precision=False, rope_type="split", gated_attn=v23, cross_attn_mod=v23, audio_gated_attn=v23,
+        audio_cross_attn_mod=v23, use_prompt_embeddings=not v23, perturbed_attn=v23).eval()
     return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None,
                         tokenizer=None, connectors=connectors, transformer=transformer, vocoder=vocoder)
+
+
+def _own_class(transformer) -> type:
+    """The processor class LTX2VideoTransformer3DModel gives its attention modules (its blocks choose by config)."""
+    return LTX2PerturbedAttnProcessor if transformer.config.get("perturbed_attn", False) else LTX2AudioVideoAttnProcessor
 
 
 class LTX2Family(ModelFamily):
@@ -100,7 +117,9 @@ class LTX2Family(ModelFamily):
     default_fps = 24  # LTX2Pipeline's frame_rate default
     frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
     pixel_step = 32  # and space 32x, patch 1
-    tiny_variants = {"tiny-ltx2": TinyPipeline(build_tiny_ltx2, "LTX2Pipeline")}  # --image: LTX2ImageToVideoPipeline
+    # --image: LTX2ImageToVideoPipeline
+    tiny_variants = {"tiny-ltx2": TinyPipeline(build_tiny_ltx2, "LTX2Pipeline"),
+                     "tiny-ltx2.3": TinyPipeline(partial(build_tiny_ltx2, version="2.3"), "LTX2Pipeline")}
 
     # diffusers 0.42.1 has a plan (_cp_plan) splitting the video tokens and RoPE, not verified with draft attention
     cp_unsupported_because = (
@@ -130,13 +149,17 @@ class LTX2Family(ModelFamily):
         return grid_from_sizes(-(-sizes[0] // p_t), -(-sizes[1] // p), -(-sizes[2] // p), tokens)
 
     def roles(self, transformer, current):
-        if transformer.config.get("perturbed_attn", False):
-            raise ValueError(
-                f"draft attention does not support {type(transformer).__name__} with perturbed_attn=True (LTX-2.3, "
-                "LTX-2.5) yet: its blocks pass STG arguments (perturbation_mask, all_perturbed) to the attention "
-                "processors by name, which draft attention's processor does not take, so STG would silently stop "
-                "working; LTX-2.0 checkpoints (perturbed_attn=False) are supported")
-        return numbered_roles(transformer, current, LTX2Attention, _SELF, LTX2AudioVideoAttnProcessor)
+        return numbered_roles(transformer, current, LTX2Attention, _SELF, _own_class(transformer))
+
+    def own_processor(self, transformer, module):
+        return _own_class(transformer)()
+
+    def skips_attention(self, kwargs):
+        # LTX2PerturbedAttnProcessor: with every batch item perturbed it returns the value projection
+        skip, mask = kwargs.get("all_perturbed"), kwargs.get("perturbation_mask")
+        if skip is None and mask is not None:
+            skip = torch.all(mask == 0)
+        return skip is not None and bool(skip)
 
     def call_default(self, processor, attn, hidden_states, encoder_hidden_states, attention_mask, rope,
                      key_rope=None, **kwargs):

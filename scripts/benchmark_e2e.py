@@ -61,6 +61,10 @@ LTX2_19B = dict(in_channels=128, out_channels=128, num_attention_heads=32, atten
                 cross_attention_dim=4096, audio_in_channels=128, audio_out_channels=128, audio_num_attention_heads=32,
                 audio_attention_head_dim=64, audio_cross_attention_dim=2048, num_layers=48, caption_channels=3840,
                 rope_type="split", perturbed_attn=False)
+# LTX-2.3 22B: the same script's "2.3" config (gated attention, cross-attention AdaLN, perturbed attention for STG,
+# prompts projected by the text connectors: encoder states arrive at the model's widths)
+LTX23_22B = dict(LTX2_19B, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
+                 use_prompt_embeddings=False, perturbed_attn=True)
 # CogVideoX: diffusers' scripts/convert_cogvideox_to_diffusers.py (5B: 42 layers, 48 heads, RoPE; 2B: 30 layers, 30
 # heads, sincos positions; get_transformer_init_kwargs for 1.0 / 1.5) and CogVideoXTransformer3DModel's defaults
 COGVIDEOX_5B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
@@ -197,6 +201,7 @@ MODELS = {
     # LTX-2 at 704x1280 (22x40 tokens per frame, 121 frames at 24 fps -> 16 latent frames and 126 audio tokens); with
     # LTX2Pipeline's defaults a step is CFG as a batch of 2, plus one STG and one modality-isolation call: 4
     "ltx2-19b-704p": ("ltx2", LTX2_19B, (16, 22, 40), 4, "LTX-2 19B (audio+video), 704x1280, 121 frames"),
+    "ltx2.3-22b-704p": ("ltx2", LTX23_22B, (16, 22, 40), 4, "LTX-2.3 22B (audio+video), 704x1280, 121 frames"),
     # CogVideoX at the model cards' sizes (VAE: 8x spatial, 4x temporal; 2x2 patches, 1.5 also 2 frames); CFG runs as
     # a batch of 2 in one call (counted as 2 calls); 49 frames -> 13 latent frames, 81 -> 21 padded to 22 for 1.5
     "cogvideox2b-480p": ("cogvideox", COGVIDEOX_2B, (13, 60, 90), 2, "CogVideoX-2B, 480x720, 49 frames"),
@@ -313,6 +318,10 @@ MODELS = {
                                cross_attention_dim=64, audio_in_channels=4, audio_out_channels=4,
                                audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
                                num_layers=2, caption_channels=32), (2, 8, 40), 4, "tiny LTX-2 (CPU dry run)"),
+    "tiny-ltx2.3": ("ltx2", dict(LTX23_22B, in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=32,
+                                 cross_attention_dim=64, audio_in_channels=4, audio_out_channels=4,
+                                 audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
+                                 num_layers=2, caption_channels=32), (2, 8, 40), 4, "tiny LTX-2.3 (CPU dry run)"),
     "tiny-cogvideox": ("cogvideox", dict(COGVIDEOX_5B, num_attention_heads=2, attention_head_dim=32, num_layers=2,
                                          time_embed_dim=32, text_embed_dim=32), (2, 32, 64), 2,
                        "tiny CogVideoX (CPU dry run)"),
@@ -441,12 +450,17 @@ def _ltx_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> d
 def _ltx2_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:
     _, _, f, h, w = latents.shape
     audio_tokens = round((8 * (f - 1) + 1) / 24 * 25)  # 25 audio latents per second, video at 24 fps
-    # the text connectors' output: 1024 tokens (padding replaced by learned registers), no mask
+    # the text connectors' output: 1024 tokens (padding replaced by learned registers), no mask; at the caption width
+    # (2.0) or, where the connectors project per modality (2.3), at the model's video and audio widths
+    projected = not config.get("use_prompt_embeddings", True)
+    text = config["num_attention_heads"] * config["attention_head_dim"] if projected else config["caption_channels"]
+    audio_text = (config["audio_num_attention_heads"] * config["audio_attention_head_dim"] if projected
+                  else config["caption_channels"])
+    t = torch.tensor([500.0], device=latents.device)
     return dict(hidden_states=latents.flatten(2).transpose(1, 2), audio_hidden_states=rnd(1, audio_tokens,
-                config["audio_in_channels"]), encoder_hidden_states=rnd(1, 1024, config["caption_channels"]),
-                audio_encoder_hidden_states=rnd(1, 1024, config["caption_channels"]),
-                timestep=torch.tensor([500.0], device=latents.device), num_frames=f, height=h, width=w, fps=24.0,
-                audio_num_frames=audio_tokens, return_dict=False)
+                config["audio_in_channels"]), encoder_hidden_states=rnd(1, 1024, text),
+                audio_encoder_hidden_states=rnd(1, 1024, audio_text), timestep=t, sigma=t, num_frames=f, height=h,
+                width=w, fps=24.0, audio_num_frames=audio_tokens, return_dict=False)
 
 
 def _cogvideox_inputs(config: dict, latents: torch.Tensor, rnd, text_tokens: int) -> dict:

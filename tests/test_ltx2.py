@@ -123,6 +123,36 @@ def test_video_self_attention_mask_runs_dense_visibly_and_keyframe_marker(pipe):
     assert unmasked_stats["sparse_calls"] == 1 and not torch.equal(unmasked[0], video)
 
 
+def test_condition_pipeline_keyframe_tokens_stay_dense_behind_the_video(pipe):
+    """LTX2ConditionPipeline: a condition at latent frame 0 replaces tokens, one at a later latent index is appended
+    behind the video grid as keyframe tokens (with their own coords and timesteps). The grid is the head of the
+    sequence and the keyframe tokens stay dense and in place: sparsity 0 equals the model; without this every call
+    fell back to dense ("the video token grid of this forward is unknown")."""
+    from diffusers import LTX2ConditionPipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+    p = LTX2ConditionPipeline(**pipe.components)
+    image = torch.rand(1, 3, SIZE["height"], SIZE["width"], generator=torch.Generator().manual_seed(0))
+    conditions = [LTX2VideoCondition(frames=image, index=0, crf=0), LTX2VideoCondition(frames=image, index=1, crf=0)]
+    shapes = []
+    handle = p.transformer.register_forward_pre_hook(lambda m, a, k: shapes.append(k["hidden_states"].shape),
+                                                     with_kwargs=True)
+    video, audio, _ = run(p, conditions=conditions)
+    handle.remove()
+    assert shapes[0][1] == TOKENS + TOKENS // 2  # one latent frame of keyframe tokens appended
+    hooks = count_hooks(p.transformer)
+    with draft_attention_enabled(p, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
+        exact = run(p, conditions=conditions)
+        stats = get_draft_stats(p).summary()
+    assert stats["fallbacks"] == {} and stats["sparse_calls"] == 4 and stats["dense_calls"] == 0
+    assert max_diff(exact[0], video) < 1e-4 and max_diff(exact[1], audio) < 1e-4
+    with draft_attention_enabled(p, sparsity=0.5, dense_steps_fraction=0.0):
+        sparse = run(p, conditions=conditions)
+        stats = get_draft_stats(p).summary()
+    assert stats["fallbacks"] == {} and stats["mean_sparsity"] > 0.3 and not torch.equal(sparse[0], video)
+    assert count_hooks(p.transformer) == hooks
+
+
 @pytest.fixture(scope="module")
 def pipe23():
     return build_tiny_pipeline("ltx2.3")

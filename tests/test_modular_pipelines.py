@@ -1,10 +1,11 @@
 """Draft attention in diffusers' modular pipelines (Modular Diffusers, diffusers 0.42.1), built from the denoise blocks
-diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2, HunyuanVideo-1.5 and Helios (image-to-video too,
-with their encoder steps, for Wan2.2, LTX, LTX-2, HunyuanVideo-1.5 and Helios; Wan2.2 VACE; Helios's video-to-video)
-with the tiny models' components. The step comes from the modular pipeline on the call stack and its scheduler, as for a
-``DiffusionPipeline``; Helios runs its chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose
-``__call__`` holds the section index (``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512
-pixels), so the tile order is not the identity."""
+diffusers ships for Wan2.1, Wan2.2 (two experts), LTX-Video, LTX-2 (2.3 with STG; its condition blocks, a keyframe
+appended behind the video), HunyuanVideo-1.5 and Helios (image-to-video too, with their encoder steps, for Wan2.2, LTX,
+LTX-2, HunyuanVideo-1.5 and Helios; Wan2.2 VACE; Helios's video-to-video) with the tiny models' components. The step
+comes from the modular pipeline on the call stack and its scheduler, as for a ``DiffusionPipeline``; Helios runs its
+chunk loop (and, in the pyramid pipelines, its stage loop) in blocks, whose ``__call__`` holds the section index
+(``ModelFamily.section_loops``). Grids of 2 x 2 regions per frame (256 x 512 pixels), so the tile order is not the
+identity."""
 
 import copy
 
@@ -46,6 +47,12 @@ def _ltx2_prompt(base) -> dict:
                 frame_rate=24.0, dtype=torch.float32)
 
 
+def _ltx2_condition(latent_index: int):
+    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+    return LTX2VideoCondition(frames=_image(512, 1024), index=latent_index, crf=0)  # (crf 0: no H.264 round trip)
+
+
 def _ltx2_guider(scale: float):
     """The LTX-2 denoise block's default guider with STG on block 0 (its default, block 28, is past the tiny model)."""
     from diffusers import LTX2Guidance
@@ -75,7 +82,8 @@ def _blocks(family: str) -> dict:
     from diffusers.modular_pipelines.helios.modular_blocks_helios_pyramid import HeliosPyramidCoreDenoiseStep
     from diffusers.modular_pipelines.hunyuan_video1_5.modular_blocks_hunyuan_video1_5 import (
         HunyuanVideo15CoreDenoiseStep, HunyuanVideo15Image2VideoBlocks, HunyuanVideo15VaeDecoderStep)
-    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import (LTX2AutoVaeEncoderStep, LTX2CoreDenoiseStep,
+    from diffusers.modular_pipelines.ltx2.modular_blocks_ltx2 import (LTX2AutoVaeEncoderStep, LTX2ConditionBlocks,
+                                                                      LTX2CoreDenoiseStep,
                                                                       LTX2Image2VideoCoreDenoiseStep)
     from diffusers.modular_pipelines.ltx.modular_blocks_ltx import LTXCoreDenoiseStep, LTXImage2VideoBlocks
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanCoreDenoiseStep
@@ -117,6 +125,13 @@ def _blocks(family: str) -> dict:
         "ltx2": dict(tiny="ltx2", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                      components=lambda p: dict(audio_vae=p.audio_vae), prompt=_ltx2_prompt,
                      load=("guider", "audio_guider"), passes=4),
+        # frame conditions at latent frames 0 (replaced tokens) and 1 (keyframe tokens appended behind the video grid)
+        "ltx2-condition": dict(tiny="ltx2", blocks=_without(LTX2ConditionBlocks, "prompt_enhancer", "text_encoder",
+                                                            "duration", "decode"),
+                               size=dict(height=512, width=1024, num_frames=17, conditions=[
+                                   _ltx2_condition(0), _ltx2_condition(1)]),
+                               components=lambda p: dict(audio_vae=p.audio_vae, vae=p.vae), prompt=_ltx2_prompt,
+                               load=("guider", "audio_guider", "video_processor"), passes=4),
         # LTX-2.3 (perturbed attention): STG on the tiny model's one block, so its STG pass computes no attention there
         "ltx2.3": dict(tiny="ltx2.3", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                        components=lambda p: dict(audio_vae=p.audio_vae, guider=_ltx2_guider(3.0),
@@ -172,7 +187,7 @@ def modular(family: str):
 
 @pytest.mark.parametrize("family", ["wan", "wan22", "wan22-i2v", "ltx", "ltx2", "ltx2.3", "hunyuan15", "helios",
                                     *(pytest.param(f, marks=pytest.mark.slow)  # the same path, image-conditioned
-                                      for f in ("wan22-vace", "ltx-i2v", "ltx2-i2v", "hunyuan15-i2v",
+                                      for f in ("wan22-vace", "ltx-i2v", "ltx2-i2v", "ltx2-condition", "hunyuan15-i2v",
                                                 "helios-i2v", "helios-v2v"))])
 def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(family):
     pipe, call, forwards = modular(family)

@@ -484,10 +484,20 @@ class TileOrder:
         return self._perm.numel()
 
     def to_tiles(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return x.index_select(dim, self._perm.to(x.device))
+        """``x`` with its video tokens along ``dim`` in tile order. Tokens past the grid (an axis longer than the
+        permutation: LTX-2's appended keyframe tokens) keep their place behind the video tokens."""
+        return self._apply(x, dim, self._perm)
 
     def from_tiles(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return x.index_select(dim, self._inv.to(x.device))
+        return self._apply(x, dim, self._inv)
+
+    @staticmethod
+    def _apply(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        n = index.numel()
+        if x.shape[dim] == n:
+            return x.index_select(dim, index.to(x.device))
+        return torch.cat([x.narrow(dim, 0, n).index_select(dim, index.to(x.device)),
+                          x.narrow(dim, n, x.shape[dim] - n)], dim=dim)
 
 
 class DraftHook(functools.partial):

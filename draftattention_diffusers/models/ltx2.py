@@ -113,7 +113,10 @@ class LTX2Family(ModelFamily):
                                             loads_as={"image": "LTX2ImageToVideoPipeline"}),
                  "LTX2ImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16,
                                                         inputs=IMAGE_TO_VIDEO)}
-    other_pipelines = ()
+    # video first: LTX2ConditionPipeline's keyframe conditions (latent index > 0) are tokens appended behind the video
+    # grid, kept dense and in place
+    text_position = "trailing"
+    other_pipelines = ("LTX2ConditionPipeline",)
     default_fps = 24  # LTX2Pipeline's frame_rate default
     frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
     pixel_step = 32  # and space 32x, patch 1
@@ -138,15 +141,17 @@ class LTX2Family(ModelFamily):
 
     def _grid_of(self, transformer, given: dict) -> VideoGrid | None:
         tokens = given["hidden_states"].shape[1]
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        sizes = [given.get(n) for n in ("num_frames", "height", "width")]
+        sizes = [-(-sizes[0] // p_t), -(-sizes[1] // p), -(-sizes[2] // p)] if all(
+            isinstance(s, int) for s in sizes) else None
+        # LTX2ConditionPipeline appends keyframe tokens behind the video grid: the grid is the head of the sequence
+        video = min(tokens, sizes[0] * sizes[1] * sizes[2]) if sizes else tokens
         coords = given.get("video_coords")
         # patch bounds [B, 3, S, 2]: the starts place each token (a compiled graph reads the sizes: see ltx_video.py)
         if coords is not None and not torch.compiler.is_compiling():
-            return grid_from_coords(coords[..., 0] if coords.ndim == 4 else coords, tokens)
-        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
-        sizes = [given.get(n) for n in ("num_frames", "height", "width")]
-        if not all(isinstance(s, int) for s in sizes):
-            return None
-        return grid_from_sizes(-(-sizes[0] // p_t), -(-sizes[1] // p), -(-sizes[2] // p), tokens)
+            return grid_from_coords((coords[..., 0] if coords.ndim == 4 else coords)[..., :video], video)
+        return None if sizes is None else grid_from_sizes(*sizes, video)
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, LTX2Attention, _SELF, _own_class(transformer))

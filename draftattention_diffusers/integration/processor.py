@@ -410,8 +410,10 @@ class DraftAttnProcessor:
         # diffusers' attention modules drop the keyword arguments a processor's signature does not name: LTX-2.3 and
         # LTX-2.5 pass their STG arguments (perturbation_mask, all_perturbed) by name, so they are named here and
         # passed on exactly as given
-        kwargs.update((n, v) for n, v in (("perturbation_mask", perturbation_mask), ("all_perturbed", all_perturbed))
-                      if v is not _ABSENT)
+        if perturbation_mask is not _ABSENT:
+            kwargs["perturbation_mask"] = perturbation_mask
+        if all_perturbed is not _ABSENT:
+            kwargs["all_perturbed"] = all_perturbed
         entry = attn.__dict__.get(ROLE_ATTR)
         if entry is None or entry[0] is not self:
             entry = self._discover(attn)

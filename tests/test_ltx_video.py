@@ -68,7 +68,7 @@ def test_sparsity_zero_equals_dense_and_the_schedule(pipe):
 
 
 def _pipeline_runs(p, **kwargs):
-    kw = dict(tiny_prompt_kwargs(p), **SIZE, num_inference_steps=2, output_type="latent", **kwargs)
+    kw = dict(tiny_prompt_kwargs(p), **{**SIZE, **kwargs}, num_inference_steps=2, output_type="latent")
     call = lambda: p(**kw, generator=torch.Generator().manual_seed(0)).frames  # noqa: E731
     timesteps = []
     handle = p.transformer.register_forward_pre_hook(lambda m, a, k: timesteps.append(k["timestep"].shape),
@@ -97,18 +97,26 @@ def test_image_to_video_per_token_timesteps(pipe, image, cls):
     assert max_diff(zero, base) < 1e-4
 
 
-def test_condition_tokens_outside_the_grid_run_dense_visibly(pipe, image):
-    """A condition at frame_index > 0 prepends its tokens to the sequence: no grid, every call dense and listed."""
+def test_condition_tokens_before_the_grid_stay_dense(pipe, image):
+    """Conditions at frame_index > 0 prepend their tokens to the sequence (two here: latent frames at 8 and 16): the
+    grid is the sequence's tail, found from ``video_coords``; the condition tokens stay dense. Those forwards gather
+    per call (the tile-order hooks permute a sequence's head), so per_forward gives per_call's result."""
     from diffusers import LTXConditionPipeline
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
     p = LTXConditionPipeline(**pipe.components)
-    base, dense, zero, stats, timestep_shape = _pipeline_runs(
-        p, conditions=[LTXVideoCondition(image=image, frame_index=8)])
-    assert timestep_shape[1] > GRID.num_tokens
-    assert torch.equal(dense, base) and torch.equal(zero, base)
-    assert stats["sparse_calls"] == 0 and all("grid of this forward is unknown" in m for m in stats["fallbacks"])
-    assert len(stats["fallbacks"]) == 2  # one entry per layer
+    conditions = [LTXVideoCondition(image=image, frame_index=8), LTXVideoCondition(image=image, frame_index=16)]
+    size = dict(SIZE, num_frames=17)  # 3 latent frames
+    base, dense, zero, stats, timestep_shape = _pipeline_runs(p, conditions=conditions, **size)
+    assert timestep_shape[1] == 5 * GRID.height * GRID.width  # 2 condition frames before 3 video frames
+    assert torch.equal(dense, base) and max_diff(zero, base) < 1e-4
+    assert stats["fallbacks"] == {} and stats["sparse_calls"] == 4 and stats["dense_calls"] == 0
+    outs = {}
+    for reorder in ("per_forward", "per_call"):
+        with draft_attention_enabled(p, sparsity=0.5, dense_steps_fraction=0.0, reorder=reorder):
+            outs[reorder], _ = run(p, steps=2, size=size, conditions=conditions)
+            assert get_draft_stats(p).summary()["mean_sparsity"] > 0.3
+    assert max_diff(outs["per_forward"], outs["per_call"]) < 1e-5 and max_diff(outs["per_call"], base) > 1e-3
 
 
 def test_grid_from_coords():

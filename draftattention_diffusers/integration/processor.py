@@ -320,8 +320,8 @@ class DraftAttnProcessor:
             self._kernel = self._forward_kernel(family, transformer, latents)
             self._video_start = family.video_start(transformer, args, kwargs)
             self._begin_forward(family.forward_grid(transformer, args, kwargs), self._manual_step,
-                                latents.device if transformer.__dict__.get("_draftattention_tile_order") else None,
-                                record=False)
+                                latents.device if transformer.__dict__.get("_draftattention_tile_order")
+                                and not self._video_start else None, record=False)
 
     def _prepare_forward(self, family: ModelFamily, transformer, args, kwargs, frame=None,
                          discovered: VideoGrid | None | bool = False) -> None:
@@ -364,7 +364,9 @@ class DraftAttnProcessor:
         if self._cp is not None and self.config.selection == "topk_heads":
             warn_once("selection='topk_heads' shares the tile budget among the heads of each rank under context "
                       "parallelism, so its masks differ from one GPU; use 'topk' for results identical to one GPU")
-        order_ok = discovered is False and transformer.__dict__.get("_draftattention_tile_order")
+        # the tile-order hooks permute the head of the sequence: video tokens behind others gather per call instead
+        order_ok = (discovered is False and transformer.__dict__.get("_draftattention_tile_order")
+                    and not self._video_start)
         self._begin_forward(grid, step_info, device if order_ok else None)
 
     def _begin_forward(self, grid: VideoGrid | None, step_info: tuple[int, int] | None,

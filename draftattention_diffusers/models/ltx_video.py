@@ -4,8 +4,10 @@
 
 The latents arrive packed ``[B, S, C]`` (patch size 1: one token per latent pixel), so the token grid comes from the
 forward's ``video_coords`` (what RoPE uses when given: the condition pipelines) or else its ``num_frames`` /
-``height`` / ``width`` (latent sizes). A sequence that is not exactly that grid (the condition pipeline prepends the
-tokens of a condition at ``frame_index > 0``) has no grid: its forwards run dense, visibly in the statistics.
+``height`` / ``width`` (latent sizes). The condition pipeline prepends the tokens of a condition at ``frame_index >
+0``: the grid is then the sequence's tail (``video_start``), the condition tokens stay dense, and those forwards
+gather tiles per call instead of running in tile order. A sequence that is not a grid runs dense, visibly in the
+statistics.
 
 Tokens are put in tile order once per forward: after ``proj_in``, the RoPE tables (``rope`` output) and per-token
 timesteps (image-to-video and conditioning: ``timestep [B, S]``), and back before ``proj_out``. Everything between is
@@ -49,6 +51,14 @@ def grid_from_coords(coords: torch.Tensor, num_tokens: int) -> VideoGrid | None:
     if not (torch.equal(first, expected) and torch.equal(coords, first.expand_as(coords))):
         return None
     return VideoGrid(*sizes)
+
+
+def condition_prefix(coords: torch.Tensor) -> int:
+    """How many tokens come before the video grid in per-token positions ``coords [B, 3, S]``: LTXConditionPipeline
+    prepends the tokens of conditions at ``frame_index > 0`` (later frames), and the grid starts at the first token
+    of the earliest frame (0 where the sequence starts there; a host sync)."""
+    frames = coords[0, 0]
+    return int(torch.nonzero(frames == frames.min())[0, 0]) if coords.ndim == 3 and frames.numel() else 0
 
 
 def grid_from_sizes(frames, height, width, num_tokens: int) -> VideoGrid | None:
@@ -135,8 +145,18 @@ class LTXVideoFamily(ModelFamily):
         # what RoPE uses when given (the condition and long-video pipelines); reading it syncs with the host, so a
         # whole-model compiled graph takes num_frames / height / width instead (None where they are not given)
         if coords is not None and not torch.compiler.is_compiling():
-            return grid_from_coords(coords, tokens)
+            start = condition_prefix(coords)
+            return grid_from_coords(coords[..., start:], tokens - start)
         return grid_from_sizes(given.get("num_frames"), given.get("height"), given.get("width"), tokens)
+
+    def video_start(self, transformer, args, kwargs):
+        # behind the tokens LTXConditionPipeline prepends (conditions at frame_index > 0), where the grid verifies
+        given = forward_arguments(args, kwargs, _FORWARD_ARGS)
+        coords = given.get("video_coords")
+        if coords is None or torch.compiler.is_compiling():
+            return None
+        start = condition_prefix(coords)
+        return start if start and self._grid_of(given) is not None else None
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, LTXAttention, _SELF, LTXVideoAttnProcessor)

@@ -4,7 +4,8 @@ cross-attentions (``attn2``, ``audio_attn2``) and the audio<->video cross-attent
 ``video_to_audio_attn``, which take separate query and key RoPE) run diffusers' processor unchanged.
 
 As in LTX-Video the latents arrive packed ``[B, S, C]``; the grid comes from ``video_coords`` (patch bounds
-``[B, 3, S, 2]``, what RoPE uses; the pipelines pass it) or else ``num_frames`` / ``height`` / ``width``.
+``[B, 3, S, 2]``, what RoPE uses; the pipelines pass it) or else ``num_frames`` / ``height`` / ``width``. Tokens
+appended behind the grid (``LTX2ConditionPipeline``'s keyframe conditions) stay dense and in place.
 
 Tile order once per forward: the video tokens after ``proj_in``; the video self-attention RoPE (``rope``) and the
 video side of the audio-video RoPE (``cross_attn_rope``); per-token timesteps (image-to-video; every timestep
@@ -100,7 +101,7 @@ def _own_class(transformer) -> type:
 
 
 class LTX2Family(ModelFamily):
-    """LTX-2 (2.0): video self-attention sparse; audio, text and audio-video attention dense."""
+    """LTX-2 (2.0, 2.3, 2.5): video self-attention sparse; audio, text and audio-video attention dense."""
 
     name = "ltx2"
     title = "LTX-2"

@@ -75,7 +75,8 @@ def _without(blocks_class, *names):
 def _blocks(family: str) -> dict:
     """How to build ``family``'s modular pipeline: the tiny pipeline whose components it takes, diffusers' denoise
     blocks, the components beyond transformer and scheduler, the call's size and prompt, the components created
-    from the blocks' own defaults, and the transformer forwards per step."""
+    from the blocks' own defaults, the transformer forwards per step (``passes``), the video self-attention calls per
+    forward (``calls``, default 1) and the passes per step that compute no attention (``skipping_passes``)."""
     from diffusers import HeliosScheduler
     from diffusers.modular_pipelines import SequentialPipelineBlocks
     from diffusers.modular_pipelines.helios.modular_blocks_helios import HeliosAutoBlocks, HeliosCoreDenoiseStep
@@ -108,7 +109,7 @@ def _blocks(family: str) -> dict:
         "wan22-vace": dict(plain, tiny="wan-vace", blocks=_without(Wan22VaceBlocks, "text_encoder", "decode"),
                            load=("video_processor",), size=dict(SIZE, video=[_image(256, 512)] * 9),
                            components=lambda p: dict(transformer_2=copy.deepcopy(p.transformer), vae=p.vae,
-                                                     guider=_cfg(4), guider_2=_cfg(3))),
+                                                     guider=_cfg(4), guider_2=_cfg(3)), calls=2),
         # LTX's VAE compresses 32x in space (patch 1): 512 x 1024 pixels are 16 x 32 tokens a frame
         "ltx": dict(plain, tiny="ltx", blocks=LTXCoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                     components=lambda p: dict(guider=_cfg(3))),
@@ -136,7 +137,7 @@ def _blocks(family: str) -> dict:
         "ltx2.3": dict(tiny="ltx2.3", blocks=LTX2CoreDenoiseStep, size=dict(height=512, width=1024, num_frames=17),
                        components=lambda p: dict(audio_vae=p.audio_vae, guider=_ltx2_guider(3.0),
                                                  audio_guider=_ltx2_guider(7.0)),
-                       prompt=_ltx2_prompt, load=(), passes=4),
+                       prompt=_ltx2_prompt, load=(), passes=4, skipping_passes=1),
         # with the VAE decoder, whose VAE gives the latent channel count; the decode is most of the time on a CPU,
         # so 2 latent frames of 8 x 32 tokens (two regions side by side)
         "hunyuan15": dict(plain, tiny="hunyuan15", blocks=lambda: SequentialPipelineBlocks.from_blocks_dict(
@@ -212,9 +213,11 @@ def test_modular_pipeline_equals_dense_at_sparsity_0_and_runs_its_schedule(famil
         assert stats["steps"] == schedule
     assert stats["sparse_calls"] == 3 * stats["dense_calls"] > 0
     assert len(forwards) == chunks * 8 * _blocks(family)["passes"]  # guidance passes a step
-    # one block: one video self-attention call a forward, but for the STG pass of LTX-2.3 (no attention, not counted)
-    skipped = chunks * 8 if family == "ltx2.3" else 0
-    assert stats["sparse_calls"] + stats["dense_calls"] == len(forwards) - skipped
+    # one block: its video self-attention calls a forward (VACE: the main and the VACE block), less the forwards per
+    # step in which the model computes no attention there (LTX-2.3's STG pass: not counted)
+    how = _blocks(family)
+    counted = how.get("calls", 1) * (len(forwards) - chunks * 8 * how.get("skipping_passes", 0))
+    assert stats["sparse_calls"] + stats["dense_calls"] == counted
     assert stats["mean_sparsity"] > 0.6 and torch.isfinite(sparse).all() and not torch.equal(sparse, dense)
 
     assert diff_footprints(before, footprint(pipe)) == []  # disabled: no hook or processor left

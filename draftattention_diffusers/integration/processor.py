@@ -99,15 +99,19 @@ def _calling_pipeline(frame) -> tuple[DiffusionPipeline | None, Any]:
 
 def _section_owner(family, frame, pipe, pipe_frame) -> tuple[Any, Any]:
     """The object whose ``__call__`` holds the section index of a pipeline that denoises in sections, and its frame:
-    the innermost ``__call__`` frame between ``frame`` (the transformer's caller) and the pipeline's whose ``self``
-    is one of ``family.section_loops`` (a modular pipeline's loop block: Helios's chunk loop, its pyramid stage
-    loop; not its ``loop_step``), else the pipeline itself (a ``DiffusionPipeline`` whose ``__call__`` runs the
-    section loop)."""
+    the innermost ``__call__`` frame above ``frame`` (the transformer's caller), up to the pipeline's own, whose
+    ``self`` is one of ``family.section_loops``: a modular pipeline's loop block (Helios's chunk loop, its pyramid
+    stage loop; not its ``loop_step``) or the pipeline, whose ``__call__`` runs the section loop while the steps may
+    run in a method of its own (LTX-2's DFR temporal refine: ``denoise`` per tile); else the pipeline and
+    ``pipe_frame``."""
     names = family.section_loops
-    while names and frame is not None and frame is not pipe_frame:
+    while names and frame is not None:
         obj = frame.f_locals.get("self")
-        if frame.f_code.co_name == "__call__" and any(c.__name__ in names for c in type(obj).__mro__):
-            return obj, frame
+        if frame.f_code.co_name == "__call__":
+            if any(c.__name__ in names for c in type(obj).__mro__):
+                return obj, frame
+            if obj is pipe:  # the pipeline's own call: no section loop above it
+                break
         frame = frame.f_back
     return pipe, pipe_frame
 

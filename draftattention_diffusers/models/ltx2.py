@@ -117,7 +117,10 @@ class LTX2Family(ModelFamily):
     # video first: LTX2ConditionPipeline's keyframe conditions (latent index > 0) are tokens appended behind the video
     # grid, kept dense and in place
     text_position = "trailing"
-    other_pipelines = ("LTX2ConditionPipeline",)
+    other_pipelines = ("LTX2ConditionPipeline", "LTX2InContextPipeline", "LTX2HDRPipeline", "LTX2DFRPipeline",
+                       "LTX2DFRTemporalRefinePipeline")
+    # a denoising loop (new timesteps, its own warm-up) per temporal tile
+    section_loops = {"LTX2DFRTemporalRefinePipeline": "tile_index"}
     default_fps = 24  # LTX2Pipeline's frame_rate default
     frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
     pixel_step = 32  # and space 32x, patch 1

@@ -6,8 +6,8 @@ The latents arrive packed ``[B, S, C]`` (patch size 1: one token per latent pixe
 forward's ``video_coords`` (what RoPE uses when given: the condition pipelines) or else its ``num_frames`` /
 ``height`` / ``width`` (latent sizes). The condition pipeline prepends the tokens of a condition at ``frame_index >
 0``: the grid is then the sequence's tail (``video_start``), the condition tokens stay dense, and those forwards
-gather tiles per call instead of running in tile order. A sequence that is not a grid runs dense, visibly in the
-statistics.
+gather tiles per call instead of running in tile order. The long multi-prompt pipeline appends its image's latent
+frame behind the grid: dense, in place. A sequence that is not a grid runs dense, visibly in the statistics.
 
 Tokens are put in tile order once per forward: after ``proj_in``, the RoPE tables (``rope`` output) and per-token
 timesteps (image-to-video and conditioning: ``timestep [B, S]``), and back before ``proj_out``. Everything between is
@@ -53,12 +53,23 @@ def grid_from_coords(coords: torch.Tensor, num_tokens: int) -> VideoGrid | None:
     return VideoGrid(*sizes)
 
 
-def condition_prefix(coords: torch.Tensor) -> int:
-    """How many tokens come before the video grid in per-token positions ``coords [B, 3, S]``: LTXConditionPipeline
-    prepends the tokens of conditions at ``frame_index > 0`` (later frames), and the grid starts at the first token
-    of the earliest frame (0 where the sequence starts there; a host sync)."""
+def video_span(coords: torch.Tensor) -> tuple[int, VideoGrid | None]:
+    """Where the video grid starts in per-token positions ``coords [B, 3, S]``, and the grid (None where none of the
+    layouts below verifies; a host sync). Besides a sequence that is exactly the grid, LTX-Video's pipelines add
+    tokens of their own: ``LTXConditionPipeline`` prepends the tokens of conditions at ``frame_index > 0`` (the grid
+    is the tail from the first token of the earliest frame), ``LTXI2VLongMultiPromptPipeline`` appends its image's
+    latent frame at an earlier time (the grid is the head, up to where the time first goes back). The larger of the
+    two that is a frame-major, row-major grid is the video."""
     frames = coords[0, 0]
-    return int(torch.nonzero(frames == frames.min())[0, 0]) if coords.ndim == 3 and frames.numel() else 0
+    tokens = frames.numel()
+    back = torch.nonzero(frames[1:] < frames[:-1])
+    head = int(back[0, 0]) + 1 if back.numel() else tokens
+    tail = int(torch.nonzero(frames == frames.min())[0, 0]) if tokens else 0
+    for start, n in sorted([(0, head), (tail, tokens - tail)], key=lambda span: -span[1]):
+        grid = grid_from_coords(coords[..., start:start + n], n) if n else None
+        if grid is not None:
+            return start, grid
+    return 0, None
 
 
 def grid_from_sizes(frames, height, width, num_tokens: int) -> VideoGrid | None:
@@ -108,7 +119,11 @@ class LTXVideoFamily(ModelFamily):
                                                        inputs=IMAGE_TO_VIDEO),
                  "LTXConditionPipeline": LoadRecipe(torch.bfloat16, torch.bfloat16, torch.bfloat16, vae_tiling=True,
                                                     inputs=(PipelineInput("image", "image"),))}
-    other_pipelines = ()
+    # video first; the long multi-prompt pipeline's image latents appended behind it stay dense
+    text_position = "trailing"
+    other_pipelines = ("LTXI2VLongMultiPromptPipeline",)
+    # a denoising loop (new timesteps, its own warm-up) per temporal window
+    section_loops = {"LTXI2VLongMultiPromptPipeline": "w_idx"}
     default_fps = 24  # diffusers' LTX-Video examples export at 24 fps (the pipelines condition on frame_rate=25)
     frame_step = 8  # the VAE compresses time 8x: 8k+1 frames (9, 121, 161)
     pixel_step = 32  # and space 32x, patch 1
@@ -145,18 +160,16 @@ class LTXVideoFamily(ModelFamily):
         # what RoPE uses when given (the condition and long-video pipelines); reading it syncs with the host, so a
         # whole-model compiled graph takes num_frames / height / width instead (None where they are not given)
         if coords is not None and not torch.compiler.is_compiling():
-            start = condition_prefix(coords)
-            return grid_from_coords(coords[..., start:], tokens - start)
+            return video_span(coords)[1] if coords.ndim == 3 else None
         return grid_from_sizes(given.get("num_frames"), given.get("height"), given.get("width"), tokens)
 
     def video_start(self, transformer, args, kwargs):
-        # behind the tokens LTXConditionPipeline prepends (conditions at frame_index > 0), where the grid verifies
-        given = forward_arguments(args, kwargs, _FORWARD_ARGS)
-        coords = given.get("video_coords")
-        if coords is None or torch.compiler.is_compiling():
+        # behind the tokens LTXConditionPipeline prepends (conditions at frame_index > 0)
+        coords = forward_arguments(args, kwargs, _FORWARD_ARGS).get("video_coords")
+        if coords is None or coords.ndim != 3 or torch.compiler.is_compiling():
             return None
-        start = condition_prefix(coords)
-        return start if start and self._grid_of(given) is not None else None
+        start, grid = video_span(coords)
+        return start if start and grid is not None else None
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, LTXAttention, _SELF, LTXVideoAttnProcessor)

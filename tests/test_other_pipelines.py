@@ -1,0 +1,357 @@
+"""Draft attention inside the diffusers 0.42.1 pipelines that take a served transformer but that no family lists
+(``pipelines`` / ``other_pipelines``): each is built from its family's tiny components (the transformer rebuilt from
+the tiny config where the pipeline needs other input channels, or a tiny component of the class the pipeline
+declares where the tiny pipeline has none) and called with prompt embeddings, latent output, 2-3 steps and a fixed
+seed, at a size of several 8x16-token regions per frame (the tile order is not the identity).
+
+Every case checks, against the same pipeline without draft attention:
+
+1. sparsity 0 (reference backend) equals it within float32 rounding (1e-4, relative to the output's magnitude);
+2. the statistics cover the whole call (``forwards`` = the transformer forwards the plain call made) and either
+   every video self-attention call ran sparse (``sparse_calls > 0``, no fallback) or, where the pipeline legitimately
+   cannot run sparse (``Case.fallback``: a ``[B, S, S]`` self-attention mask, tokens not on one grid), that dense
+   fallback is listed in ``summary()["fallbacks"]`` (and, where no call can run sparse, ``Case.sparse=False``, the
+   sparsity-0.5 output still equals the plain one);
+3. sparsity 0.5 gives finite outputs, different from the plain ones where it ran sparse;
+4. after the ``with`` block, draft attention's hooks are gone (same hook count as before enabling).
+
+Cases marked ``xfail(strict=True)`` show a real problem of draft attention with that pipeline; the reason says
+which. The builders' docstrings say what each case exercises and why a fallback is legitimate where one is expected.
+Every case takes under 5 s on one CPU thread (none is marked slow).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+from pipeline_utils import max_diff
+
+from draftattention_diffusers import draft_attention_enabled, get_draft_processor, get_draft_stats
+from draftattention_diffusers.models.base import count_hooks
+from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
+
+GRID_UNKNOWN = "the video token grid of this forward is unknown"
+NOT_KEY_PADDING = "the attention mask is not a key-padding suffix mask"
+# 128 x 512 pixels on the 16-pixels-a-token families (Wan, HunyuanVideo, Cosmos): 8 x 32 tokens a frame, two 8x16
+# regions side by side; 256 x 1024 (8 x 32) or 256 x 1280 (8 x 40: two regions and an 8x8 edge strip) on the
+# 32-pixels-a-token LTX VAEs
+WAN_SIZE = dict(height=128, width=512)
+LTX2_GUIDANCE = dict(guidance_scale=3.0, stg_scale=0.0, modality_scale=1.0, audio_guidance_scale=3.0,
+                     audio_stg_scale=0.0, audio_modality_scale=1.0, spatio_temporal_guidance_blocks=None)
+
+
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def make(cls, base, **components):
+    """``cls`` from ``base``'s components (those its ``__init__`` takes), ``components`` replacing or adding some."""
+    names = inspect.signature(cls.__init__).parameters
+    pipe = cls(**{k: v for k, v in {**base.components, **components}.items() if k in names})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def rebuilt(transformer, seed, **config):
+    """A transformer of ``transformer``'s class and config with ``config`` changed, random weights (seeded)."""
+    torch.manual_seed(seed)
+    return type(transformer).from_config(transformer.config, **config).eval()
+
+
+# ------------------------------------------------------------------------------------------------------ Wan family
+def wan_video_to_video():
+    from diffusers import WanVideoToVideoPipeline
+
+    p = make(WanVideoToVideoPipeline, build_tiny_pipeline("wan"))
+    video = rand(1, 5, 3, 128, 512)  # 5 frames -> 2 latent frames
+
+    def call(p):  # strength 0.8 of 4 steps: 3 steps from the noised video latents; CFG as two forwards
+        return (p(video=video, **tiny_prompt_kwargs(p), **WAN_SIZE, num_inference_steps=4, strength=0.8,
+                  output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+def lucy_edit():
+    """Lucy-Edit (Wan2.2 TI2V-5B based): the condition video's latents concatenated on the channels (16 + 16 in
+    the tiny transformer) and per-token timesteps (``expand_timesteps``)."""
+    from diffusers import LucyEditPipeline
+
+    base = build_tiny_pipeline("wan")
+    p = make(LucyEditPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=32), expand_timesteps=True)
+    video = rand(1, 5, 3, 128, 512)
+
+    def call(p):
+        return (p(video=video, **tiny_prompt_kwargs(p), **WAN_SIZE, num_frames=5, num_inference_steps=3,
+                  output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+# ------------------------------------------------------------------------------------------- HunyuanVideo family
+def hunyuan_skyreels_i2v():
+    """SkyReels-V1 I2V: image latents concatenated on the channels (4 + 4), true CFG with padded prompts."""
+    from diffusers import HunyuanSkyreelsImageToVideoPipeline
+
+    base = build_tiny_pipeline("hunyuan")
+    p = make(HunyuanSkyreelsImageToVideoPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=8))
+    image = rand(1, 3, 128, 512)
+    prompt = tiny_prompt_kwargs(p, valid_len=10)
+    negative = {f"negative_{k}": v for k, v in tiny_prompt_kwargs(p, seed=1, valid_len=12).items()}
+
+    def call(p):
+        return (p(image=image, **prompt, **negative, true_cfg_scale=6.0, **WAN_SIZE, num_frames=5,
+                  num_inference_steps=3, output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+# ---------------------------------------------------------------------------------------------- LTX-Video family
+def ltx_long(cond_image: bool, num_frames: int):
+    """LTXI2VLongMultiPromptPipeline encodes its prompts itself (it takes no prompt embeddings): its ``encode_prompt``
+    is replaced on the instance by one returning the tiny prompt embeddings and masks (padded), which is what the
+    T5 encoder would hand it. Temporal windows of 2 latent frames overlapping by 1 (``temporal_tile_size=16``,
+    ``temporal_overlap=8``): 9 frames -> one window, 17 frames -> two. With ``cond_image``, the first frame is
+    conditioned and the image latents are appended to every window as a "negative index" frame at time -8/fps.
+    Without it, the second window appends the first window's last latent frame at time 0 (the time of its own first
+    frame): behind the grid, dense (the time goes back there, so the grid is the head).
+    Its scheduler is the tiny FlowMatchEulerDiscreteScheduler (it warns that ComfyUI uses the ancestral one); the
+    loop runs ``num_inference_steps - 1`` steps per window."""
+    from diffusers import LTXI2VLongMultiPromptPipeline
+
+    base = build_tiny_pipeline("ltx")
+    p = make(LTXI2VLongMultiPromptPipeline, base)
+    kw = tiny_prompt_kwargs(base, valid_len=10)
+
+    def encode_prompt(self, *args, **kwargs):
+        return (kw["prompt_embeds"], kw["prompt_attention_mask"], kw["negative_prompt_embeds"],
+                kw["negative_prompt_attention_mask"])
+
+    p.encode_prompt = types.MethodType(encode_prompt, p)
+    extra = dict(cond_image=rand(1, 3, 256, 1024)) if cond_image else {}
+
+    def call(p):
+        return (p(prompt="tiny", **extra, height=256, width=1024, num_frames=num_frames, temporal_tile_size=16,
+                  temporal_overlap=8, guidance_scale=3.0, num_inference_steps=3, output_type="latent",
+                  seed=0).frames,)
+    return p, call
+
+
+def ltx_long_grid_covers_the_window(p):
+    """The last forward is one window of 2 generated latent frames (8 x 32 tokens each) plus the appended
+    negative-index frame: the grid draft attention sparsifies must hold the generated frames."""
+    grid = get_draft_processor(p).grid
+    assert grid is not None and grid.num_tokens >= 2 * 8 * 32, (
+        f"draft attention's grid is {grid}: only the appended conditioning frame; the 2 generated latent frames run "
+        "dense as 'other' tokens, listed nowhere")
+
+
+# ---------------------------------------------------------------------------------------------------- LTX-2 family
+def ltx2_hdr():
+    """HDR IC-LoRA: the reference video's tokens appended behind the video grid (own coords, timestep 0)."""
+    from diffusers import LTX2HDRPipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_hdr_lora import LTX2HDRReferenceCondition
+
+    p = make(LTX2HDRPipeline, build_tiny_pipeline("ltx2"))
+    refs = [LTX2HDRReferenceCondition(frames=rand(1, 9, 3, 256, 1280))]
+
+    def call(p):
+        return (p(**tiny_prompt_kwargs(p, valid_len=10), reference_conditions=refs, height=256, width=1280,
+                  num_frames=9, guidance_scale=3.0, num_inference_steps=2, output_type="latent",
+                  generator=gen()).frames,)
+    return p, call
+
+
+def ltx2_in_context(strength: float):
+    """IC-LoRA: reference tokens appended behind the video grid; with ``conditioning_attention_strength < 1`` the
+    pipeline passes a ``[B, S, S]`` video self-attention mask, which is not a key-padding mask: dense, listed."""
+    from diffusers import LTX2InContextPipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
+
+    p = make(LTX2InContextPipeline, build_tiny_pipeline("ltx2"))
+    refs = [LTX2ReferenceCondition(frames=rand(1, 9, 3, 256, 1280))]
+
+    def call(p):
+        out = p(**tiny_prompt_kwargs(p, valid_len=10), reference_conditions=refs,
+                conditioning_attention_strength=strength, height=256, width=1280, num_frames=9, **LTX2_GUIDANCE,
+                num_inference_steps=2, output_type="latent", generator=gen())
+        return out.frames, out.audio
+    return p, call
+
+
+def ltx25_transformer(base):
+    """The tiny LTX-2.3 transformer with the LTX-2.5 keyframe marker (``use_keyframes_abs_pos_embedding``, random
+    instead of diffusers' zero init) that the DFR pipelines require."""
+    transformer = rebuilt(base.transformer, 3, use_keyframes_abs_pos_embedding=True)
+    with torch.no_grad():
+        transformer.keyframes_abs_pos_embedding.copy_(torch.randn(transformer.keyframes_abs_pos_embedding.shape,
+                                                                  generator=torch.Generator().manual_seed(3)))
+    return transformer
+
+
+def ltx2_dfr():
+    """DFR stage 1: 9 frames pad to a 25-frame canvas (4 latent frames) plus one generated keyframe slot (pixel 24),
+    passed with ``video_coords`` only (no sizes); no CFG (distilled schedule, 2 sigmas)."""
+    from diffusers import LTX2DFRPipeline
+
+    base = build_tiny_pipeline("ltx2.3")
+    p = make(LTX2DFRPipeline, base, transformer=ltx25_transformer(base))
+
+    def call(p):
+        out = p(**tiny_prompt_kwargs(p, valid_len=10, negative=False), height=256, width=1024, num_frames=9,
+                sigmas=[1.0, 0.6], output_type="latent", generator=gen())
+        return out.frames, out.audio, out.keyframes
+    return p, call
+
+
+def ltx2_dfr_temporal_refine(num_frames: int):
+    """One temporal refine round on a DFR canvas of ``num_frames`` (25: one keyframe, one tile; 49: two keyframes,
+    two tiles, each its own denoising loop) given as random stand-ins of DFR's outputs (latents, keyframes, audio
+    latents). A tiny temporal latent upsampler; the ancestral scheduler the pipeline requires (seeded per tile).
+    The carried anchors and the generated slots are appended behind the video tokens with out-of-order times: the
+    forward (``video_coords`` only) is not one grid, so every call runs dense, listed."""
+    from diffusers import LTX2DFRTemporalRefinePipeline, LTXEulerAncestralRFScheduler
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    base = build_tiny_pipeline("ltx2.3")
+    torch.manual_seed(4)
+    upsampler = LTX2LatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3,
+                                         spatial_upsample=False, temporal_upsample=True).eval()
+    p = make(LTX2DFRTemporalRefinePipeline, base, transformer=ltx25_transformer(base),
+             temporal_latent_upsampler=upsampler, scheduler=LTXEulerAncestralRFScheduler(eta=0.5))
+    g = torch.Generator().manual_seed(5)
+    positions = list(range(24, num_frames, 24))
+    latents = torch.randn(1, 8, (num_frames - 1) // 8 + 1, 8, 32, generator=g)
+    keyframes = torch.randn(1, 8, len(positions), 8, 32, generator=g)
+    audio = torch.randn(1, 2, round(num_frames / 24 * 25), 2, generator=g)
+
+    def call(p):
+        out = p(**tiny_prompt_kwargs(p, valid_len=10, negative=False), latents=latents, keyframes_latents=keyframes,
+                keyframe_positions=positions, audio_latents=audio, height=256, width=1024, num_frames=num_frames,
+                sigmas=[1.0, 0.6], output_type="latent", generator=gen())
+        return out.frames, out.keyframes
+    return p, call
+
+
+# ----------------------------------------------------------------------------------------------------- Cosmos family
+def cosmos2_text_to_image():
+    """Predict2 Text2Image: one latent frame of 8 x 32 tokens (two regions); 16 latent channels (the tiny
+    Video2World transformer's config without its condition-mask channel)."""
+    from diffusers import Cosmos2TextToImagePipeline
+
+    base = build_tiny_pipeline("cosmos2-v2w")
+    p = make(Cosmos2TextToImagePipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=16))
+
+    def call(p):
+        return (p(**tiny_prompt_kwargs(p), **WAN_SIZE, num_inference_steps=3, guidance_scale=7.0,
+                  output_type="latent", generator=gen()).images,)
+    return p, call
+
+
+# ------------------------------------------------------------------------------------------------ Kandinsky 5 family
+def kandinsky5_image(image_to_image: bool):
+    """Kandinsky 5.0 Image T2I / I2I: the pipelines snap to their resolution list, whose smallest is 1408 x 640 (one
+    latent frame of 40 x 88 tokens: many regions). Both declare a 2D ``AutoencoderKL`` (8x): a tiny one (4 latent
+    channels, as the tiny transformer), which I2I encodes the image with (4 + 4 + 1 channels: ``visual_cond``)."""
+    from diffusers import AutoencoderKL, Kandinsky5I2IPipeline, Kandinsky5T2IPipeline
+
+    base = build_tiny_pipeline("kandinsky5-i2v" if image_to_image else "kandinsky5", num_layers=1)
+    torch.manual_seed(7)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
+                        norm_num_groups=4).eval()
+    p = make(Kandinsky5I2IPipeline if image_to_image else Kandinsky5T2IPipeline, base, vae=vae)
+    extra = dict(image=rand(1, 3, 640, 1408)) if image_to_image else {}
+
+    def call(p):
+        return (p(**extra, **tiny_prompt_kwargs(p), height=640, width=1408, num_inference_steps=2, guidance_scale=3.5,
+                  output_type="latent", generator=gen()).image,)
+    return p, call
+
+
+# ------------------------------------------------------------------------------------------------------------ table
+@dataclass
+class Case:
+    build: Callable[[], tuple]  # () -> (pipeline, call); call(pipeline) -> tuple of output tensors
+    fallback: str | None = None  # None: no fallback; else every listed fallback names this (and some call is dense)
+    sparse: bool = True  # whether some video self-attention call runs sparse
+    check: Callable | None = None  # more assertions on the pipeline inside the sparse run's `with`
+
+
+CASES = [
+    pytest.param(Case(wan_video_to_video), id="WanVideoToVideoPipeline"),
+    pytest.param(Case(lucy_edit), id="LucyEditPipeline"),
+    pytest.param(Case(hunyuan_skyreels_i2v), id="HunyuanSkyreelsImageToVideoPipeline"),
+    # the image's latent frame appended at an earlier time: the grid is the head (the window's generated frames)
+    pytest.param(Case(lambda: ltx_long(True, 9), check=ltx_long_grid_covers_the_window),
+                 id="LTXI2VLongMultiPromptPipeline-image-1window"),
+    # a denoising loop per window (new timesteps): the statistics cover both (section_loops)
+    pytest.param(Case(lambda: ltx_long(False, 17)), id="LTXI2VLongMultiPromptPipeline-text-2windows"),
+    pytest.param(Case(ltx2_hdr), id="LTX2HDRPipeline"),
+    pytest.param(Case(lambda: ltx2_in_context(1.0)), id="LTX2InContextPipeline"),
+    pytest.param(Case(lambda: ltx2_in_context(0.5), fallback=NOT_KEY_PADDING, sparse=False),
+                 id="LTX2InContextPipeline-attention-mask"),
+    pytest.param(Case(ltx2_dfr), id="LTX2DFRPipeline"),
+    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(25), fallback=GRID_UNKNOWN, sparse=False),
+                 id="LTX2DFRTemporalRefinePipeline-1tile"),
+    # a denoising loop per tile, its steps in the pipeline's own denoise(): the statistics cover both tiles
+    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(49), fallback=GRID_UNKNOWN, sparse=False),
+                 id="LTX2DFRTemporalRefinePipeline-2tiles"),
+    pytest.param(Case(cosmos2_text_to_image), id="Cosmos2TextToImagePipeline"),
+    pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline"),
+    pytest.param(Case(lambda: kandinsky5_image(True)), id="Kandinsky5I2IPipeline"),
+]
+
+
+def close(outputs, reference) -> bool:
+    """Equal within float32 rounding: 1e-4, relative to the output's magnitude where it is above 1."""
+    return all(max_diff(a, r) <= 1e-4 * max(1.0, r.abs().max().item()) for a, r in zip(outputs, reference))
+
+
+def visible(case: Case, stats: dict) -> None:
+    """Sparse calls where the case says so, and every dense fallback listed (only those it expects)."""
+    assert (stats["sparse_calls"] > 0) == case.sparse
+    if case.fallback is None:
+        assert stats["fallbacks"] == {}
+    else:
+        assert stats["dense_calls"] > 0 and stats["fallbacks"]
+        assert all(case.fallback in message for message in stats["fallbacks"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_draft_attention_in_pipeline(case):
+    p, call = case.build()
+    forwards = []
+    handle = p.transformer.register_forward_pre_hook(lambda *args: forwards.append(1))
+    reference = call(p)
+    handle.remove()
+    assert all(torch.isfinite(r).all() for r in reference)
+    hooks = count_hooks(p.transformer)
+
+    with draft_attention_enabled(p, sparsity=0.0, dense_steps_fraction=0.0, backend="reference"):
+        exact = call(p)
+        stats = get_draft_stats(p).summary()
+    assert close(exact, reference)
+    assert stats["forwards"] == len(forwards)  # the statistics cover the whole call
+    visible(case, stats)
+
+    with draft_attention_enabled(p, sparsity=0.5, dense_steps_fraction=0.0):
+        assert count_hooks(p.transformer, draft_only=True) > 0
+        sparse = call(p)
+        stats = get_draft_stats(p).summary()
+        if case.check is not None:
+            case.check(p)
+    assert all(torch.isfinite(s).all() for s in sparse)
+    assert stats["forwards"] == len(forwards)
+    visible(case, stats)
+    if case.sparse:
+        assert stats["mean_sparsity"] > 0.3 and not torch.equal(sparse[0], reference[0])
+    else:
+        assert close(sparse, reference)
+    assert count_hooks(p.transformer) == hooks and count_hooks(p.transformer, draft_only=True) == 0

@@ -35,7 +35,6 @@ from draftattention_diffusers import draft_attention_enabled, get_draft_processo
 from draftattention_diffusers.models.base import count_hooks
 from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
-GRID_UNKNOWN = "the video token grid of this forward is unknown"
 NOT_KEY_PADDING = "the attention mask is not a key-padding suffix mask"
 # 128 x 512 pixels on the 16-pixels-a-token families (Wan, HunyuanVideo, Cosmos): 8 x 32 tokens a frame, two 8x16
 # regions side by side; 256 x 1024 (8 x 32) or 256 x 1280 (8 x 40: two regions and an 8x8 edge strip) on the
@@ -214,8 +213,9 @@ def ltx2_dfr_temporal_refine(num_frames: int):
     """One temporal refine round on a DFR canvas of ``num_frames`` (25: one keyframe, one tile; 49: two keyframes,
     two tiles, each its own denoising loop) given as random stand-ins of DFR's outputs (latents, keyframes, audio
     latents). A tiny temporal latent upsampler; the ancestral scheduler the pipeline requires (seeded per tile).
-    The carried anchors and the generated slots are appended behind the video tokens with out-of-order times: the
-    forward (``video_coords`` only) is not one grid, so every call runs dense, listed."""
+    The carried anchors and the generated slots are appended behind the video tokens at earlier times: the forward
+    passes ``video_coords`` only, and the grid is the head up to where the time goes back; the appended tokens stay
+    dense."""
     from diffusers import LTX2DFRTemporalRefinePipeline, LTXEulerAncestralRFScheduler
     from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
@@ -298,10 +298,10 @@ CASES = [
     pytest.param(Case(lambda: ltx2_in_context(0.5), fallback=NOT_KEY_PADDING, sparse=False),
                  id="LTX2InContextPipeline-attention-mask"),
     pytest.param(Case(ltx2_dfr), id="LTX2DFRPipeline"),
-    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(25), fallback=GRID_UNKNOWN, sparse=False),
+    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(25)),
                  id="LTX2DFRTemporalRefinePipeline-1tile"),
     # a denoising loop per tile, its steps in the pipeline's own denoise(): the statistics cover both tiles
-    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(49), fallback=GRID_UNKNOWN, sparse=False),
+    pytest.param(Case(lambda: ltx2_dfr_temporal_refine(49)),
                  id="LTX2DFRTemporalRefinePipeline-2tiles"),
     pytest.param(Case(cosmos2_text_to_image), id="Cosmos2TextToImagePipeline"),
     pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline"),

@@ -33,7 +33,7 @@ from diffusers.models.transformers.transformer_ltx2 import (LTX2Attention, LTX2A
 from ..core.layout import VideoGrid
 from .base import (IMAGE_TO_VIDEO, TINY_TEXT_DIM, LoadRecipe, ModelFamily, TinyPipeline, numbered_roles, register_hook,
                    register_tokens_back_hook)
-from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes
+from .ltx_video import forward_arguments, grid_from_coords, grid_from_sizes, leading_tokens
 
 _SELF = re.compile(r"^transformer_blocks\.(\d+)\.attn1$")
 # LTX2VideoTransformer3DModel.forward's positional parameters (up to the ones the hooks read)
@@ -149,12 +149,15 @@ class LTX2Family(ModelFamily):
         sizes = [given.get(n) for n in ("num_frames", "height", "width")]
         sizes = [-(-sizes[0] // p_t), -(-sizes[1] // p), -(-sizes[2] // p)] if all(
             isinstance(s, int) for s in sizes) else None
-        # LTX2ConditionPipeline appends keyframe tokens behind the video grid: the grid is the head of the sequence
+        # Tokens appended behind the video grid (LTX2ConditionPipeline's keyframes, IC-LoRA's references, DFR's
+        # anchors and slots): the grid is the head of the sequence, its size given, else up to where time goes back
         video = min(tokens, sizes[0] * sizes[1] * sizes[2]) if sizes else tokens
         coords = given.get("video_coords")
         # patch bounds [B, 3, S, 2]: the starts place each token (a compiled graph reads the sizes: see ltx_video.py)
         if coords is not None and not torch.compiler.is_compiling():
-            return grid_from_coords((coords[..., 0] if coords.ndim == 4 else coords)[..., :video], video)
+            starts = coords[..., 0] if coords.ndim == 4 else coords
+            video = video if sizes else leading_tokens(starts)
+            return grid_from_coords(starts[..., :video], video)
         return None if sizes is None else grid_from_sizes(*sizes, video)
 
     def roles(self, transformer, current):

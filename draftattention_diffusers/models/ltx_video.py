@@ -53,6 +53,14 @@ def grid_from_coords(coords: torch.Tensor, num_tokens: int) -> VideoGrid | None:
     return VideoGrid(*sizes)
 
 
+def leading_tokens(coords: torch.Tensor) -> int:
+    """The tokens of per-token positions ``coords [B, 3, S]`` before the time (``coords[:, 0]``) first goes back: a
+    frame-major video grid with tokens appended at earlier times is its head (a host sync)."""
+    frames = coords[0, 0]
+    back = torch.nonzero(frames[1:] < frames[:-1])
+    return int(back[0, 0]) + 1 if back.numel() else frames.numel()
+
+
 def video_span(coords: torch.Tensor) -> tuple[int, VideoGrid | None]:
     """Where the video grid starts in per-token positions ``coords [B, 3, S]``, and the grid (None where none of the
     layouts below verifies; a host sync). Besides a sequence that is exactly the grid, LTX-Video's pipelines add
@@ -62,8 +70,7 @@ def video_span(coords: torch.Tensor) -> tuple[int, VideoGrid | None]:
     two that is a frame-major, row-major grid is the video."""
     frames = coords[0, 0]
     tokens = frames.numel()
-    back = torch.nonzero(frames[1:] < frames[:-1])
-    head = int(back[0, 0]) + 1 if back.numel() else tokens
+    head = leading_tokens(coords)
     tail = int(torch.nonzero(frames == frames.min())[0, 0]) if tokens else 0
     for start, n in sorted([(0, head), (tail, tokens - tail)], key=lambda span: -span[1]):
         grid = grid_from_coords(coords[..., start:start + n], n) if n else None

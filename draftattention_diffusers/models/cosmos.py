@@ -133,7 +133,8 @@ class CosmosFamily(ModelFamily):
     # Python API only: Cosmos 1.0 (its VAE compresses time 8x: 8k+1 frames, where this family's command-line frame
     # rule is the Wan VAE's 4k+1), Transfer2.5 (a controlnet model to load beside it) and Predict2 Text2Image
     # (one frame: nothing to sparsify)
-    other_pipelines = ("CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline", "Cosmos2_5_TransferPipeline")
+    other_pipelines = ("CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline", "Cosmos2_5_TransferPipeline",
+                       "Cosmos2TextToImagePipeline")
     default_fps = 16  # Predict2 / 2.5 (diffusers' examples export at 16 fps; Cosmos 1.0's at 30)
     frame_step = 4
     pixel_step = 16

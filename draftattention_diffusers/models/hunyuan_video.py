@@ -144,6 +144,7 @@ class HunyuanVideoFamily(ModelFamily):
     pipelines = {"HunyuanVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16, vae_tiling=True),
                  "HunyuanVideoImageToVideoPipeline": LoadRecipe(torch.bfloat16, torch.float16, torch.float16,
                                                                 vae_tiling=True, inputs=IMAGE_TO_VIDEO)}
+    other_pipelines = ("HunyuanSkyreelsImageToVideoPipeline",)
     default_fps = 24
     # HunyuanVideoPipeline uses a negative prompt only with true_cfg_scale > 1
     takes_negative_prompt = False

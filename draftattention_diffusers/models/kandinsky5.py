@@ -104,6 +104,7 @@ class Kandinsky5Family(KandinskyVisualFacts):
                      torch.bfloat16, torch.bfloat16, torch.bfloat16, inputs=IMAGE_TO_VIDEO, min_frames=17,
                      min_frames_why="after denoising it renormalizes its first 4 latent frames by the following "
                                     "ones; with fewer than 5 latent frames there are none and its video is NaN")}
+    other_pipelines = ("Kandinsky5T2IPipeline", "Kandinsky5I2IPipeline")  # one frame: an image
     default_fps = 24  # the docs export at 24 fps
     tiny_variants = {"tiny-kandinsky5": TinyPipeline(build_tiny_kandinsky5, "Kandinsky5T2VPipeline"),
                      "tiny-kandinsky5-i2v": TinyPipeline(partial(build_tiny_kandinsky5, visual_cond=True),

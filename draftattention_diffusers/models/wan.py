@@ -123,7 +123,7 @@ class WanFamily(ModelFamily):
                                               component_dtypes=(("image_encoder", torch.float32),),
                                               inputs=IMAGE_TO_VIDEO),
     }
-    other_pipelines = ()
+    other_pipelines = ("WanVideoToVideoPipeline", "LucyEditPipeline")
     default_fps = 16
     tiny_variants = {
         "tiny-wan": TinyPipeline(build_tiny_wan, "WanPipeline"),

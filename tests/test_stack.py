@@ -163,7 +163,7 @@ def test_stack_equals_the_same_stack_without_draft_at_sparsity_zero(pipe, cache)
 
 @pytest.mark.parametrize("family, cache", [
     *[(f, "first_block") for f in ("wan-vace", "cogvideox", "ltx", "mochi", "motif-video")],
-    *[(f, "taylorseer") for f in ("skyreels-v2", "ltx2", "hunyuan15", "helios", "kandinsky6")],
+    *[(f, "taylorseer") for f in ("skyreels-v2", "ltx2", "ltx2.3", "hunyuan15", "helios", "kandinsky6")],
 ])
 def test_a_cache_stack_on_the_other_families_it_runs_on(family, cache):
     """Where diffusers' First Block Cache (on a fixed schedule: steps 0, 1, 3 computed) or TaylorSeer runs (the

@@ -79,13 +79,17 @@ def wan_video_to_video():
     return p, call
 
 
-def lucy_edit():
+def lucy_edit(expand_timesteps: bool):
     """Lucy-Edit (Wan2.2 TI2V-5B based): the condition video's latents concatenated on the channels (16 + 16 in
-    the tiny transformer) and per-token timesteps (``expand_timesteps``)."""
+    the tiny transformer). With ``expand_timesteps`` (the pipeline's config, as Lucy-Edit ships) per-token timesteps
+    ``[B, S]`` (all equal: Lucy's mask is all ones); without it (the pipeline's default, Wan2.1 style) one timestep
+    ``[B]`` per forward. Both run every video self-attention call sparse."""
     from diffusers import LucyEditPipeline
 
     base = build_tiny_pipeline("wan")
-    p = make(LucyEditPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=32), expand_timesteps=True)
+    p = make(LucyEditPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=32),
+             expand_timesteps=expand_timesteps)
+    assert p.config.expand_timesteps == expand_timesteps
     video = rand(1, 5, 3, 128, 512)
 
     def call(p):
@@ -167,21 +171,37 @@ def ltx2_hdr():
     return p, call
 
 
-def ltx2_in_context(strength: float):
+def ltx2_in_context(strength: float, keyframe: bool = False):
     """IC-LoRA: reference tokens appended behind the video grid; with ``conditioning_attention_strength < 1`` the
-    pipeline passes a ``[B, S, S]`` video self-attention mask, which is not a key-padding mask: dense, listed."""
+    pipeline passes a ``[B, S, S]`` video self-attention mask, which is not a key-padding mask: dense, listed.
+    With ``keyframe``, a frame condition at latent index 1 (a single frame, ``crf=0``: no H.264 re-compression of a
+    float tensor) is appended as keyframe tokens between the video and the reference (``[base | keyframe |
+    reference]``, 320 + 320 + 640 tokens, timestep 0). The keyframe sits at the time of the last latent frame (time
+    does not go back there, only at the reference): the grid is the head of the sizes the forward passes (2 x 8 x 40),
+    the keyframe and reference tokens stay dense; every video self-attention call runs sparse."""
     from diffusers import LTX2InContextPipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
     from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
 
     p = make(LTX2InContextPipeline, build_tiny_pipeline("ltx2"))
     refs = [LTX2ReferenceCondition(frames=rand(1, 9, 3, 256, 1280))]
+    # frames (F, C, H, W) in [0, 255]
+    extra = dict(conditions=[LTX2VideoCondition(frames=rand(1, 3, 256, 1280, seed=1) * 255, index=1, crf=0)]
+                 ) if keyframe else {}
 
     def call(p):
-        out = p(**tiny_prompt_kwargs(p, valid_len=10), reference_conditions=refs,
+        out = p(**tiny_prompt_kwargs(p, valid_len=10), reference_conditions=refs, **extra,
                 conditioning_attention_strength=strength, height=256, width=1280, num_frames=9, **LTX2_GUIDANCE,
                 num_inference_steps=2, output_type="latent", generator=gen())
         return out.frames, out.audio
     return p, call
+
+
+def ltx2_in_context_grid_is_the_video(p):
+    """The grid draft attention sparsifies is the 2 generated latent frames, not the appended keyframe."""
+    grid = get_draft_processor(p).grid
+    assert grid is not None and (grid.frames, grid.height, grid.width) == (2, 8, 40), (
+        f"draft attention's grid is {grid}")
 
 
 def ltx25_transformer(base):
@@ -207,6 +227,41 @@ def ltx2_dfr():
                 sigmas=[1.0, 0.6], output_type="latent", generator=gen())
         return out.frames, out.audio, out.keyframes
     return p, call
+
+
+def ltx2_dfr_video_tiles():
+    """DFR with the spatial epilogue's ``video_tiles`` (``LTX2DFREpilogueTile``): a 256 x 1824 canvas (8 x 57 latent
+    cells a frame, 4 latent frames plus one generated keyframe slot at pixel 24) cut in two width tiles overlapping 8
+    cells (``split_by_count``: widths 33 and 32, trapezoidal blend weights), each at least two 8x16-token regions
+    wide. Every step runs the transformer once per tile on that tile's ``keep`` subset (base tokens, then the slot's
+    tokens inside the window) with the tile's rebased ``video_coords`` and keyframe mask (``video_tile_plan``), so
+    consecutive forwards have different token counts (1320, 1280) and grids. The slot sits at a later time than the
+    last latent frame, so its tokens (a whole frame of the tile) join the grid as a fifth frame, as in the untiled
+    ``LTX2DFRPipeline`` case: the grids are 5 x 8 x 33 and 5 x 8 x 32, and every call runs sparse (no fallback)."""
+    from diffusers import LTX2DFRPipeline
+    from diffusers.pipelines.ltx2.dfr_layout import LTX2DFREpilogueTile, split_by_count, trapezoidal_mask_1d
+
+    base = build_tiny_pipeline("ltx2.3")
+    p = make(LTX2DFRPipeline, base, transformer=ltx25_transformer(base))
+    frames, height, width = 4, 8, 57
+    tiles = [LTX2DFREpilogueTile(frames=slice(0, frames), heights=slice(0, height), widths=slice(w.start, w.end),
+                                 blend_weight=torch.ones(frames, height, 1)
+                                 * trapezoidal_mask_1d(w.end - w.start, w.left_ramp, w.right_ramp))
+             for w in split_by_count(width, 2, 8)]
+    assert [(t.widths.start, t.widths.stop) for t in tiles] == [(0, 33), (25, 57)]
+
+    def call(p):
+        out = p(**tiny_prompt_kwargs(p, valid_len=10, negative=False), height=256, width=32 * width, num_frames=9,
+                sigmas=[1.0, 0.6], video_tiles=tiles, output_type="latent", generator=gen())
+        return out.frames, out.audio, out.keyframes
+    return p, call
+
+
+def ltx2_dfr_grid_is_the_last_tile(p):
+    """The last forward is the second tile: 4 latent frames and the keyframe slot, 8 x 32 cells each."""
+    grid = get_draft_processor(p).grid
+    assert grid is not None and (grid.frames, grid.height, grid.width) == (5, 8, 32), (
+        f"draft attention's grid is {grid}")
 
 
 def ltx2_dfr_temporal_refine(num_frames: int):
@@ -286,7 +341,8 @@ class Case:
 
 CASES = [
     pytest.param(Case(wan_video_to_video), id="WanVideoToVideoPipeline"),
-    pytest.param(Case(lucy_edit), id="LucyEditPipeline"),
+    pytest.param(Case(lambda: lucy_edit(True)), id="LucyEditPipeline"),
+    pytest.param(Case(lambda: lucy_edit(False)), id="LucyEditPipeline-no-expand-timesteps"),
     pytest.param(Case(hunyuan_skyreels_i2v), id="HunyuanSkyreelsImageToVideoPipeline"),
     # the image's latent frame appended at an earlier time: the grid is the head (the window's generated frames)
     pytest.param(Case(lambda: ltx_long(True, 9), check=ltx_long_grid_covers_the_window),
@@ -295,9 +351,15 @@ CASES = [
     pytest.param(Case(lambda: ltx_long(False, 17)), id="LTXI2VLongMultiPromptPipeline-text-2windows"),
     pytest.param(Case(ltx2_hdr), id="LTX2HDRPipeline"),
     pytest.param(Case(lambda: ltx2_in_context(1.0)), id="LTX2InContextPipeline"),
+    # [video | keyframe | reference]: the grid is the video (the sizes the forward passes), the rest dense
+    pytest.param(Case(lambda: ltx2_in_context(1.0, keyframe=True), check=ltx2_in_context_grid_is_the_video),
+                 id="LTX2InContextPipeline-keyframe"),
     pytest.param(Case(lambda: ltx2_in_context(0.5), fallback=NOT_KEY_PADDING, sparse=False),
                  id="LTX2InContextPipeline-attention-mask"),
     pytest.param(Case(ltx2_dfr), id="LTX2DFRPipeline"),
+    # a transformer call per spatial tile and step, each on its subset of the tokens (its own grid)
+    pytest.param(Case(ltx2_dfr_video_tiles, check=ltx2_dfr_grid_is_the_last_tile),
+                 id="LTX2DFRPipeline-video-tiles"),
     pytest.param(Case(lambda: ltx2_dfr_temporal_refine(25)),
                  id="LTX2DFRTemporalRefinePipeline-1tile"),
     # a denoising loop per tile, its steps in the pipeline's own denoise(): the statistics cover both tiles

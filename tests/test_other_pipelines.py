@@ -17,7 +17,7 @@ Every case checks, against the same pipeline without draft attention:
 
 Cases marked ``xfail(strict=True)`` show a real problem of draft attention with that pipeline; the reason says
 which. The builders' docstrings say what each case exercises and why a fallback is legitimate where one is expected.
-Every case takes under 5 s on one CPU thread (none is marked slow).
+Every case takes under 8 s on one CPU thread; three that repeat a path another case takes are marked slow.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ CASES = [
     pytest.param(Case(lambda: ltx2_in_context(1.0)), id="LTX2InContextPipeline"),
     # [video | keyframe | reference]: the grid is the video (the sizes the forward passes), the rest dense
     pytest.param(Case(lambda: ltx2_in_context(1.0, keyframe=True), check=ltx2_in_context_grid_is_the_video),
-                 id="LTX2InContextPipeline-keyframe"),
+                 id="LTX2InContextPipeline-keyframe", marks=pytest.mark.slow),
     pytest.param(Case(lambda: ltx2_in_context(0.5), fallback=NOT_KEY_PADDING, sparse=False),
                  id="LTX2InContextPipeline-attention-mask"),
     pytest.param(Case(ltx2_dfr), id="LTX2DFRPipeline"),
@@ -361,13 +361,13 @@ CASES = [
     pytest.param(Case(ltx2_dfr_video_tiles, check=ltx2_dfr_grid_is_the_last_tile),
                  id="LTX2DFRPipeline-video-tiles"),
     pytest.param(Case(lambda: ltx2_dfr_temporal_refine(25)),
-                 id="LTX2DFRTemporalRefinePipeline-1tile"),
+                 id="LTX2DFRTemporalRefinePipeline-1tile", marks=pytest.mark.slow),  # 2 tiles: default
     # a denoising loop per tile, its steps in the pipeline's own denoise(): the statistics cover both tiles
     pytest.param(Case(lambda: ltx2_dfr_temporal_refine(49)),
                  id="LTX2DFRTemporalRefinePipeline-2tiles"),
     pytest.param(Case(cosmos2_text_to_image), id="Cosmos2TextToImagePipeline"),
     pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline"),
-    pytest.param(Case(lambda: kandinsky5_image(True)), id="Kandinsky5I2IPipeline"),
+    pytest.param(Case(lambda: kandinsky5_image(True)), id="Kandinsky5I2IPipeline", marks=pytest.mark.slow),
 ]
 
 

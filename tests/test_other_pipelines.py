@@ -1,5 +1,6 @@
-"""Draft attention inside the diffusers 0.42.1 pipelines that take a served transformer but that no family lists
-(``pipelines`` / ``other_pipelines``): each is built from its family's tiny components (the transformer rebuilt from
+"""Draft attention inside the diffusers 0.42.1 pipelines that take a served transformer and that the families' own
+tests do not run (served through the Python API, ``other_pipelines``): each is built from its family's tiny
+components (the transformer rebuilt from
 the tiny config where the pipeline needs other input channels, or a tiny component of the class the pipeline
 declares where the tiny pipeline has none) and called with prompt embeddings, latent output, 2-3 steps and a fixed
 seed, at a size of several 8x16-token regions per frame (the tile order is not the identity).
@@ -17,7 +18,7 @@ Every case checks, against the same pipeline without draft attention:
 
 Cases marked ``xfail(strict=True)`` show a real problem of draft attention with that pipeline; the reason says
 which. The builders' docstrings say what each case exercises and why a fallback is legitimate where one is expected.
-Every case takes under 8 s on one CPU thread; three that repeat a path another case takes are marked slow.
+Every case takes under 8 s on one CPU thread; those that repeat a path another case takes are marked slow.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import inspect
 import types
 from dataclasses import dataclass
 from typing import Callable
+from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pipeline_utils import max_diff
 
 from draftattention_diffusers import draft_attention_enabled, get_draft_processor, get_draft_stats
-from draftattention_diffusers.models.base import count_hooks
+from draftattention_diffusers.models.base import TINY_TEXT_DIM, count_hooks
+from draftattention_diffusers.models.cosmos import TinySafetyChecker, tiny_cosmos_transformer
 from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
 NOT_KEY_PADDING = "the attention mask is not a key-padding suffix mask"
@@ -95,6 +99,33 @@ def lucy_edit(expand_timesteps: bool):
     def call(p):
         return (p(video=video, **tiny_prompt_kwargs(p), **WAN_SIZE, num_frames=5, num_inference_steps=3,
                   output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+# ----------------------------------------------------------------------------------------------- SkyReels-V2 family
+def skyreels_df(kind: str, num_frames: int, **extra):
+    """SkyReels-V2 diffusion forcing on the tiny T2V transformer (16 channels: the condition is latent frames, not
+    channels), synchronous (``ar_step=0``, the transformer's causal block size 1: no causal mask), CFG as two
+    forwards. ``"i2v"``: the image's latent frame is the prefix frame of the first latent frame (its timestep 0 in
+    the step matrix), ``last_image`` appends the end image's latent frame behind the generated ones (4 latent frames,
+    all on the grid); ``num_frames > base_num_frames`` with ``overlap_history`` runs the long-video iterations (each
+    its own loop over the step matrix, the previous iteration's last latent frames as prefix; one set of
+    ``scheduler.timesteps`` for the whole call). ``"v2v"``: the video's last ``overlap_history`` frames (5 -> 2 latent
+    frames) are the prefix; it always runs the long-video iterations (17 frames, ``base_num_frames=9``: three)."""
+    from diffusers import (SkyReelsV2DiffusionForcingImageToVideoPipeline,
+                           SkyReelsV2DiffusionForcingVideoToVideoPipeline)
+
+    if kind == "i2v":
+        p = make(SkyReelsV2DiffusionForcingImageToVideoPipeline, build_tiny_pipeline("skyreels-v2"))
+        inputs = dict(image=rand(1, 3, 128, 512))
+    else:
+        p = make(SkyReelsV2DiffusionForcingVideoToVideoPipeline, build_tiny_pipeline("skyreels-v2"))
+        inputs = dict(video=rand(1, 5, 3, 128, 512), overlap_history=5)
+    assert p.transformer.config.num_frame_per_block == 1
+
+    def call(p):
+        return (p(**inputs, **extra, **tiny_prompt_kwargs(p), **WAN_SIZE, num_frames=num_frames, base_num_frames=9,
+                  num_inference_steps=3, output_type="latent", generator=gen()).frames,)
     return p, call
 
 
@@ -309,6 +340,118 @@ def cosmos2_text_to_image():
     return p, call
 
 
+def cosmos1(video_to_world: bool):
+    """Cosmos 1.0 Text2World / Video2World (an image continued: its latent frame conditioned, 16 + 1 channels with
+    the condition mask) with a tiny ``AutoencoderKLCosmos`` (8x spatial, 8x temporal: 9 frames -> 2 latent frames of
+    8 x 32 tokens), the EDM Euler scheduler of the published models and Cosmos 1.0's learnable positions
+    (``extra_pos_embed_type="learnable"``). No ``padding_mask`` channel (``concat_padding_mask=False``): the
+    transformer resizes it with torchvision, not installed here. The pipelines refuse to run without a safety checker
+    and build ``cosmos_guardrail``'s (not installed, downloads its models) when given None: the family's
+    ``TinySafetyChecker`` stands in (passes every prompt and video)."""
+    from diffusers import AutoencoderKLCosmos, CosmosTextToWorldPipeline, CosmosVideoToWorldPipeline, EDMEulerScheduler
+
+    transformer = tiny_cosmos_transformer(1, 2, 2, in_channels=17 if video_to_world else 16,
+                                          extra_pos_embed_type="learnable", max_size=(16, 16, 64))
+    torch.manual_seed(5)
+    vae = AutoencoderKLCosmos(latent_channels=16, encoder_block_out_channels=(8, 8, 8, 8),
+                              decode_block_out_channels=(8, 8, 8, 8), attention_resolutions=(), resolution=128,
+                              num_layers=1, latents_mean=None, latents_std=None).eval()
+    scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=80, sigma_data=0.5, sigma_schedule="karras",
+                                  num_train_timesteps=1000, prediction_type="epsilon", rho=7.0,
+                                  final_sigmas_type="sigma_min")
+    cls = CosmosVideoToWorldPipeline if video_to_world else CosmosTextToWorldPipeline
+    p = cls(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae, scheduler=scheduler,
+            safety_checker=TinySafetyChecker())
+    p.set_progress_bar_config(disable=True)
+    extra = dict(image=rand(1, 3, 128, 512)) if video_to_world else {}
+
+    def call(p):
+        return (p(**extra, **tiny_prompt_kwargs(p), **WAN_SIZE, num_frames=9, num_inference_steps=3,
+                  output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+# what CosmosControlNetModel.forward uses of torchvision (not installed here): resizing the all-zero padding mask
+NO_TORCHVISION = types.SimpleNamespace(
+    InterpolationMode=types.SimpleNamespace(NEAREST="nearest"),
+    functional=types.SimpleNamespace(resize=lambda x, size, interpolation=None: F.interpolate(x, size=list(size),
+                                                                                            mode="nearest")))
+
+
+def cosmos25_transfer(num_frames: int):
+    """Transfer2.5: the tiny Predict2.5 pipeline's transformer with a controlnet residual after every block
+    (``controlnet_block_every_n=1``) and an image context (``attn2`` a ``CosmosAttention``, processor 2_5), a tiny
+    ``CosmosControlNetModel`` (2 control blocks; control latents padded to 16 channels, condition and padding masks:
+    18). ``CosmosControlNetModel.forward`` resizes the padding mask with torchvision, which is not installed here: a
+    stand-in (nearest interpolation) is patched into its module for the call. Chunks of 5 frames (2 latent frames),
+    one conditioned frame carried between chunks: 5 control frames -> one chunk, 9 -> two (each its own denoising
+    loop of 2 steps, new timesteps)."""
+    from diffusers import Cosmos2_5_TransferPipeline, CosmosControlNetModel
+    from diffusers.models.controlnets import controlnet_cosmos
+
+    base = build_tiny_pipeline("cosmos25")
+    context = dict(img_context_dim_in=TINY_TEXT_DIM, img_context_dim_out=64)
+    transformer = rebuilt(base.transformer, 1, controlnet_block_every_n=1, img_context_num_tokens=4, **context)
+    torch.manual_seed(2)
+    controlnet = CosmosControlNetModel(n_controlnet_blocks=2, in_channels=18, latent_channels=18, model_channels=64,
+                                       num_attention_heads=2, attention_head_dim=32, mlp_ratio=2.0,
+                                       text_embed_dim=TINY_TEXT_DIM, adaln_lora_dim=16, rope_scale=(1.0, 3.0, 3.0),
+                                       use_crossattn_projection=True, crossattn_proj_in_channels=TINY_TEXT_DIM,
+                                       encoder_hidden_states_channels=TINY_TEXT_DIM, **context).eval()
+    p = make(Cosmos2_5_TransferPipeline, base, transformer=transformer, controlnet=controlnet)
+    controls = rand(1, num_frames, 3, 128, 512)
+
+    def call(p):
+        with mock.patch.object(controlnet_cosmos, "transforms", NO_TORCHVISION, create=True):
+            return (p(controls=controls, **tiny_prompt_kwargs(p), **WAN_SIZE, num_frames_per_chunk=5,
+                      num_inference_steps=2, output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+# ----------------------------------------------------------------------------------------------- EasyAnimate family
+EASYANIMATE_SIZE = dict(height=128, width=512, num_frames=5)  # 2 latent frames of 8 x 32 tokens
+
+
+def easyanimate_inpaint():
+    """EasyAnimate InP (image-to-video): the first frame kept (mask 0), the others generated (mask 255); the
+    transformer takes noise, the mask resized to the latents (``resize_inpaint_mask_directly``, 1 channel) and the
+    masked video's latents (4 + 1 + 4 channels, ``inpaint_latents``). CFG batched in one forward. diffusers 0.42.1's
+    pipeline reads ``vae.config.cache_mag_vae`` (as ``resize_mask``'s ``process_first_frame_only``), a key
+    ``AutoencoderKLMagvit`` does not register: the tiny VAE's config gets it (True, ``resize_mask``'s default)."""
+    from diffusers import EasyAnimateInpaintPipeline
+
+    base = build_tiny_pipeline("easyanimate")
+    p = make(EasyAnimateInpaintPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=9))
+    p.vae.register_to_config(cache_mag_vae=True)
+    video = rand(1, 3, 5, 128, 512)  # [B, C, F, H, W] in [0, 1]
+    mask = torch.full((1, 1, 5, 128, 512), 255.0)
+    mask[:, :, 0] = 0
+
+    def call(p):
+        return (p(video=video, mask_video=mask, **tiny_prompt_kwargs(p), **EASYANIMATE_SIZE, num_inference_steps=3,
+                  output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
+def easyanimate_control():
+    """EasyAnimate Control: the control video's latents and a reference image's latents (first latent frame) on the
+    channels (4 + 4 + 4, ``control_latents``). diffusers 0.42.1's ``__call__`` passes ``text_encoder_index=0`` to its
+    own ``encode_prompt``, which takes no such argument (every call raises ``TypeError``): the instance's
+    ``encode_prompt`` drops it."""
+    from diffusers import EasyAnimateControlPipeline
+
+    base = build_tiny_pipeline("easyanimate")
+    p = make(EasyAnimateControlPipeline, base, transformer=rebuilt(base.transformer, 1, in_channels=12))
+    encode_prompt = p.encode_prompt
+    p.encode_prompt = lambda *args, text_encoder_index=0, **kwargs: encode_prompt(*args, **kwargs)
+    control, ref = rand(1, 3, 5, 128, 512), rand(1, 3, 1, 128, 512, seed=1)
+
+    def call(p):
+        return (p(control_video=control, ref_image=ref, **tiny_prompt_kwargs(p), **EASYANIMATE_SIZE,
+                  num_inference_steps=3, output_type="latent", generator=gen()).frames,)
+    return p, call
+
+
 # ------------------------------------------------------------------------------------------------ Kandinsky 5 family
 def kandinsky5_image(image_to_image: bool):
     """Kandinsky 5.0 Image T2I / I2I: the pipelines snap to their resolution list, whose smallest is 1408 x 640 (one
@@ -343,6 +486,14 @@ CASES = [
     pytest.param(Case(wan_video_to_video), id="WanVideoToVideoPipeline"),
     pytest.param(Case(lambda: lucy_edit(True)), id="LucyEditPipeline"),
     pytest.param(Case(lambda: lucy_edit(False)), id="LucyEditPipeline-no-expand-timesteps"),
+    pytest.param(Case(lambda: skyreels_df("i2v", 9)), id="SkyReelsV2DiffusionForcingImageToVideoPipeline"),
+    # the end image's latent frame appended behind the generated ones (on the grid: 4 latent frames)
+    pytest.param(Case(lambda: skyreels_df("i2v", 9, last_image=rand(1, 3, 128, 512, seed=1))),
+                 id="SkyReelsV2DiffusionForcingImageToVideoPipeline-last-image"),
+    # the long-video iterations, as the video-to-video case runs them
+    pytest.param(Case(lambda: skyreels_df("i2v", 17, overlap_history=5)),
+                 id="SkyReelsV2DiffusionForcingImageToVideoPipeline-long-video", marks=pytest.mark.slow),
+    pytest.param(Case(lambda: skyreels_df("v2v", 17)), id="SkyReelsV2DiffusionForcingVideoToVideoPipeline"),
     pytest.param(Case(hunyuan_skyreels_i2v), id="HunyuanSkyreelsImageToVideoPipeline"),
     # the image's latent frame appended at an earlier time: the grid is the head (the window's generated frames)
     pytest.param(Case(lambda: ltx_long(True, 9), check=ltx_long_grid_covers_the_window),
@@ -365,7 +516,14 @@ CASES = [
     # a denoising loop per tile, its steps in the pipeline's own denoise(): the statistics cover both tiles
     pytest.param(Case(lambda: ltx2_dfr_temporal_refine(49)),
                  id="LTX2DFRTemporalRefinePipeline-2tiles"),
+    pytest.param(Case(lambda: cosmos1(False)), id="CosmosTextToWorldPipeline"),
+    pytest.param(Case(lambda: cosmos1(True)), id="CosmosVideoToWorldPipeline"),
+    pytest.param(Case(lambda: cosmos25_transfer(5)), id="Cosmos2_5_TransferPipeline", marks=pytest.mark.slow),
+    # each chunk sets new scheduler timesteps: a section each (section_loops), the statistics cover both
+    pytest.param(Case(lambda: cosmos25_transfer(9)), id="Cosmos2_5_TransferPipeline-2chunks"),
     pytest.param(Case(cosmos2_text_to_image), id="Cosmos2TextToImagePipeline"),
+    pytest.param(Case(easyanimate_inpaint), id="EasyAnimateInpaintPipeline"),
+    pytest.param(Case(easyanimate_control), id="EasyAnimateControlPipeline", marks=pytest.mark.slow),
     pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline"),
     pytest.param(Case(lambda: kandinsky5_image(True)), id="Kandinsky5I2IPipeline", marks=pytest.mark.slow),
 ]

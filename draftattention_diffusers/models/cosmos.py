@@ -135,6 +135,8 @@ class CosmosFamily(ModelFamily):
     # (one frame: nothing to sparsify)
     other_pipelines = ("CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline", "Cosmos2_5_TransferPipeline",
                        "Cosmos2TextToImagePipeline")
+    # Transfer2.5 denoises a long control video in autoregressive chunks, each a loop with new timesteps
+    section_loops = {"Cosmos2_5_TransferPipeline": "chunk_idx"}
     default_fps = 16  # Predict2 / 2.5 (diffusers' examples export at 16 fps; Cosmos 1.0's at 30)
     frame_step = 4
     pixel_step = 16

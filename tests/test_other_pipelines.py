@@ -485,7 +485,8 @@ class Case:
 CASES = [
     pytest.param(Case(wan_video_to_video), id="WanVideoToVideoPipeline"),
     pytest.param(Case(lambda: lucy_edit(True)), id="LucyEditPipeline"),
-    pytest.param(Case(lambda: lucy_edit(False)), id="LucyEditPipeline-no-expand-timesteps"),
+    pytest.param(Case(lambda: lucy_edit(False)), id="LucyEditPipeline-no-expand-timesteps",
+                 marks=pytest.mark.slow),
     pytest.param(Case(lambda: skyreels_df("i2v", 9)), id="SkyReelsV2DiffusionForcingImageToVideoPipeline"),
     # the end image's latent frame appended behind the generated ones (on the grid: 4 latent frames)
     pytest.param(Case(lambda: skyreels_df("i2v", 9, last_image=rand(1, 3, 128, 512, seed=1))),
@@ -500,8 +501,8 @@ CASES = [
                  id="LTXI2VLongMultiPromptPipeline-image-1window"),
     # a denoising loop per window (new timesteps): the statistics cover both (section_loops)
     pytest.param(Case(lambda: ltx_long(False, 17)), id="LTXI2VLongMultiPromptPipeline-text-2windows"),
-    pytest.param(Case(ltx2_hdr), id="LTX2HDRPipeline"),
-    pytest.param(Case(lambda: ltx2_in_context(1.0)), id="LTX2InContextPipeline"),
+    pytest.param(Case(ltx2_hdr), id="LTX2HDRPipeline", marks=pytest.mark.slow),  # appended tokens: as DFR
+    pytest.param(Case(lambda: ltx2_in_context(1.0)), id="LTX2InContextPipeline", marks=pytest.mark.slow),
     # [video | keyframe | reference]: the grid is the video (the sizes the forward passes), the rest dense
     pytest.param(Case(lambda: ltx2_in_context(1.0, keyframe=True), check=ltx2_in_context_grid_is_the_video),
                  id="LTX2InContextPipeline-keyframe", marks=pytest.mark.slow),
@@ -524,7 +525,7 @@ CASES = [
     pytest.param(Case(cosmos2_text_to_image), id="Cosmos2TextToImagePipeline"),
     pytest.param(Case(easyanimate_inpaint), id="EasyAnimateInpaintPipeline"),
     pytest.param(Case(easyanimate_control), id="EasyAnimateControlPipeline", marks=pytest.mark.slow),
-    pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline"),
+    pytest.param(Case(lambda: kandinsky5_image(False)), id="Kandinsky5T2IPipeline", marks=pytest.mark.slow),
     pytest.param(Case(lambda: kandinsky5_image(True)), id="Kandinsky5I2IPipeline", marks=pytest.mark.slow),
 ]
 

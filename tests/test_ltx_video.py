@@ -97,10 +97,11 @@ def test_image_to_video_per_token_timesteps(pipe, image, cls):
     assert max_diff(zero, base) < 1e-4
 
 
-def test_condition_tokens_before_the_grid_stay_dense(pipe, image):
+def test_condition_tokens_before_the_grid_stay_dense(pipe, image, monkeypatch):
     """Conditions at frame_index > 0 prepend their tokens to the sequence (two here: latent frames at 8 and 16): the
-    grid is the sequence's tail, found from ``video_coords``; the condition tokens stay dense. Those forwards gather
-    per call (the tile-order hooks permute a sequence's head), so per_forward gives per_call's result."""
+    grid is the sequence's tail, found from ``video_coords`` (read once per forward: a host sync); the condition
+    tokens stay dense. Those forwards gather per call (the tile-order hooks permute a sequence's head), so
+    per_forward gives per_call's result."""
     from diffusers import LTXConditionPipeline
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
@@ -111,11 +112,21 @@ def test_condition_tokens_before_the_grid_stay_dense(pipe, image):
     assert timestep_shape[1] == 5 * GRID.height * GRID.width  # 2 condition frames before 3 video frames
     assert torch.equal(dense, base) and max_diff(zero, base) < 1e-4
     assert stats["fallbacks"] == {} and stats["sparse_calls"] == 4 and stats["dense_calls"] == 0
+    from draftattention_diffusers.models import ltx_video
+
+    spans, forwards = [], []
+    monkeypatch.setattr(ltx_video, "video_span", lambda coords, span=ltx_video.video_span: spans.append(1) or
+                        span(coords))
+    counter = p.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
     outs = {}
-    for reorder in ("per_forward", "per_call"):
-        with draft_attention_enabled(p, sparsity=0.5, dense_steps_fraction=0.0, reorder=reorder):
-            outs[reorder], _ = run(p, steps=2, size=size, conditions=conditions)
-            assert get_draft_stats(p).summary()["mean_sparsity"] > 0.3
+    try:
+        for reorder in ("per_forward", "per_call"):
+            with draft_attention_enabled(p, sparsity=0.5, dense_steps_fraction=0.0, reorder=reorder):
+                outs[reorder], _ = run(p, steps=2, size=size, conditions=conditions)
+                assert get_draft_stats(p).summary()["mean_sparsity"] > 0.3
+    finally:
+        counter.remove()
+    assert len(forwards) > 0 and len(spans) == len(forwards)
     assert max_diff(outs["per_forward"], outs["per_call"]) < 1e-5 and max_diff(outs["per_call"], base) > 1e-3
 
 

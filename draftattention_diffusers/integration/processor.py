@@ -6,7 +6,7 @@ How it knows what it needs (see docs/design.md):
   processor is attached (``enable_draft_attention``, or ``transformer.set_attn_processor`` once draft attention is
   installed), or, after a first bare ``transformer.set_attn_processor(proc)``, at the first call: the processor then
   finds its transformer on the Python call stack, once.
-* **the token grid**: a forward pre-hook on the transformer asks the model family (``ModelFamily.forward_grid``,
+* **the token grid**: a forward pre-hook on the transformer asks the model family (``ModelFamily.forward_layout``,
   from the latents or the forward's other arguments), and where the video tokens sit in the sequence.
 * **the attention call**: video self-attention runs the model's own processor, whose ``dispatch_attention_fn`` call
   comes to :meth:`DraftAttnProcessor._route` (``routing.py``); families whose processors call PyTorch's attention
@@ -322,8 +322,8 @@ class DraftAttnProcessor:
         else:  # compiled whole, step known without a pipeline: only what a graph can hold (no statistics)
             latents = forward_latents(args, kwargs)
             self._kernel = self._forward_kernel(family, transformer, latents)
-            self._video_start = family.video_start(transformer, args, kwargs)
-            self._begin_forward(family.forward_grid(transformer, args, kwargs), self._manual_step,
+            grid, self._video_start = family.forward_layout(transformer, args, kwargs)
+            self._begin_forward(grid, self._manual_step,
                                 latents.device if transformer.__dict__.get("_draftattention_tile_order")
                                 and not self._video_start else None, record=False)
 
@@ -359,8 +359,8 @@ class DraftAttnProcessor:
         else:
             step_info = self._manual_step
         latents = forward_latents(args, kwargs)
-        grid = family.forward_grid(transformer, args, kwargs) if discovered is False else discovered
-        self._video_start = family.video_start(transformer, args, kwargs) if discovered is False else None
+        grid, self._video_start = (family.forward_layout(transformer, args, kwargs) if discovered is False
+                                   else (discovered, None))
         device = latents.device
         self.stats.to_device(device)
         self._kernel = self._forward_kernel(family, transformer, latents)

@@ -281,6 +281,12 @@ class ModelFamily:
         tokens before and after them stay dense); None (the default): as :attr:`text_position` says."""
         return None
 
+    def forward_layout(self, transformer: torch.nn.Module, args: tuple,
+                       kwargs: dict[str, Any]) -> tuple[VideoGrid | None, int | None]:
+        """:meth:`forward_grid` and :meth:`video_start` of one forward call; a family that reads both from the same
+        argument (LTX-Video's ``video_coords``, a host sync) overrides it to read it once."""
+        return self.forward_grid(transformer, args, kwargs), self.video_start(transformer, args, kwargs)
+
     def grid_from_locals(self, transformer: torch.nn.Module, frame_locals: dict[str, Any]) -> VideoGrid | None:
         """The token grid of a running forward from its local variables (:attr:`grid_locals`), or None."""
         if self.grid_locals is None:

@@ -171,12 +171,17 @@ class LTXVideoFamily(ModelFamily):
         return grid_from_sizes(given.get("num_frames"), given.get("height"), given.get("width"), tokens)
 
     def video_start(self, transformer, args, kwargs):
-        # behind the tokens LTXConditionPipeline prepends (conditions at frame_index > 0)
-        coords = forward_arguments(args, kwargs, _FORWARD_ARGS).get("video_coords")
+        return self.forward_layout(transformer, args, kwargs)[1]
+
+    def forward_layout(self, transformer, args, kwargs):
+        given = forward_arguments(args, kwargs, _FORWARD_ARGS)
+        coords = given.get("video_coords")
         if coords is None or coords.ndim != 3 or torch.compiler.is_compiling():
-            return None
+            return self._grid_of(given), None
+        # one read of the positions for both: the video may start behind the tokens LTXConditionPipeline prepends
+        # (conditions at frame_index > 0)
         start, grid = video_span(coords)
-        return start if start and grid is not None else None
+        return grid, start if start and grid is not None else None
 
     def roles(self, transformer, current):
         return numbered_roles(transformer, current, LTXAttention, _SELF, LTXVideoAttnProcessor)

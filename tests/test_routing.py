@@ -7,8 +7,9 @@ import pytest
 import torch
 from diffusers.models import attention_dispatch
 from diffusers.models.transformers import transformer_wan
+from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-from pipeline_utils import max_diff, run
+from pipeline_utils import max_diff, run, run_tiny_call
 
 from draftattention_diffusers import (DraftAttentionWarning, draft_attention_enabled, get_draft_processor,
                                       get_draft_stats)
@@ -130,3 +131,33 @@ def test_dense_tokens_around_the_video_at_sparsity_zero(position, start, monkeyp
     ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
                                                            attn_mask=keep).transpose(1, 2)
     assert max_diff(out, ref) < 1e-5 and stats["fallbacks"] == {}
+
+
+class _GainProcessor(LTXVideoAttnProcessor):
+    """A model processor with a keyword of its own (as LTX-2.3's ``perturbation_mask``): blocks pass it by name."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 gain=1.0):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb) * gain
+
+
+def test_keywords_a_model_processor_takes_are_passed_on_and_others_dropped():
+    """diffusers' attention modules (LTX-Video's here) pass a processor only the keywords its signature names.
+    Cross-attention's processor takes ``gain`` (passed by name, as a block would): draft attention's processor must
+    pass it on. Video self-attention's takes no ``perturbation_mask`` (a keyword draft attention's processor names
+    for LTX-2.3): it is dropped there, as diffusers drops it without draft attention, instead of failing."""
+    pipe = build_tiny_pipeline("ltx")
+    plain = run_tiny_call(pipe, steps=2)
+    for block in pipe.transformer.transformer_blocks:
+        block.attn2.set_processor(_GainProcessor())
+        block.attn2.register_forward_pre_hook(lambda m, a, kw: (a, {**kw, "gain": 0.5}), with_kwargs=True)
+        block.attn1.register_forward_pre_hook(lambda m, a, kw: (a, {**kw, "perturbation_mask": None}),
+                                              with_kwargs=True)
+    base = run_tiny_call(pipe, steps=2)
+    assert max_diff(base, plain) > 1e-3  # the keyword changes the result
+    with draft_attention_enabled(pipe, dense_steps_fraction=1.0):
+        dense = run_tiny_call(pipe, steps=2)
+    with draft_attention_enabled(pipe, sparsity=0.5, dense_steps_fraction=0.0):
+        run_tiny_call(pipe, steps=2)
+        assert get_draft_stats(pipe).summary()["sparse_calls"] > 0
+    assert torch.equal(dense, base)

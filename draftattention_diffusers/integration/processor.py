@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import operator
 import sys
@@ -55,7 +56,34 @@ Observer = Callable[[AttentionEvent], None]
 _DEFAULT_BACKEND = AttentionBackendName(DIFFUSERS_ATTN_BACKEND)
 _PIPELINE_TYPES = (DiffusionPipeline, ModularPipeline)
 _NO_RUN = object()
-_ABSENT = object()  # a keyword argument the model did not pass
+
+
+def processor_keywords(processor: Any) -> frozenset[str] | None:
+    """The argument names an attention processor's ``__call__`` takes by keyword (None: any, it has ``**kwargs``)."""
+    try:
+        params = inspect.signature(processor).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: pass everything on
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def accept_processor_keywords(names) -> None:
+    """Name ``names`` in the signature of :meth:`DraftAttnProcessor.__call__`.
+
+    diffusers' attention modules pass a processor only the keyword arguments its signature names (``inspect.signature
+    (self.processor.__call__)``) and drop the others; a model whose blocks pass arguments that way (LTX-2.3's
+    spatio-temporal guidance: ``perturbation_mask``, ``all_perturbed``) would lose them under draft attention. Every
+    keyword a model's own processor takes is named when draft attention attaches, and each call passes on what that
+    processor takes (``AttentionRole.keywords``). The function takes them all through ``**kwargs``."""
+    fn = DraftAttnProcessor.__call__
+    sig = inspect.signature(fn)
+    new = sorted(set(names) - set(sig.parameters))
+    if new:
+        *named, rest = sig.parameters.values()  # rest: **kwargs, which receives them
+        fn.__signature__ = sig.replace(parameters=[
+            *named, *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in new), rest])
 
 
 def num_dense_steps(fraction: float, num_steps: int) -> int:
@@ -256,6 +284,8 @@ class DraftAttnProcessor:
                              f"blocks with video self-attention (indices 0..{blocks - 1}); {too_far} do not exist")
         uninstall(transformer)
         restore = {f"{r.name}.processor": r.default_processor for r in roles.values()}
+        roles = {m: dataclasses.replace(r, keywords=processor_keywords(r.default_processor)) for m, r in roles.items()}
+        accept_processor_keywords(k for r in roles.values() for k in r.keywords or ())
         if family.routes_attention_call:
             roles = {m: self._route_role(family, transformer, m, r) if r.video_self else r
                      for m, r in roles.items()}
@@ -412,18 +442,14 @@ class DraftAttnProcessor:
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
-                 image_rotary_emb=None, *, perturbation_mask=_ABSENT, all_perturbed=_ABSENT, **kwargs):
-        # diffusers' attention modules drop the keyword arguments a processor's signature does not name: LTX-2.3 and
-        # LTX-2.5 pass their STG arguments (perturbation_mask, all_perturbed) by name, so they are named here and
-        # passed on exactly as given
-        if perturbation_mask is not _ABSENT:
-            kwargs["perturbation_mask"] = perturbation_mask
-        if all_perturbed is not _ABSENT:
-            kwargs["all_perturbed"] = all_perturbed
+                 image_rotary_emb=None, **kwargs):
+        # (its signature also names the model processors' keywords: accept_processor_keywords)
         entry = attn.__dict__.get(ROLE_ATTR)
         if entry is None or entry[0] is not self:
             entry = self._discover(attn)
         _, family, role = entry
+        if kwargs and role.keywords is not None:  # what diffusers would pass the model's processor
+            kwargs = {k: v for k, v in kwargs.items() if k in role.keywords}
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
         if rotary_emb is not None and image_rotary_emb is not None:  # a separate key RoPE (6th argument): kept
             kwargs["key_rope"] = image_rotary_emb
@@ -662,6 +688,10 @@ class DraftAttnProcessor:
         self._untiled_run = self._run_key
         return attn.__dict__[ROLE_ATTR]
 
+
+# LTX-2.3 / LTX-2.5's spatio-temporal guidance, named from the start: a bare set_attn_processor attaches at the first
+# call, whose keywords diffusers has already filtered
+accept_processor_keywords(("perturbation_mask", "all_perturbed"))
 
 _OUTSIDE_GRAPH_REASON = (
     "draft attention reads the denoising step from the calling pipeline, outside the graph (one graph break at the "

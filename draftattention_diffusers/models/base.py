@@ -41,6 +41,9 @@ class AttentionRole:
     dense_reason: str | None = None
     """Set when draft attention attaches: why this video self-attention module always runs dense (its processor's
     attention call cannot be routed in this diffusers release)."""
+    keywords: frozenset[str] | None = None
+    """Set when draft attention attaches: the keyword names ``default_processor`` takes (None: any), which is what
+    diffusers would pass it."""
 
 
 TEXT_POSITIONS = ("none", "trailing", "leading")

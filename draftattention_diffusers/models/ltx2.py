@@ -16,8 +16,9 @@ tokens are never reordered. A video self-attention mask is not a key-padding mas
 
 LTX-2.3 and LTX-2.5 (``perturbed_attn=True``, with gated attention and prompt AdaLN) run the same way. Their blocks
 pass spatio-temporal guidance (STG) arguments to the attention processors by name (``perturbation_mask``,
-``all_perturbed``); draft attention's processor names them (diffusers drops names a processor's signature lacks) and
-hands them to the model's own processor, which mixes the value back in per batch item. In the STG pass
+``all_perturbed``); draft attention's processor names every keyword of the processors it replaces (diffusers drops
+names a processor's signature lacks: ``accept_processor_keywords``) and hands them to the model's own processor,
+which mixes the value back in per batch item. In the STG pass
 (``all_perturbed``) the perturbed blocks compute no attention at all: those calls are not counted.
 """
 

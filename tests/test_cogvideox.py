@@ -159,3 +159,40 @@ def test_pipelines_and_load_recipe():
     for name in ("CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline"):
         assert family_for_pipeline(name) is family and family_for_pipeline(name, loadable=True) is None
     assert family.text_position == "leading" and family.takes_negative_prompt and family.default_fps == 8
+
+
+def test_fused_projections_in_both_orders():
+    """``pipe.fuse_qkv_projections()`` (CogVideoX's speed option) swaps the model's processors for
+    ``FusedCogVideoXAttnProcessor2_0`` through ``set_attn_processor``: the same attention, so draft attention stays
+    enabled whether it comes before or after fusing, the fused processors become its dense path and what disable
+    restores, and unfusing goes back to the processors from before fusing."""
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
+
+    def processors(p):
+        return {type(v) for v in p.transformer.attn_processors.values()}
+
+    pipe = build_tiny_pipeline("cogvideox")
+    hooks = count_hooks(pipe.transformer)
+    base, _ = run(pipe, steps=2)
+    for draft_first in (True, False):
+        if draft_first:
+            enable_draft_attention(pipe, sparsity=0.0, dense_steps_fraction=0.0, backend="reference")
+        pipe.fuse_qkv_projections()
+        if not draft_first:
+            enable_draft_attention(pipe, sparsity=0.0, dense_steps_fraction=0.0, backend="reference")
+        zero, _ = run(pipe, steps=2)
+        stats = get_draft_stats(pipe).summary()
+        assert max_diff(zero, base) < 1e-4 and stats["sparse_calls"] == 4 and stats["fallbacks"] == {}
+        disable_draft_attention(pipe)
+        assert processors(pipe) == {FusedCogVideoXAttnProcessor2_0} and count_hooks(pipe.transformer) == hooks
+        again, _ = run(pipe, steps=2)
+        assert max_diff(again, base) < 1e-5
+        pipe.unfuse_qkv_projections()
+        assert processors(pipe) == {CogVideoXAttnProcessor2_0}
+    enable_draft_attention(pipe, sparsity=0.5, dense_steps_fraction=0.0)  # enable, fuse, unfuse, disable
+    pipe.fuse_qkv_projections()
+    pipe.unfuse_qkv_projections()
+    run(pipe, steps=2)
+    assert get_draft_stats(pipe).summary()["sparse_calls"] == 4
+    disable_draft_attention(pipe)
+    assert processors(pipe) == {CogVideoXAttnProcessor2_0} and count_hooks(pipe.transformer) == hooks

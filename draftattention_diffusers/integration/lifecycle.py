@@ -8,6 +8,8 @@ role of each attention module and the processors to restore. Every way of changi
 * ``transformer.set_attn_processor(...)`` is wrapped on the instance while draft attention is installed
   (:func:`_set_attn_processor`): the old installation is removed first; if the new processors include a draft
   processor it is installed at once, keeping the dense processors of the old one;
+* except where the model swaps its own processors for fused ones and back (``fuse_qkv_projections`` /
+  ``unfuse_qkv_projections``, CogVideoX's): the same attention, so draft attention stays, with them as its dense path;
 * a processor swapped on a single module (``attn.set_processor``) is noticed at the next forward, which then removes
   the installation (see ``DraftAttnProcessor._on_forward``).
 
@@ -17,6 +19,7 @@ point at the original's hook tables) is handled too.
 
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ import torch
 from ..models.base import ModelFamily, remove_draft_hooks
 
 STATE_ATTR = "_draftattention"
+_FUSING = ("fuse_qkv_projections", "unfuse_qkv_projections")  # transformer methods that swap the model's processors
 ROLE_ATTR = "_draftattention_role"  # (processor, family, role) on each attention module of an installed transformer
 
 
@@ -50,6 +54,8 @@ class Installation:
     restore: dict[str, Any]
     watch: torch.nn.Module | None
     via_enable: bool = False
+    prefix: str | None = None
+    """Of the statistics' layer names (``"transformer_2"``: Wan2.2's second expert)."""
     previous_setter: Any = field(default=None, repr=False)
 
 
@@ -141,6 +147,15 @@ def _set_attn_processor(transformer: torch.nn.Module, processor) -> None:
     if len(drafts) > 1:
         raise ValueError("one transformer can carry one draft-attention processor instance, got "
                          f"{len(drafts)}; use one DraftAttnProcessor (it serves every module)")
-    if drafts:
+    if inst is not None and not drafts and sys._getframe(1).f_code.co_name in _FUSING:
+        # the model's fused processors (or its unfused ones again) become the dense path; what the model keeps for
+        # unfusing holds the processors from before draft attention, so that unfusing after a disable brings none back
+        kept = getattr(transformer, "original_attn_processors", None)
+        if isinstance(kept, dict):
+            transformer.original_attn_processors = {n: restore.get(n, p) if is_draft_processor(p) else p
+                                                    for n, p in kept.items()}
+        set_processors(transformer, inst.processor)
+        inst.processor.attach(transformer, now, prefix=inst.prefix, via_enable=inst.via_enable)
+    elif drafts:
         dense = {name: (restore.get(name) if is_draft_processor(p) else p) for name, p in now.items()}
         next(iter(drafts.values())).attach(transformer, dense)

@@ -315,7 +315,7 @@ class DraftAttnProcessor:
         register_hook(transformer, "pre", partial(self._on_forward, family), with_kwargs=True)
         order_ok = family.tile_order_hooks(transformer, self._order)  # registered after: they read the decision
         watch = next((m for m, r in roles.items() if r.video_self), None)
-        install(transformer, Installation(self, family, restore, watch, via_enable))
+        install(transformer, Installation(self, family, restore, watch, via_enable, prefix))
         _warn_if_unchecked(family)
         transformer.__dict__["_draftattention_tile_order"] = order_ok
         if transformer not in self._transformers:

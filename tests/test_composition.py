@@ -12,6 +12,7 @@ from pipeline_utils import REORDERING_SIZE, is_wan, max_diff, run, uncompile, wa
 from draftattention_diffusers import (DraftAttnProcessor, disable_draft_attention, draft_attention_enabled,
                                       enable_draft_attention, get_draft_processor, get_draft_stats)
 from draftattention_diffusers.core.layout import _cached_layout
+from draftattention_diffusers.models.base import count_hooks
 from draftattention_diffusers.integration.stats import COUNTERS_ATTR
 from draftattention_diffusers.tiny import build_tiny_pipeline, tiny_prompt_kwargs
 
@@ -217,6 +218,37 @@ def test_whole_model_fullgraph_in_a_pipeline_with_a_warm_up_says_what_to_do():
         finally:
             uncompile(pipe.transformer)
             dynamo.reset()
+
+
+@pytest.mark.parametrize("compile_first", [True, False])
+def test_a_transformer_wrapped_by_torch_compile(compile_first):
+    """``pipe.transformer = torch.compile(pipe.transformer)`` (diffusers' classic recipe) puts an ``OptimizedModule``
+    on the pipeline, before or after enabling: draft attention is installed on the module it wraps, which the
+    wrapper runs (dynamo recompiles for the new processors and hooks); the step comes from the pipeline (outside the
+    graph), and disable leaves the wrapped module's hooks as they were."""
+    import torch._dynamo as dynamo
+
+    pipe = build_tiny_pipeline("wan")
+    base, _ = run(pipe, steps=2)
+    hooks = count_hooks(pipe.transformer)
+    dynamo.reset()
+    try:
+        if compile_first:
+            pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+        enable_draft_attention(pipe, sparsity=0.0, dense_steps_fraction=0.5, backend="reference")
+        if not compile_first:
+            pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+        zero, _ = run(pipe, steps=4, size=REORDERING_SIZE)
+        stats = get_draft_stats(pipe).summary()
+        assert stats["steps"] == {0: "dense", 1: "dense", 2: "sparse", 3: "sparse"} and stats["fallbacks"] == {}
+        disable_draft_attention(pipe)
+        again, _ = run(pipe, steps=2)
+    finally:
+        pipe.transformer = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+        dynamo.reset()
+    dense4, _ = run(pipe, steps=4, size=REORDERING_SIZE)
+    assert max_diff(zero, dense4) < 1e-4 and torch.equal(again, base)
+    assert count_hooks(pipe.transformer) == hooks
 
 
 @pytest.mark.parametrize("family, dims", [("wan", "dynamic"), ("hunyuan", "mark_dynamic")])

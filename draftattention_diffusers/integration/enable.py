@@ -6,6 +6,7 @@ import contextlib
 from typing import Any, Iterator
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from ..config import DraftAttentionConfig
 from ..models import ModelFamily, family_for, refusal, supported_pipelines, supported_transformers
@@ -25,6 +26,9 @@ def _transformers(obj) -> tuple[list[torch.nn.Module], list[str | None], list[Mo
     else:
         names = [n for n in _PIPELINE_TRANSFORMERS if getattr(obj, n, None) is not None]
         found = [getattr(obj, n) for n in names]
+    # pipe.transformer = torch.compile(pipe.transformer): the compiled wrapper runs the module it wraps, which
+    # carries draft attention (dynamo recompiles for the new processors and hooks)
+    found = [unwrap_module(t) for t in found]
     families = [family_for(t) for t in found]
     refused = next((r for r in map(refusal, found) if r is not None), None)
     if refused is not None:  # a model draft attention cannot serve: its reason, not the list of supported ones

@@ -38,6 +38,7 @@ from diffusers import DiffusionPipeline
 from diffusers.modular_pipelines import ModularPipeline
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.utils.constants import DIFFUSERS_ATTN_BACKEND
+from diffusers.utils.torch_utils import unwrap_module
 
 from ..attention import draft_attention
 from ..backends import AttentionInputs, get_backend, resolve_backend
@@ -677,7 +678,8 @@ class DraftAttnProcessor:
             raise ValueError(f"DraftAttnProcessor was called from {type(attn).__name__}, which is not inside a "
                              f"supported transformer ({', '.join(supported_transformers())})")
         pipe, _ = _calling_pipeline(frame)
-        owner = next((n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is transformer), None)
+        owner = next((n for n in ("transformer", "transformer_2")
+                      if unwrap_module(getattr(pipe, n, None)) is transformer), None)
         self.attach(transformer, prefix=owner)
         family = installation(transformer).family
         # This forward began before the hooks existed: read its grid from the transformer's forward locals.

@@ -183,7 +183,8 @@ class WanFamily(ModelFamily):
         return True
 
     def tiny_prompt_kwargs(self, pipe, emb, text_len, valid_len, negative):
-        transformer = getattr(pipe, "transformer", None) or getattr(pipe, "transformer_2", None)
+        transformer = next(t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+                           if t is not None)
         if getattr(transformer.config, "image_dim", None) is not None:
             text_len = _I2V_TEXT_LEN
         out = dict(prompt_embeds=emb(1, text_len, TINY_TEXT_DIM))

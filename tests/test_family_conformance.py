@@ -70,3 +70,21 @@ def test_sparsity_zero_equals_dense_and_the_schedule(case):
         stats = get_draft_stats(pipe).summary()
     assert stats["steps"] == {0: "dense", 1: "dense", 2: "sparse", 3: "sparse"}
     assert stats["fallbacks"] == {} and stats["sparse_calls"] > 0 and 0.5 <= stats["mean_sparsity"] < 1.0
+
+
+def test_a_deep_copy_made_right_after_enabling_runs_like_the_original(case):
+    """``copy.deepcopy`` of an enabled transformer, before any forward: the copy's hooks must read its own tile
+    order (a family's hooks are often closures, which ``deepcopy`` does not copy by itself)."""
+    import copy
+
+    _, pipe = case
+    enable_draft_attention(pipe, sparsity=0.5, dense_steps_fraction=0.0)
+    try:
+        clone = copy.deepcopy(pipe.transformer)
+        other = type(pipe)(**dict(pipe.components, transformer=clone))
+        copied = run_tiny_call(other, steps=2)
+        assert get_draft_stats(other).summary()["sparse_calls"] > 0
+        original = run_tiny_call(pipe, steps=2)
+    finally:
+        disable_draft_attention(pipe)
+    assert (copied.double() - original.double()).abs().max().item() <= 1e-5 * max(1.0, original.abs().max().item())

@@ -114,9 +114,10 @@ def test_second_enable_raises_and_keeps_the_first(family, reference):
 
 
 def test_deepcopy_copies_the_transformer_only(family, reference):
+    """Copied right after enabling (no forward yet): the copy's hooks put its tokens in its own tile order (a hook
+    that read the original's would leave them in diffusers' order: a wrong result)."""
     pipe = build_tiny_pipeline(family)
     enable_draft_attention(pipe, **SPARSE)
-    run(pipe)
     memo = {}
     clone = copy.deepcopy(pipe.transformer, memo)
     copied = [type(v).__name__ for v in memo.values() if isinstance(v, (DiffusionPipeline, torch.nn.Module))
@@ -128,6 +129,7 @@ def test_deepcopy_copies_the_transformer_only(family, reference):
     other.transformer = clone
     out, _ = run(other)
     assert torch.equal(out, reference["fresh_enable"])
+    assert torch.equal(run(pipe)[0], reference["fresh_enable"])
     disable_draft_attention(clone)
     assert count_hooks(clone) == reference["hooks_plain"] and count_hooks(pipe.transformer) == reference["hooks_one"]
 

@@ -5,8 +5,10 @@ random-weight pipelines."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -512,7 +514,33 @@ class TileOrder:
 class DraftHook(functools.partial):
     """A torch module hook that belongs to draft attention. Hooks are found and removed by this type, not by
     handles: a handle of a deep-copied transformer would point at the original's hook table. (A ``partial``: under
-    torch.compile each hook then runs its own code, not one shared ``__call__`` that dynamo would recompile.)"""
+    torch.compile each hook then runs its own code, not one shared ``__call__`` that dynamo would recompile.)
+
+    A deep copy of the transformer copies its hooks with what they refer to: ``copy.deepcopy`` never copies a
+    function, so a family's hook written as a closure over its ``TileOrder`` would go on reading the original's."""
+
+    def __deepcopy__(self, memo):
+        return type(self)(_copy_function(self.func, memo), *copy.deepcopy(self.args, memo),
+                          **copy.deepcopy(self.keywords, memo))
+
+
+def _copy_function(fn: Callable, memo: dict) -> Callable:
+    """``fn`` with the variables it closes over deep-copied (through ``memo``, so a copied transformer's hooks share
+    its copied objects); anything else as ``copy.deepcopy`` copies it."""
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return copy.deepcopy(fn, memo)
+    if id(fn) in memo:
+        return memo[id(fn)]
+    cells = tuple(types.CellType() for _ in fn.__closure__)
+    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells)
+    clone.__kwdefaults__, clone.__dict__ = fn.__kwdefaults__, dict(fn.__dict__)
+    memo[id(fn)] = clone  # (before its cells: a closure may refer to itself)
+    for new, old in zip(cells, fn.__closure__):
+        try:
+            new.cell_contents = _copy_function(old.cell_contents, memo)
+        except ValueError:  # a variable not bound yet
+            pass
+    return clone
 
 
 def register_hook(module: torch.nn.Module, kind: str, fn: Callable, with_kwargs: bool = False) -> None:
